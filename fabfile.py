@@ -1,0 +1,13 @@
+"""MLflow in production on your own servers: `fab -l` lists the tasks."""
+
+from pathlib import Path
+
+from invoke import Collection
+
+from tasks import status, tracking
+
+ns = Collection()
+ns.add_task(tracking.setup_tracking)
+ns.add_task(status.status)
+# Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
+ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

@@ -1,0 +1,1 @@
+"""Fabric tasks that put MLflow into production on Debian/Ubuntu servers."""

@@ -1,0 +1,39 @@
+"""How `fab` hands hosts to our tasks: -H becomes a list the task runs concurrently, not one call per host."""
+
+from __future__ import annotations
+
+import fabric
+from invoke.exceptions import Exit
+
+from tasks.inventory import Host, InventoryError, load_inventory, select_hosts
+
+
+class HostsExecutor(fabric.Executor):
+    """Fabric's executor, except that -H is stored in the config (target_hosts) for the task to fan out itself.
+
+    That lets a task connect to every host in parallel, report per host, and print one recap.
+    """
+
+    def expand_calls(self, calls, apply_hosts=True):
+        if self.core.remainder:  # `fab -H h -- cmd` keeps Fabric's own behaviour
+            return super().expand_calls(calls, apply_hosts)
+        host_string = self.core[0].args.hosts.value
+        self.config.target_hosts = host_string.split(",") if host_string else []
+        return super().expand_calls(calls, apply_hosts=False)
+
+
+def inventory(c):
+    try:
+        return load_inventory(c.config.inventory)
+    except InventoryError as error:
+        raise Exit(f"error: {error}", code=2) from None
+
+
+def hosts_for(c, role: str | None) -> list[Host]:
+    """-H hosts if given, else the inventory hosts with this role; bad input exits before any connection."""
+    ssh_config = getattr(c.config, "base_ssh_config", None)
+    aliases = ssh_config.get_hostnames() if ssh_config is not None else ()
+    try:
+        return select_hosts(inventory(c), c.config.get("target_hosts") or [], role, aliases)
+    except InventoryError as error:
+        raise Exit(f"error: {error}", code=2) from None

@@ -1,0 +1,209 @@
+"""hosts.toml -> typed inventory, and host selection from -H and roles.
+
+Every error names the file and the key, and is raised before any connection is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KNOWN_ROLES = ("tracking", "models", "lb")
+
+
+class InventoryError(Exception):
+    """A problem with hosts.toml or with the hosts asked for; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    user: str | None = None
+    port: int = 22
+    identity: str | None = None
+    sudo: bool | None = None
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    port: int = 5000
+    workers: int = 2
+    mlflow_version: str = "3.17.2"
+    psycopg2_version: str = "2.9.13"
+    extra_packages: list[str] = field(default_factory=list)
+    env_manager: str = "venv"
+    artifacts: str = "/var/lib/mlflow/artifacts"
+    job_runner: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
+    health_timeout: int = 180
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    roles: tuple[str, ...] = ()
+    user: str | None = None
+    port: int = 22
+    identity: str | None = None
+    sudo: bool | None = None
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    # True for hosts given on the command line as user@address[:port] or an ssh-config alias.
+    ad_hoc: bool = False
+
+    @property
+    def needs_sudo(self) -> bool:
+        return self.sudo if self.sudo is not None else self.user != "root"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    defaults: ConnectionSettings
+    tracking: TrackingSettings
+    hosts: dict[str, Host]
+
+    def with_role(self, role: str) -> list[Host]:
+        return [host for host in self.hosts.values() if role in host.roles]
+
+    def ad_hoc_host(self, target: str) -> Host:
+        """A host given as user@address[:port] (or an ssh-config alias), with inventory defaults."""
+        user, _, rest = target.rpartition("@")
+        address, port = rest, self.defaults.port
+        if rest.count(":") == 1:
+            address, port_text = rest.split(":")
+            if not port_text.isdigit():
+                raise InventoryError(f"-H {target}: port {port_text!r} is not a number")
+            port = int(port_text)
+        return Host(
+            name=target,
+            address=address,
+            user=user or self.defaults.user,
+            port=port,
+            identity=self.defaults.identity,
+            sudo=self.defaults.sudo,
+            tracking=self.tracking,
+            ad_hoc=True,
+        )
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "none")
+
+
+def _matches(value, annotation) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_matches(item, item_type) for item in value)
+    if dataclasses.is_dataclass(annotation):
+        return isinstance(value, dict)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _check_table(table: dict, schema: type, where: str, path: Path) -> dict:
+    """Validate keys and types of a TOML table against a dataclass; return the known values."""
+    hints = typing.get_type_hints(schema)
+    known = [f.name for f in dataclasses.fields(schema) if f.name not in ("name", "ad_hoc")]
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise InventoryError(
+                f"{path}: unknown key {key!r} in [{where}] (known keys: {', '.join(known)})"
+            )
+        if not _matches(value, hints[key]):
+            raise InventoryError(
+                f"{path}: [{where}] {key} = {value!r} should be of type {_type_name(hints[key])}"
+            )
+        values[key] = tuple(value) if isinstance(value, list) and key == "roles" else value
+    return values
+
+
+def _tracking_settings(base: TrackingSettings, table: dict, where: str, path: Path) -> TrackingSettings:
+    values = _check_table(table, TrackingSettings, where, path)
+    settings = dataclasses.replace(base, **values)
+    if settings.env_manager not in ("venv", "conda"):
+        raise InventoryError(f'{path}: [{where}] env_manager must be "venv" or "conda", not {settings.env_manager!r}')
+    for key in ("port", "workers", "health_timeout"):
+        if getattr(settings, key) < 1:
+            raise InventoryError(f"{path}: [{where}] {key} must be a positive number")
+    return settings
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InventoryError(
+            f"{path}: inventory file not found (copy hosts.toml and point FABRIC_INVENTORY at it)"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise InventoryError(f"{path}: not valid TOML: {error}") from None
+
+    sections = ("defaults", "tracking", "hosts")
+    for key, value in data.items():
+        if key not in sections:
+            raise InventoryError(f"{path}: unknown section [{key}] (known: {', '.join(sections)})")
+        if not isinstance(value, dict):
+            raise InventoryError(f"{path}: {key} must be a table ([{key}])")
+
+    defaults = ConnectionSettings(**_check_table(data.get("defaults", {}), ConnectionSettings, "defaults", path))
+    tracking = _tracking_settings(TrackingSettings(), data.get("tracking", {}), "tracking", path)
+
+    hosts = {}
+    for name, table in data.get("hosts", {}).items():
+        where = f"hosts.{name}"
+        if not isinstance(table, dict):
+            raise InventoryError(f"{path}: [{where}] must be a table")
+        values = _check_table(table, Host, where, path)
+        if "address" not in values:
+            raise InventoryError(f"{path}: [{where}] needs an address")
+        for role in values.get("roles", ()):
+            if role not in KNOWN_ROLES:
+                raise InventoryError(f"{path}: [{where}] unknown role {role!r} (known roles: {', '.join(KNOWN_ROLES)})")
+        connection = {key: values.get(key, getattr(defaults, key)) for key in ("user", "port", "identity", "sudo")}
+        host_tracking = values.pop("tracking", {})
+        values.update(connection)
+        values["tracking"] = _tracking_settings(tracking, host_tracking, f"{where}.tracking", path)
+        hosts[name] = Host(name=name, **values)
+    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts)
+
+
+def select_hosts(inventory: Inventory, targets: list[str], role: str | None, ssh_aliases=()) -> list[Host]:
+    """-H targets if given (inventory names, user@address[:port] or ssh-config aliases), else the role's hosts.
+
+    role None means every inventory host.
+    """
+    if not targets and role is None:
+        if not inventory.hosts:
+            raise InventoryError(f"{inventory.path}: no hosts; add a [hosts.NAME] table or pass -H")
+        return list(inventory.hosts.values())
+    if not targets:
+        hosts = inventory.with_role(role)
+        if not hosts:
+            raise InventoryError(
+                f'{inventory.path}: no host has role "{role}"; add roles = ["{role}"] to a [hosts.NAME] table or pass -H'
+            )
+        return hosts
+    selected = []
+    for target in targets:
+        if target in inventory.hosts:
+            selected.append(inventory.hosts[target])
+        elif "@" in target or ":" in target or "." in target or target in ssh_aliases:
+            selected.append(inventory.ad_hoc_host(target))
+        else:
+            known = ", ".join(inventory.hosts) or "none"
+            raise InventoryError(
+                f"{inventory.path}: unknown host {target!r} (hosts: {known}); add [hosts.{target}] or give user@address[:port]"
+            )
+    return selected

@@ -1,0 +1,69 @@
+"""HTTP health checks: a one-shot probe for facts, and a gate that waits with a deadline."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+JOURNAL_LINES = 50
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    """One request that must answer 200: a path on the local port, optionally with a Host header."""
+
+    path: str
+    host_header: str = ""
+    # extra curl arguments, e.g. a POST body
+    curl_args: str = ""
+
+    def curl(self, port: int, max_time: int = 5) -> str:
+        header = f"-H {shlex.quote('Host: ' + self.host_header)} " if self.host_header else ""
+        url = shlex.quote(f"http://127.0.0.1:{port}{self.path}")
+        return f"curl -s -o /dev/null -w '%{{http_code}}' --max-time {max_time} {header}{self.curl_args} {url}"
+
+    @property
+    def label(self) -> str:
+        return self.path + (f" (Host: {self.host_header})" if self.host_header else "")
+
+
+def probe_command(port: int, checks: list[HttpCheck]) -> str:
+    """Print `label code` per check; used as a fact, so it must be quick and read-only."""
+    lines = [f"printf '%s %s\\n' {shlex.quote(check.label)} \"$({check.curl(port, 3)} || true)\"" for check in checks]
+    return "command -v curl >/dev/null && {\n" + "\n".join(lines) + "\n}"
+
+
+def probe_healthy(text: str, checks: list[HttpCheck]) -> bool:
+    codes = [line.rsplit(" ", 1)[-1] for line in text.splitlines() if line.strip()]
+    return len(codes) == len(checks) and all(code == "200" for code in codes)
+
+
+def gate_script(unit: str, port: int, checks: list[HttpCheck], timeout: int, after_restart: bool) -> str:
+    """Wait until every check answers 200; fail fast when the unit stops or restarts; print the journal on failure."""
+    polls = []
+    for check in checks:
+        polls.append(
+            f"code=$({check.curl(port)} || true)\n"
+            f'last="{check.label} answered $code"\n'
+            f'if [ "$code" = 403 ]; then why="$last: the Host header is refused (see allowed_hosts)"; break; fi\n'
+            f'[ "$code" = 200 ] || ok=0'
+        )
+    restarted = '|| [ "${restarts:-0}" -gt 0 ] ' if after_restart else ""
+    return f"""deadline=$((SECONDS + {timeout}))
+why=""
+while :; do
+  state=$(systemctl show -p ActiveState --value {unit})
+  restarts=$(systemctl show -p NRestarts --value {unit})
+  if [ "$state" = inactive ] || [ "$state" = failed ] {restarted}; then
+    why="{unit} is $state after $restarts restart(s)"; break
+  fi
+  ok=1
+  {(chr(10) + "  ").join(polls)}
+  if [ $ok = 1 ]; then echo "healthy: {', '.join(check.label for check in checks)} answered 200"; exit 0; fi
+  if [ $SECONDS -ge $deadline ]; then why="not healthy within {timeout} s ($last)"; break; fi
+  sleep 1
+done
+echo "health gate failed: $why"
+echo "--- last {JOURNAL_LINES} lines of journalctl -u {unit}:"
+journalctl -u {unit} -n {JOURNAL_LINES} --no-pager -o cat
+exit 1"""

@@ -1,0 +1,107 @@
+"""One SSH connection per host; every remote command is a bash script run as root.
+
+Connection and privilege problems become HostError with what to do, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import AuthFailure
+
+from tasks.inventory import Host
+
+DEFAULT_CONNECT_TIMEOUT = 10
+SUDO_PASSWORD_REQUIRED = "a password is required"
+
+
+class HostError(Exception):
+    """A failure on one host: names the step and what to do. Other hosts go on."""
+
+    def __init__(self, step: str, message: str, unreachable: bool = False):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+        self.unreachable = unreachable
+
+
+def open_connection(host: Host, config: Config) -> Connection:
+    connect_kwargs = {"key_filename": [str(Path(host.identity).expanduser())]} if host.identity else None
+    if config.timeouts.connect is None:
+        config.timeouts.connect = DEFAULT_CONNECT_TIMEOUT
+    if host.ad_hoc:
+        # Fabric parses user@address:port and applies ssh_config for aliases.
+        user = None if "@" in host.name else host.user
+        return Connection(host.name, user=user, connect_kwargs=connect_kwargs, config=config)
+    return Connection(host.address, user=host.user, port=host.port, connect_kwargs=connect_kwargs, config=config)
+
+
+class Remote:
+    """A host reached over one SSH connection; counts the commands it runs."""
+
+    def __init__(self, host: Host, config: Config):
+        self.host = host
+        self.connection = open_connection(host, config)
+        self.commands_run = 0
+
+    @property
+    def target(self) -> str:
+        c = self.connection
+        return f"{c.user}@{c.host}:{c.port}"
+
+    def connect(self) -> None:
+        try:
+            self.connection.open()
+        except paramiko.AuthenticationException:
+            raise HostError(
+                "connect",
+                f"SSH login as {self.connection.user} was refused by {self.target}: "
+                "check the key (-i, or identity in hosts.toml) and the user",
+                unreachable=True,
+            ) from None
+        except socket.gaierror:
+            raise HostError("connect", f"cannot resolve {self.connection.host}: check the address", unreachable=True) from None
+        except (TimeoutError, socket.timeout):
+            raise HostError(
+                "connect",
+                f"no answer from {self.target} within {self.connection.connect_timeout} s: is the host up and reachable?",
+                unreachable=True,
+            ) from None
+        except (paramiko.ssh_exception.NoValidConnectionsError, ConnectionError, OSError) as error:
+            raise HostError(
+                "connect", f"cannot connect to {self.target} ({error}): is sshd running, is the port right?", unreachable=True
+            ) from None
+        except paramiko.SSHException as error:
+            raise HostError("connect", f"SSH to {self.target} failed: {error}", unreachable=True) from None
+
+    def run_script(self, script: str, step: str, out_stream=None):
+        """Run a bash script as root (via sudo unless connected as root); return the invoke Result."""
+        self.connect()
+        command = "bash -c " + shlex.quote("exec 2>&1\ncd /\n" + script)
+        options = dict(warn=True, in_stream=False, hide="stderr" if out_stream else True, out_stream=out_stream)
+        self.commands_run += 1
+        try:
+            if not self.host.needs_sudo or self.connection.user == "root":
+                result = self.connection.run(command, **options)
+            elif self.connection.config.sudo.password:
+                result = self.connection.sudo(command, **options)
+            else:
+                result = self.connection.run("sudo -n -H " + command, **options)
+        except AuthFailure:
+            raise HostError(step, f"sudo on {self.target} refused the password given with --prompt-for-sudo-password") from None
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise HostError(step, f"connection to {self.target} lost: {error}", unreachable=True) from None
+        if result.exited != 0 and SUDO_PASSWORD_REQUIRED in (result.stdout + result.stderr)[-500:]:
+            raise HostError(
+                step,
+                f"sudo on {self.target} wants a password: rerun with --prompt-for-sudo-password, "
+                f"or give {self.connection.user} NOPASSWD sudo",
+            )
+        return result
+
+    def close(self) -> None:
+        self.connection.close()

@@ -1,0 +1,77 @@
+"""What the user sees: a line per step as it happens, diffs, and a recap line per host."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.markup import escape
+
+from tasks.ops.steps import Step
+
+console = Console(highlight=False, soft_wrap=True)
+_lock = threading.Lock()
+
+
+@dataclass
+class HostReport:
+    host: str
+    check: bool = False
+    steps: list[Step] = field(default_factory=list)
+    error: str = ""
+    unreachable: bool = False
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for step in self.steps if not (step.changed or step.failed or step.skipped))
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for step in self.steps if step.changed and not (step.failed or step.skipped))
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for step in self.steps if step.failed) + (1 if self.error and not any(s.failed for s in self.steps) else 0)
+
+    def recap(self) -> str:
+        return f"{self.host} ok={self.ok} changed={self.changed} failed={self.failed}"
+
+
+def show_step(report: HostReport, step: Step) -> None:
+    if step.failed:
+        label, style = "failed", "bold red"
+    elif step.changed:
+        label, style = ("would change" if report.check else "changed"), "yellow"
+    else:
+        label, style = "ok", "green"
+    with _lock:
+        console.print(f"[{style}]{label:>12}[/] [bold]{escape(report.host)}[/] {escape(step.name)}: {escape(step.summary)}")
+        if step.diff:
+            for line in step.diff.splitlines():
+                colour = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
+                console.print(f"             [{colour}]{escape(line)}[/]")
+        if step.failed and step.output:
+            for line in step.output.splitlines()[-80:]:
+                console.print(f"             {escape(line)}")
+
+
+def show_error(report: HostReport) -> None:
+    with _lock:
+        kind = "unreachable" if report.unreachable else "failed"
+        console.print(f"[bold red]{kind:>12}[/] [bold]{escape(report.host)}[/] {escape(report.error)}")
+
+
+def show_note(report: HostReport, note: str) -> None:
+    report.notes.append(note)
+    with _lock:
+        console.print(f"{'':>12} [bold]{escape(report.host)}[/] {escape(note)}")
+
+
+def show_recap(reports: list[HostReport]) -> None:
+    console.print("\n[bold]RECAP[/]" + (" (check mode: nothing was changed)" if reports and reports[0].check else ""))
+    for report in reports:
+        style = "red" if report.failed else "yellow" if report.changed else "green"
+        console.print(f"[{style}]{escape(report.recap())}[/]")

@@ -1,0 +1,58 @@
+"""`fab status`: every inventory host's services, versions and health, in one table."""
+
+from __future__ import annotations
+
+from fabric import task
+from rich.table import Table
+
+from tasks import cli
+from tasks.fleet import finish, run_on_hosts
+from tasks.ops import facts as f
+from tasks.ops.health import probe_command, probe_healthy
+from tasks.ops.steps import Step
+from tasks.report import console
+from tasks.tracking import UNIT, TrackingTarget
+
+COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url")
+
+
+def host_status(remote, report) -> None:
+    target = TrackingTarget(remote.host, remote.connection.host)
+    port = target.settings.port
+    facts = f.gather(
+        remote,
+        [
+            f.os_release(),
+            f.service_state(UNIT),
+            f.Fact("postgresql", "systemctl is-active postgresql"),
+            f.Fact("version", f"curl -s --max-time 3 http://127.0.0.1:{port}/version"),
+            f.Fact("probe", probe_command(port, target.health_checks)),
+        ],
+    )
+    service = f.parse_properties(facts.get(f"service:{UNIT}", ""))
+    installed = service.get("UnitFileState", "") not in ("", "not-found")
+    healthy = probe_healthy(facts.get("probe", ""), target.health_checks)
+    report.details = {
+        "os": facts.get("os", "").split("\n")[0].rpartition("|")[2],
+        "tracking": f"{service['ActiveState']} (pid {service['MainPID']})" if installed else "not installed",
+        "mlflow": facts.get("version") or "-",
+        "postgresql": facts.get("postgresql") or "-",
+        "health": ("healthy" if healthy else "UNHEALTHY") if installed else "-",
+        "url": target.url if installed else "-",
+    }
+    if installed and not healthy:
+        report.steps.append(Step.failure("status", "tracking server installed but not healthy"))
+    else:
+        report.steps.append(Step.ok("status", "healthy" if installed else "no tracking server"))
+
+
+@task
+def status(c):
+    """Every inventory host (or -H): services, versions, health."""
+    hosts = cli.hosts_for(c, role=None)
+    reports = run_on_hosts(c.config, hosts, host_status)
+    table = Table("host", *COLUMNS)
+    for report in reports:
+        table.add_row(report.host, *(report.details.get(column, "-") for column in COLUMNS))
+    console.print(table)
+    finish(reports)

@@ -1,0 +1,15 @@
+"""Render the files we install from templates/ with jinja2."""
+
+from pathlib import Path
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+)
+
+
+def render(name: str, **values) -> str:
+    return _environment.get_template(name).render(**values)

@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.inventory import InventoryError, load_inventory, select_hosts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[defaults]
+user = "deploy"
+identity = "~/.ssh/id_ed25519"
+
+[tracking]
+port = 5000
+workers = 2
+
+[hosts.prod1]
+address = "203.0.113.10"
+roles = ["tracking"]
+
+[hosts.prod2]
+address = "203.0.113.11"
+user = "admin"
+port = 2222
+roles = ["models"]
+[hosts.prod2.tracking]
+workers = 4
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "hosts.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    prod1, prod2 = inventory.hosts["prod1"], inventory.hosts["prod2"]
+    assert (prod1.user, prod1.port, prod1.identity) == ("deploy", 22, "~/.ssh/id_ed25519")
+    assert (prod2.user, prod2.port) == ("admin", 2222)
+    assert prod1.tracking.workers == 2 and prod2.tracking.workers == 4
+    assert prod2.tracking.port == 5000
+    assert prod1.needs_sudo
+    assert [h.name for h in inventory.with_role("tracking")] == ["prod1"]
+
+
+def test_shipped_example_parses():
+    inventory = load_inventory(ROOT / "hosts.toml")
+    assert inventory.tracking.mlflow_version == "3.17.2"
+    assert inventory.defaults.user == "deploy"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[defaults\nuser = 1", "not valid TOML"),
+        ("[defaults]\nusr = 'x'", "unknown key 'usr' in [defaults]"),
+        ("[tracking]\nworkers = 'two'", "[tracking] workers = 'two' should be of type int"),
+        ("[tracking]\nworkers = true", "[tracking] workers = True should be of type int"),
+        ("[tracking]\nenv_manager = 'pip'", 'env_manager must be "venv" or "conda"'),
+        ("[hosts.a]\naddress = '10.0.0.1'\nroles = ['db']", "[hosts.a] unknown role 'db'"),
+        ("[hosts.a]\nroles = ['tracking']", "[hosts.a] needs an address"),
+        ("[hosts.a]\naddress = '10.0.0.1'\nadress = 'x'", "unknown key 'adress' in [hosts.a]"),
+        ("[hosts.a]\naddress = '10.0.0.1'\n[hosts.a.tracking]\nport = '5000'", "[hosts.a.tracking] port = '5000'"),
+        ("[servers.a]\naddress = 'x'", "unknown section [servers]"),
+        ("[hosts.a]\naddress = 10", "[hosts.a] address = 10 should be of type str"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(InventoryError) as error:
+        load_inventory(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path):
+    with pytest.raises(InventoryError, match="FABRIC_INVENTORY"):
+        load_inventory(tmp_path / "nope.toml")
+
+
+def test_select_by_role_or_targets(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    assert [h.name for h in select_hosts(inventory, [], "tracking")] == ["prod1"]
+    assert [h.name for h in select_hosts(inventory, [], None)] == ["prod1", "prod2"]
+    assert [h.name for h in select_hosts(inventory, ["prod2"], "tracking")] == ["prod2"]
+    with pytest.raises(InventoryError, match="no host has role \"lb\""):
+        select_hosts(inventory, [], "lb")
+    with pytest.raises(InventoryError, match="unknown host 'prod9'.*prod1, prod2"):
+        select_hosts(inventory, ["prod9"], "tracking")
+    assert select_hosts(inventory, ["alias"], "tracking", ssh_aliases=["alias"])[0].ad_hoc
+
+
+def test_ad_hoc_user_address_port(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    (host,) = select_hosts(inventory, ["root@10.0.0.5:2200"], "tracking")
+    assert (host.user, host.address, host.port, host.ad_hoc) == ("root", "10.0.0.5", 2200, True)
+    assert not host.needs_sudo
+    (host,) = select_hosts(inventory, ["10.0.0.6"], "tracking")
+    assert (host.user, host.address, host.port) == ("deploy", "10.0.0.6", 22)
+    with pytest.raises(InventoryError, match="port 'x' is not a number"):
+        select_hosts(inventory, ["root@10.0.0.5:x"], "tracking")

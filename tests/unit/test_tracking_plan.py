@@ -1,0 +1,145 @@
+import base64
+import dataclasses
+
+import pytest
+
+from tasks import tracking
+from tasks.inventory import Host, TrackingSettings
+from tasks.ops.steps import apply_script
+from tasks.tracking import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, check_platform, plan
+from tasks.templates import render
+
+DEBIAN = "debian||Debian GNU/Linux 12 (bookworm)\nsystemd"
+
+
+def target(**settings):
+    host = Host("prod1", "10.0.0.5", roles=("tracking",), user="deploy", tracking=TrackingSettings(**settings))
+    return TrackingTarget(host, "10.0.0.5")
+
+
+def file_fact(content, owner="root", group="root", mode="644"):
+    return f"{owner} {group} {mode}\n{base64.b64encode(content.encode()).decode()}"
+
+
+def converged_facts(t: TrackingTarget):
+    facts = {
+        "os": DEBIAN,
+        "node_name": "prod1",
+        "packages": "\n".join(f"{name} ii " for name in tracking.PACKAGES),
+        "postgresql": "active",
+        "database": "role\ndatabase",
+        "user:mlflow": "998",
+        f"stat:{ENV_FILE}": "root mlflow 640",
+        "env_marker": t.env_spec.text,
+        "envs": t.env_path.rsplit("/", 1)[1],
+        f"file:{UNIT_PATH}": file_fact(t.unit("prod1")),
+        f"file:{PROFILE}": file_fact(render("profile-mlflow.sh.j2", port=t.settings.port)),
+        f"service:{UNIT}": "ActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=4242\nNRestarts=0",
+        "probe": "/health 200\n/api/2.0/mlflow/experiments/search?max_results=1 (Host: 10.0.0.5:5000) 200",
+    }
+    for path, owner, group, mode in t.directories():
+        facts[f"stat:{path}"] = f"{owner} {group} {mode}"
+    return facts
+
+
+def changed(steps):
+    return [step.name for step in steps if step.changed]
+
+
+def test_converged_host_is_a_no_op():
+    t = target()
+    steps = plan(t, converged_facts(t))
+    assert changed(steps) == []
+    assert apply_script(steps).strip() == ""
+
+
+def test_fresh_host_gets_everything_in_order():
+    t = target()
+    steps = plan(t, {"os": DEBIAN, "node_name": "prod1"})
+    names = changed(steps)
+    assert names[0] == "packages" and names[-1] == "health gate"
+    assert names.index("secrets /etc/mlflow/tracking.env") < names.index("database role mlflow") < names.index("database mlflow")
+    assert names.index("python env") < names.index(f"restart {UNIT}")
+    assert "install postgresql python3-venv curl ca-certificates" in steps[0].summary
+
+
+def test_workers_change_shows_unit_diff_and_restarts_once():
+    before = target()
+    after = target(workers=4)
+    steps = plan(after, converged_facts(before))
+    assert changed(steps) == [f"file {UNIT_PATH}", "daemon-reload", f"restart {UNIT}", "health gate"]
+    unit = next(step for step in steps if step.name == f"file {UNIT_PATH}")
+    assert "-ExecStart=" in unit.diff and "--workers 4" in unit.diff
+    restart = next(step for step in steps if step.name == f"restart {UNIT}")
+    assert restart.summary == "because unit changed"
+
+
+def test_new_mlflow_version_builds_a_new_env_beside_the_old_and_prunes_it_after_the_gate():
+    before = target()
+    after = target(mlflow_version="3.16.0")
+    steps = plan(after, converged_facts(before))
+    names = changed(steps)
+    assert names[-2:] == ["health gate", "old python envs"]
+    assert before.env_path != after.env_path
+    restart = next(step for step in steps if step.name == f"restart {UNIT}")
+    assert restart.summary == "because unit, python env changed"
+
+
+def test_stopped_service_is_started_and_gated():
+    t = target()
+    facts = converged_facts(t) | {f"service:{UNIT}": "ActiveState=inactive\nUnitFileState=enabled\nMainPID=0"}
+    facts["probe"] = "/health 000\n/api 000"
+    assert changed(plan(t, facts)) == [f"restart {UNIT}", "health gate"]
+
+
+def test_unhealthy_but_running_server_is_gated_without_restart():
+    t = target()
+    facts = converged_facts(t) | {"probe": "/health 200\n/api 403"}
+    steps = plan(t, facts)
+    assert changed(steps) == ["health gate"]
+    assert "NRestarts" in steps[-1].script and '"${restarts:-0}" -gt 0' not in steps[-1].script
+
+
+def test_lost_secret_file_is_regenerated_and_the_role_password_reset():
+    t = target()
+    facts = converged_facts(t)
+    del facts[f"stat:{ENV_FILE}"]
+    names = changed(plan(t, facts))
+    assert names == [f"secrets {ENV_FILE}", "database role mlflow", f"restart {UNIT}", "health gate"]
+
+
+def test_secret_never_on_a_command_line():
+    script = tracking.set_role_password_script()
+    assert "printf" in script and "| runuser -u postgres -- psql" in script
+    assert "secrets.token_urlsafe" in tracking.generate_env_file_script()
+    unit = target().unit("prod1")
+    assert f"EnvironmentFile={ENV_FILE}" in unit
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "postgresql" not in exec_start and "PASSWORD" not in exec_start
+
+
+def test_unit_settings():
+    unit = target(port=5050, job_runner=False).unit("node7")
+    assert "Restart=on-failure" in unit
+    assert "Environment=MLFLOW_DISABLE_TELEMETRY=true" in unit and "Environment=DO_NOT_TRACK=true" in unit
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in unit
+    assert "StandardOutput=journal" in unit
+    allowed = next(line for line in unit.splitlines() if "ALLOWED_HOSTS" in line).split("=", 2)[2].split(",")
+    assert allowed == ["prod1:5050", "10.0.0.5:5050", "node7:5050", "localhost:5050", "127.0.0.1:5050"]
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true" in target(job_runner=True).unit("n")
+    assert "mlflow.example.com:443" in target(allowed_hosts=["mlflow.example.com:443"]).unit("n")
+
+
+@pytest.mark.parametrize(
+    "os_fact, message",
+    [
+        ("centos|rhel fedora|CentOS Stream 9\nsystemd", "CentOS Stream 9 is not Debian/Ubuntu"),
+        ("debian||Debian GNU/Linux 12 (bookworm)", "does not run systemd"),
+        ("ubuntu|debian|Ubuntu 24.04 LTS\nsystemd", None),
+    ],
+)
+def test_platform_check(os_fact, message):
+    step = check_platform(os_fact)
+    assert step.failed == (message is not None)
+    if message:
+        assert message in step.summary
