@@ -4,10 +4,13 @@ from pathlib import Path
 
 from invoke import Collection
 
-from tasks import status, tracking
+from tasks import model_tasks, status, tracking
 
 ns = Collection()
 ns.add_task(tracking.setup_tracking)
 ns.add_task(status.status)
+ns.add_task(model_tasks.deploy_model)
+ns.add_task(model_tasks.rollback_model)
+ns.add_task(model_tasks.releases)
 # Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
 ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

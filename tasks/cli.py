@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import fabric
 from invoke.exceptions import Exit
 
@@ -37,3 +39,15 @@ def hosts_for(c, role: str | None) -> list[Host]:
         return select_hosts(inventory(c), c.config.get("target_hosts") or [], role, aliases)
     except InventoryError as error:
         raise Exit(f"error: {error}", code=2) from None
+
+
+def tracking_uri(c) -> str:
+    """MLFLOW_TRACKING_URI when set, else the inventory's tracking host."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from tasks.tracking import TrackingTarget
+
+    hosts = inventory(c).with_role("tracking")
+    if not hosts:
+        raise Exit("error: no tracking server: set MLFLOW_TRACKING_URI or give a host roles = [\"tracking\"] in the inventory", code=2)
+    return TrackingTarget(hosts[0], hosts[0].address).url

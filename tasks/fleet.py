@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable
@@ -27,6 +28,7 @@ def _work_on(host: Host, config: Config, report: HostReport, work: Callable[[Rem
         report.error = f"unexpected error: {type(error).__name__}: {error}"
         show_error(report)
     finally:
+        report.remote_commands = remote.commands_run
         remote.close()
 
 
@@ -51,6 +53,18 @@ def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, t
 
 def finish(reports: list[HostReport]) -> None:
     """The recap line per host; exit non-zero if any host failed."""
-    show_recap(reports)
+    show_recap(reports, show_commands=bool(os.environ.get("MLFLOW_FAB_COUNT_COMMANDS")))
     if any(report.failed for report in reports):
         raise Exit(code=1)
+
+
+def run_one_host_at_a_time(config: Config, hosts: list[Host], work, check: bool = False) -> list[HostReport]:
+    """Hosts in order; after a failure the rest are left untouched (check mode looks at every host)."""
+    reports: list[HostReport] = []
+    for index, host in enumerate(hosts):
+        reports += run_on_hosts(config, [host], work, check)
+        if reports[-1].failed and not check:
+            for untouched in hosts[index + 1:]:
+                reports.append(HostReport(untouched.name, check=check, notes=["untouched: an earlier host failed"]))
+            break
+    return reports

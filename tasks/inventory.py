@@ -42,6 +42,15 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    port: int = 5001
+    workers: int = 1
+    keep_releases: int = 5
+    env_manager: str = "venv"
+    health_timeout: int = 120
+
+
+@dataclass(frozen=True)
 class Host:
     name: str
     address: str
@@ -51,12 +60,16 @@ class Host:
     identity: str | None = None
     sudo: bool | None = None
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    models: dict[str, ModelSettings] = field(default_factory=dict)
     # True for hosts given on the command line as user@address[:port] or an ssh-config alias.
     ad_hoc: bool = False
 
     @property
     def needs_sudo(self) -> bool:
         return self.sudo if self.sudo is not None else self.user != "root"
+
+    def model(self, name: str) -> ModelSettings:
+        return self.models.get(name, self.models.get("", ModelSettings()))
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Inventory:
     defaults: ConnectionSettings
     tracking: TrackingSettings
     hosts: dict[str, Host]
+    models: dict[str, ModelSettings] = field(default_factory=dict)
 
     def with_role(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if role in host.roles]
@@ -86,6 +100,7 @@ class Inventory:
             identity=self.defaults.identity,
             sudo=self.defaults.sudo,
             tracking=self.tracking,
+            models=self.models,
             ad_hoc=True,
         )
 
@@ -103,7 +118,7 @@ def _matches(value, annotation) -> bool:
     if origin in (list, tuple):
         (item_type, *_) = typing.get_args(annotation)
         return isinstance(value, list) and all(_matches(item, item_type) for item in value)
-    if dataclasses.is_dataclass(annotation):
+    if dataclasses.is_dataclass(annotation) or origin is dict:
         return isinstance(value, dict)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -139,6 +154,29 @@ def _tracking_settings(base: TrackingSettings, table: dict, where: str, path: Pa
     return settings
 
 
+def _model_settings(base: dict[str, ModelSettings], table: dict, where: str, path: Path) -> dict[str, ModelSettings]:
+    """[models] holds defaults for every model name; [models.NAME] one model's own settings.
+
+    The defaults are kept under the name "" so a name the inventory never mentions still gets them.
+    """
+    defaults_table = {key: value for key, value in table.items() if not isinstance(value, dict)}
+    values = _check_table(defaults_table, ModelSettings, where, path)
+    models = {name: dataclasses.replace(settings, **values) for name, settings in base.items()}
+    for name, model_table in table.items():
+        if isinstance(model_table, dict):
+            start = models.get(name, models[""])
+            model_values = _check_table(model_table, ModelSettings, f"{where}.{name}", path)
+            models[name] = dataclasses.replace(start, **model_values)
+    for name, settings in models.items():
+        label = f"{where}.{name}" if name else where
+        if settings.env_manager not in ("venv", "conda"):
+            raise InventoryError(f'{path}: [{label}] env_manager must be "venv" or "conda", not {settings.env_manager!r}')
+        for key in ("port", "workers", "keep_releases", "health_timeout"):
+            if getattr(settings, key) < 1:
+                raise InventoryError(f"{path}: [{label}] {key} must be a positive number")
+    return models
+
+
 def load_inventory(path: str | Path) -> Inventory:
     path = Path(path)
     try:
@@ -150,7 +188,7 @@ def load_inventory(path: str | Path) -> Inventory:
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: {error}") from None
 
-    sections = ("defaults", "tracking", "hosts")
+    sections = ("defaults", "tracking", "models", "hosts")
     for key, value in data.items():
         if key not in sections:
             raise InventoryError(f"{path}: unknown section [{key}] (known: {', '.join(sections)})")
@@ -159,6 +197,7 @@ def load_inventory(path: str | Path) -> Inventory:
 
     defaults = ConnectionSettings(**_check_table(data.get("defaults", {}), ConnectionSettings, "defaults", path))
     tracking = _tracking_settings(TrackingSettings(), data.get("tracking", {}), "tracking", path)
+    models = _model_settings({"": ModelSettings()}, data.get("models", {}), "models", path)
 
     hosts = {}
     for name, table in data.get("hosts", {}).items():
@@ -173,10 +212,12 @@ def load_inventory(path: str | Path) -> Inventory:
                 raise InventoryError(f"{path}: [{where}] unknown role {role!r} (known roles: {', '.join(KNOWN_ROLES)})")
         connection = {key: values.get(key, getattr(defaults, key)) for key in ("user", "port", "identity", "sudo")}
         host_tracking = values.pop("tracking", {})
+        host_models = values.pop("models", {})
+        values["models"] = _model_settings(models, host_models, f"{where}.models", path)
         values.update(connection)
         values["tracking"] = _tracking_settings(tracking, host_tracking, f"{where}.tracking", path)
         hosts[name] = Host(name=name, **values)
-    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts)
+    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models)
 
 
 def select_hosts(inventory: Inventory, targets: list[str], role: str | None, ssh_aliases=()) -> list[Host]:

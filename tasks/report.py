@@ -22,7 +22,8 @@ class HostReport:
     error: str = ""
     unreachable: bool = False
     notes: list[str] = field(default_factory=list)
-    details: dict[str, str] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+    remote_commands: int = 0
 
     @property
     def ok(self) -> int:
@@ -37,7 +38,8 @@ class HostReport:
         return sum(1 for step in self.steps if step.failed) + (1 if self.error and not any(s.failed for s in self.steps) else 0)
 
     def recap(self) -> str:
-        return f"{self.host} ok={self.ok} changed={self.changed} failed={self.failed}"
+        untouched = " (untouched)" if not self.steps and not self.error else ""
+        return f"{self.host} ok={self.ok} changed={self.changed} failed={self.failed}{untouched}"
 
 
 def show_step(report: HostReport, step: Step) -> None:
@@ -70,8 +72,9 @@ def show_note(report: HostReport, note: str) -> None:
         console.print(f"{'':>12} [bold]{escape(report.host)}[/] {escape(note)}")
 
 
-def show_recap(reports: list[HostReport]) -> None:
+def show_recap(reports: list[HostReport], show_commands: bool = False) -> None:
     console.print("\n[bold]RECAP[/]" + (" (check mode: nothing was changed)" if reports and reports[0].check else ""))
     for report in reports:
         style = "red" if report.failed else "yellow" if report.changed else "green"
-        console.print(f"[{style}]{escape(report.recap())}[/]")
+        stats = f" remote_commands={report.remote_commands}" if show_commands else ""
+        console.print(f"[{style}]{escape(report.recap())}[/]{stats}")

@@ -11,5 +11,5 @@ _environment = jinja2.Environment(
 )
 
 
-def render(name: str, **values) -> str:
-    return _environment.get_template(name).render(**values)
+def render(template: str, **values) -> str:
+    return _environment.get_template(template).render(**values)

@@ -16,11 +16,18 @@ class HttpCheck:
     host_header: str = ""
     # extra curl arguments, e.g. a POST body
     curl_args: str = ""
+    # text the body must contain, e.g. "predictions"
+    expect: str = ""
 
     def curl(self, port: int, max_time: int = 5) -> str:
+        """A command printing the status code, or `unexpected-body` when 200 lacks the expected text."""
         header = f"-H {shlex.quote('Host: ' + self.host_header)} " if self.host_header else ""
         url = shlex.quote(f"http://127.0.0.1:{port}{self.path}")
-        return f"curl -s -o /dev/null -w '%{{http_code}}' --max-time {max_time} {header}{self.curl_args} {url}"
+        output = '"$body"' if self.expect else "/dev/null"
+        command = f"curl -s -o {output} -w '%{{http_code}}' --max-time {max_time} {header}{self.curl_args} {url}"
+        if not self.expect:
+            return command
+        return f'c=$({command}); [ "$c" != 200 ] || grep -q {shlex.quote(self.expect)} "$body" || c=unexpected-body; echo "$c"'
 
     @property
     def label(self) -> str:
@@ -30,7 +37,7 @@ class HttpCheck:
 def probe_command(port: int, checks: list[HttpCheck]) -> str:
     """Print `label code` per check; used as a fact, so it must be quick and read-only."""
     lines = [f"printf '%s %s\\n' {shlex.quote(check.label)} \"$({check.curl(port, 3)} || true)\"" for check in checks]
-    return "command -v curl >/dev/null && {\n" + "\n".join(lines) + "\n}"
+    return "command -v curl >/dev/null && {\nbody=$(mktemp)\n" + "\n".join(lines) + '\nrm -f "$body"\n}'
 
 
 def probe_healthy(text: str, checks: list[HttpCheck]) -> bool:
@@ -51,6 +58,7 @@ def gate_script(unit: str, port: int, checks: list[HttpCheck], timeout: int, aft
     restarted = '|| [ "${restarts:-0}" -gt 0 ] ' if after_restart else ""
     return f"""deadline=$((SECONDS + {timeout}))
 why=""
+body=$(mktemp); trap 'rm -f "$body"' EXIT
 while :; do
   state=$(systemctl show -p ActiveState --value {unit})
   restarts=$(systemctl show -p NRestarts --value {unit})
@@ -64,6 +72,8 @@ while :; do
   sleep 1
 done
 echo "health gate failed: $why"
+causes=$(journalctl -u {unit} -n 300 --no-pager -o cat | grep -E 'Error|Exception|error:' | grep -v 'non zero return code' | tail -n 8)
+if [ -n "$causes" ]; then echo "--- lines of the journal that name an error:"; echo "$causes"; fi
 echo "--- last {JOURNAL_LINES} lines of journalctl -u {unit}:"
 journalctl -u {unit} -n {JOURNAL_LINES} --no-pager -o cat
 exit 1"""

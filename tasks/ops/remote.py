@@ -103,5 +103,13 @@ class Remote:
             )
         return result
 
+    def put(self, data, path: str) -> None:
+        """Upload a file-like object by SFTP as the SSH user (root work on it goes through run_script)."""
+        self.connect()
+        try:
+            self.connection.put(data, remote=path)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
+
     def close(self) -> None:
         self.connection.close()

@@ -9,11 +9,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # so a bare `pytest` finds tests.testbed, not only `python -m pytest`
 
+import testinfra  # noqa: E402
+
 from tests.testbed import Testbed, TestbedError, TestHost  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "integration: needs real test hosts (root, systemd-nspawn)")
+from tests.testbed.ssh import SSH_OPTIONS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +40,18 @@ def start_host(testbed):
     yield start
     for host in started.values():
         host.stop()
+
+
+@pytest.fixture(scope="session")
+def infra():
+    """infra(test_host, user="root") -> a testinfra Host for checks like host.service("ssh").is_running."""
+
+    def connect(test_host: TestHost, user: str = "root"):
+        return testinfra.get_host(
+            f"ssh://{user}@{test_host.address}:{test_host.port}",
+            ssh_identity_file=str(test_host.identity),
+            ssh_extra_args=" ".join(SSH_OPTIONS),
+            controlpersist=0,  # no master connection outliving a host that gets restarted
+        )
+
+    return connect

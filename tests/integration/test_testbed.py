@@ -40,6 +40,10 @@ def test_systemd_is_pid_1_and_the_system_is_up(mlt1):
     assert state in ("running", "degraded")
 
 
+def test_testinfra_sees_sshd_running_under_systemd(infra, mlt1):
+    assert infra(mlt1).service("ssh").is_running
+
+
 def test_deploy_has_passwordless_sudo(mlt1):
     assert mlt1.run("sudo -n id -u", user="deploy").stdout.strip() == "0"
 

@@ -20,6 +20,8 @@ CLEAN_STOP_TIMEOUT = 30
 KILL_TIMEOUT = 10
 # Per-host overlays over one shared cache each: a shared read-write bind fights over apt's lock.
 SHARED_CACHES = {"apt-archives": "/var/cache/apt/archives", "pip": "/root/.cache/pip"}
+# Popen objects of the nspawn processes this Python process started: dropping one while it runs warns.
+_started_here: dict[int, subprocess.Popen] = {}
 
 
 class RemoteCommandError(subprocess.CalledProcessError):
@@ -72,13 +74,14 @@ class TestHost:
     # ---- state --------------------------------------------------------------------------------
 
     def nspawn_pid(self) -> int | None:
-        """The PID of this host's systemd-nspawn if it is alive (checked, so a reused PID doesn't count)."""
+        """The PID of this host's systemd-nspawn if it is alive (a reused PID has another start time)."""
         try:
-            pid = int(self.pid_path.read_text())
+            pid_text, started = self.pid_path.read_text().split()
+            pid = int(pid_text)
         except (FileNotFoundError, ValueError):
             return None
-        argv = proc.command_line(pid)
-        if proc.is_running(pid) and argv and argv[0].endswith("systemd-nspawn") and f"--machine={self.name}" in argv:
+        # Not /proc/PID/cmdline: it reads back empty for a moment while nspawn sets up its child.
+        if proc.is_running(pid) and proc.start_time(pid) == started:
             return pid
         return None
 
@@ -103,6 +106,7 @@ class TestHost:
         started = time.monotonic()
         for sub in ("upper", "work", "root", *(f"{cache}-upper" for cache in SHARED_CACHES)):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "upper").chmod(0o755)  # the overlay's "/" takes its mode, whatever our umask was
         proc.run(["mount", "-t", "overlay", f"mlflow-fab-testbed-{self.name}", self.root, "-o",
                   f"lowerdir={base},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"])
         (self.root / "etc/hostname").write_text(f"{self.name}\n")
@@ -128,7 +132,8 @@ class TestHost:
         with open(self.log_path, "w") as log_file:
             process = subprocess.Popen(self._nspawn_argv(), env=env, stdin=subprocess.DEVNULL,
                                        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid_path.write_text(f"{process.pid}\n")
+        _started_here[process.pid] = process
+        self.pid_path.write_text(f"{process.pid} {proc.start_time(process.pid)}\n")
 
     def _wait_for_ssh(self) -> None:
         def ready_or_dead():
@@ -157,6 +162,7 @@ class TestHost:
         self._clean_up()
         self._harvest_caches()
         if pid is not None:
+            _forget(pid)
             log.info("%s stopped in %.1f s", self.name, time.monotonic() - started)
 
     def poweroff_hard(self) -> None:
@@ -167,6 +173,7 @@ class TestHost:
         pid = self.nspawn_pid()
         if pid is not None:
             self._kill(pid)
+            _forget(pid)
         self._clean_up()
 
     def _kill(self, pid: int) -> None:
@@ -186,6 +193,12 @@ class TestHost:
     def _harvest_caches(self) -> None:
         for cache in SHARED_CACHES:
             harvest(self.dir / f"{cache}-upper", self.state_dir / "cache" / cache)
+
+
+def _forget(pid: int) -> None:
+    process = _started_here.pop(pid, None)
+    if process is not None:
+        process.wait()
 
 
 def harvest(upper: Path, shared: Path) -> None:

@@ -66,6 +66,7 @@ def ensure_base(state_dir: Path, public_key: str) -> Path:
         shutil.rmtree(leftover)
     if not base.is_dir():
         build_dir = Path(tempfile.mkdtemp(prefix=".base-build-", dir=state_dir))
+        build_dir.chmod(0o755)  # it becomes the hosts' "/", and mkdtemp made it 0700
         started = time.monotonic()
         try:
             _debootstrap(build_dir, state_dir / "debootstrap.log")
@@ -102,13 +103,17 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _configure(root: Path, public_key: str) -> None:
-    # An empty file, not a newline: systemd then treats the machine id as "not yet set" and boots.
+    # Empty, not a newline: nspawn fails on a lone newline ("Failed to read machine ID ... Invalid argument").
     _write(root / "etc/machine-id", "")
     (root / "etc/hostname").unlink(missing_ok=True)
     _write(root / "etc/hosts", addresses.hosts_file())
 
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     shutil.copy2(MACHINE_SOURCES, root / "etc/apt/sources.list.d" / MACHINE_SOURCES.name)
+    # debootstrap's own lists would sit beside the machine's, one Packages file uncompressed, one not.
+    for entry in (root / "var/lib/apt/lists").iterdir():
+        if entry.is_file() and entry.name != "lock":
+            entry.unlink()
     for entry in MACHINE_APT_LISTS.iterdir():
         if entry.is_file() and entry.name != "lock":
             shutil.copy2(entry, root / "var/lib/apt/lists" / entry.name)
@@ -135,7 +140,8 @@ def _configure(root: Path, public_key: str) -> None:
         (root / home.lstrip("/") / ".ssh").chmod(0o700)
         _chroot(root, "chown", "-R", f"{user}:{user}", f"{home}/.ssh")
 
-    for cache in root.glob("var/cache/apt/*.bin"):
+    # Hosts see the shared download cache at /var/cache/apt/archives instead of these.
+    for cache in [*root.glob("var/cache/apt/*.bin"), *root.glob("var/cache/apt/archives/*.deb")]:
         cache.unlink()
 
 

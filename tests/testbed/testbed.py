@@ -65,8 +65,6 @@ class Testbed:
             self._base = rootfs.ensure_base(self.state_dir, public_key)
             for cache in SHARED_CACHES:
                 (self.state_dir / "cache" / cache).mkdir(parents=True, exist_ok=True)
-            # apt refuses to download into an archives dir that lacks partial/.
-            (self.state_dir / "cache" / "apt-archives" / "partial").mkdir(exist_ok=True)
             network.prepare_network(self.state_dir)
 
     def host(self, name: str) -> TestHost:

@@ -102,3 +102,26 @@ def test_ad_hoc_user_address_port(tmp_path):
     assert (host.user, host.address, host.port) == ("deploy", "10.0.0.6", 22)
     with pytest.raises(InventoryError, match="port 'x' is not a number"):
         select_hosts(inventory, ["root@10.0.0.5:x"], "tracking")
+
+
+def test_model_settings_defaults_per_name_and_per_host(tmp_path):
+    text = GOOD + """
+[models]
+workers = 2
+[models.wine]
+port = 5002
+[hosts.prod3]
+address = "203.0.113.12"
+roles = ["models"]
+[hosts.prod3.models.wine]
+keep_releases = 2
+"""
+    inventory = load_inventory(write(tmp_path, text))
+    prod1, prod3 = inventory.hosts["prod1"], inventory.hosts["prod3"]
+    assert prod1.model("wine").port == 5002 and prod1.model("wine").workers == 2
+    assert prod1.model("other").port == 5001 and prod1.model("other").workers == 2
+    assert (prod3.model("wine").port, prod3.model("wine").keep_releases) == (5002, 2)
+    with pytest.raises(InventoryError, match=r"\[models.wine\] keep_releases = 'x'"):
+        load_inventory(write(tmp_path, "[models.wine]\nkeep_releases = 'x'"))
+    with pytest.raises(InventoryError, match=r"\[models.wine\] port must be a positive number"):
+        load_inventory(write(tmp_path, "[models.wine]\nport = 0"))

@@ -1,0 +1,344 @@
+"""Model servers: one systemd instance per model name, deployed as releases with a health gate and rollback.
+
+Runbook this replaces: find the run's artifact path, copy it to the server, build an env from its
+requirements.txt, `mlflow models serve`, curl /invocations, and pray; go back by hand when it fails.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import shlex
+import socket
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tasks import releases as rel
+from tasks.inventory import ModelSettings
+from tasks.model_source import ModelArtifact, manifest
+from tasks.ops import facts as f
+from tasks.ops.files import ensure_directory, ensure_file, write_file_script
+from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
+from tasks.ops.pyenv import EnvSpec, ensure_env
+from tasks.ops.remote import HostError, Remote
+from tasks.ops.steps import Step, apply
+from tasks.ops.system import ensure_packages, ensure_system_user
+from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
+from tasks.report import HostReport, show_note, show_step
+from tasks.templates import render
+
+MODEL_USER = "mlflow-model"
+MODEL_HOME = "/var/lib/mlflow-model"
+CONFIG_DIR = "/etc/mlflow/models"
+ENVS_ROOT = "/opt/mlflow/envs"
+UNIT_TEMPLATE = "/etc/systemd/system/mlflow-model@.service"
+PACKAGES = ["python3-venv", "curl", "ca-certificates"]
+SAMPLE = "sample.json"
+
+
+def unit_name(name: str) -> str:
+    return f"mlflow-model@{name}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What deploy-model ships to every host: one fetched model, one release name, one tarball."""
+
+    name: str
+    artifact: ModelArtifact
+    sample: str
+    stamp: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    by: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
+
+    @property
+    def release(self) -> str:
+        return rel.release_name(self.stamp, self.artifact.digest)
+
+    def tarball(self) -> bytes:
+        """model/ plus the gate's sample request, packed once for every host."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            archive.add(self.artifact.local_dir, arcname="model")
+            if self.sample:
+                data = self.sample.encode()
+                info = tarfile.TarInfo(SAMPLE)
+                info.size, info.mode = len(data), 0o644
+                archive.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+
+class ModelHost:
+    """One model name on one host: its paths, facts and checks."""
+
+    def __init__(self, remote: Remote, name: str):
+        self.remote = remote
+        self.name = name
+        self.settings: ModelSettings = remote.host.model(name)
+        self.dir = rel.model_dir(name)
+        self.releases_dir = f"{self.dir}/releases"
+        self.current = f"{self.dir}/current"
+        self.history = f"{self.dir}/history.jsonl"
+        self.unit = unit_name(name)
+        self.env_file = f"{CONFIG_DIR}/{name}.env"
+
+    @property
+    def health_checks(self) -> list[HttpCheck]:
+        post = f"-X POST -H 'Content-Type: application/json' --data-binary @{self.current}/{SAMPLE}"
+        return [HttpCheck("/ping"), HttpCheck("/invocations", curl_args=post, expect="predictions")]
+
+    def facts(self) -> list[f.Fact]:
+        releases = (
+            f"cd {self.releases_dir} && for r in */; do r=${{r%/}}; "
+            "printf '%s\\t%s\\n' \"$r\" \"$(tr -d '\\n' < \"$r/manifest.json\")\"; done"
+        )
+        return [
+            f.os_release(),
+            f.installed_packages(PACKAGES),
+            f.user_exists(MODEL_USER),
+            *[f.path_stat(path) for path, *_ in self.directories()],
+            f.Fact("python", "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'"),
+            f.Fact("releases", releases),
+            f.Fact("current", f"basename \"$(readlink {self.current})\""),
+            f.Fact("history", f"cat {self.history}"),
+            f.Fact("env_markers", f"cd {ENVS_ROOT} && for m in */.complete; do printf '%s\\t%s\\n' \"${{m%/.complete}}\" \"$(cat \"$m\")\"; done"),
+            f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
+            f.Fact("env_links", f"for l in {rel.MODELS_ROOT}/*/releases/*/env; do printf '%s %s\\n' \"$l\" \"$(readlink \"$l\")\"; done"),
+            f.Fact("ports", f"grep -H '^PORT=' {CONFIG_DIR}/*.env"),
+            f.file_content(UNIT_TEMPLATE),
+            f.file_content(self.env_file),
+            f.service_state(self.unit),
+            f.Fact("probe", probe_command(self.settings.port, self.health_checks)),
+        ]
+
+    def directories(self) -> list[tuple[str, str, str, str]]:
+        return [
+            (MODEL_HOME, MODEL_USER, MODEL_USER, "750"),
+            (CONFIG_DIR, "root", "root", "755"),
+            (ENVS_ROOT, "root", "root", "755"),
+            (rel.MODELS_ROOT, "root", "root", "755"),
+            (self.dir, "root", "root", "755"),
+            (self.releases_dir, "root", "root", "755"),
+        ]
+
+    def gate(self, after_restart: bool) -> Step:
+        timeout = self.settings.health_timeout
+        script = gate_script(self.unit, self.settings.port, self.health_checks, timeout, after_restart)
+        return Step.change("health gate", f"wait up to {timeout} s for /ping and a real prediction", script)
+
+    def switch_script(self, release: str, previous: str, action: str, by: str, reason: str = "") -> str:
+        """Flip `current` atomically (ln -s + mv -T) and append the switch to the history."""
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        entry = rel.history_entry(action, release, previous, by, stamp, reason)
+        return (
+            f"ln -sfn releases/{release} {self.dir}/.current.tmp\n"
+            f"mv -T {self.dir}/.current.tmp {self.current}\n"
+            f"printf '%s\\n' {shlex.quote(entry)} >> {self.history}"
+        )
+
+
+def port_conflict(name: str, port: int, ports_fact: str) -> str:
+    """Another model on the host already configured on this port ('' when none)."""
+    for line in ports_fact.splitlines():
+        path, _, value = line.partition(":PORT=")
+        other = Path(path).stem
+        if other != name and value.strip() == str(port):
+            return other
+    return ""
+
+
+def env_spec(settings: ModelSettings, artifact: ModelArtifact, host_python: str) -> EnvSpec:
+    """The model's requirements on the host's Python (venv) or on the model's own Python (conda)."""
+    python = artifact.python_version if settings.env_manager == "conda" else host_python
+    return EnvSpec(settings.env_manager, tuple(artifact.requirements), python=python)
+
+
+def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str]) -> tuple[list[Step], str]:
+    """Steps for one host, and the release it will serve (an existing one when the digest is already there)."""
+    settings = model.settings
+    releases = rel.parse_releases(facts.get("releases", ""))
+    current = facts.get("current", "")
+    same_digest = sorted(name for name, release in releases.items() if release.digest == deployment.artifact.digest)
+    release = current if current in same_digest else (same_digest[-1] if same_digest else deployment.release)
+
+    conflict = port_conflict(model.name, settings.port, facts.get("ports", ""))
+    if conflict:
+        return [Step.failure("port", f"model {conflict} already uses port {settings.port} on this host: give [models.{model.name}] its own port")], release
+
+    spec = env_spec(settings, deployment.artifact, facts.get("python", ""))
+    env_path = spec.path(ENVS_ROOT, "model")
+    steps = [ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))]
+    steps.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
+    steps += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
+    markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
+    env_step = ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env")
+    steps.append(env_step)
+
+    if release in releases:
+        steps.append(Step.ok(f"release {release}", "already on the host (same digest): no upload"))
+    else:
+        manifest_text = manifest(deployment.artifact, spec.digest, deployment.stamp, deployment.by)
+        staging = f"{model.releases_dir}/.{release}.tmp"
+        script = "\n".join(
+            [
+                f"rm -rf {staging} && mkdir -p {staging}",
+                f"tar -xzf {upload_path(release)} -C {staging} --no-same-owner",
+                f"rm -f {upload_path(release)}",
+                write_file_script(f"{staging}/manifest.json", manifest_text, "root", "root", "644"),
+                f"ln -sfn {env_path} {staging}/env",
+                f"chmod -R a+rX {staging}",
+                f"mv -T {staging} {model.releases_dir}/{release}",
+            ]
+        )
+        summary = f"upload {deployment.artifact.uri} (digest {deployment.artifact.digest[:12]})"
+        steps.append(Step.change(f"release {release}", summary, script))
+
+    env_file = render("model.env.j2", name=model.name, port=settings.port, workers=settings.workers)
+    env_file_step = ensure_file(model.env_file, env_file, f.parse_file(facts.get(f"file:{model.env_file}", "")))
+    unit = render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=rel.MODELS_ROOT, config_dir=CONFIG_DIR)
+    unit_step = ensure_file(UNIT_TEMPLATE, unit, f.parse_file(facts.get(f"file:{UNIT_TEMPLATE}", "")))
+    steps += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
+
+    if current == release:
+        switch = Step.ok("switch current", f"already {release}")
+    else:
+        switch = Step.change("switch current", f"{current or 'nothing'} -> {release}", model.switch_script(release, current, "deploy", deployment.by))
+    steps.append(switch)
+    service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
+    steps.append(ensure_enabled(model.unit, service))
+    inputs = {"release": switch, "settings": env_file_step, "unit": unit_step}
+    restart = ensure_running(model.unit, service, [name for name, step in inputs.items() if step.changed])
+    steps.append(restart)
+    if restart.changed or not probe_healthy(facts.get("probe", ""), model.health_checks):
+        steps.append(model.gate(after_restart=restart.changed))
+    else:
+        steps.append(Step.ok("health gate", "/ping and a prediction answer 200"))
+    steps += prune_steps(model, facts, releases, current_after=release, env_path=env_path)
+    return steps, release
+
+
+def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current_after: str, env_path: str) -> list[Step]:
+    """Releases beyond keep_releases, then envs that no remaining release of any model links to."""
+    history = rel.parse_history(facts.get("history", ""))
+    doomed = rel.releases_to_prune(sorted(set(releases) | {current_after}), history, current_after, model.settings.keep_releases)
+    steps = []
+    if doomed:
+        paths = " ".join(f"{model.releases_dir}/{name}" for name in doomed)
+        steps.append(Step.change("prune releases", f"keep {model.settings.keep_releases}, remove {', '.join(doomed)}", f"rm -rf {paths}"))
+    doomed_dirs = {f"{model.releases_dir}/{name}" for name in doomed}
+    links = [line.split() for line in facts.get("env_links", "").splitlines() if len(line.split()) == 2]
+    in_use = {Path(target).name for link, target in links if str(Path(link).parent) not in doomed_dirs}
+    in_use.add(Path(env_path).name)
+    unused = [name for name in facts.get("envs", "").split() if name.startswith("model-") and name not in in_use]
+    if unused:
+        paths = " ".join(f"{ENVS_ROOT}/{name}" for name in unused)
+        steps.append(Step.change("prune envs", "remove " + ", ".join(unused), f"rm -rf {paths}"))
+    return steps
+
+
+def upload_path(release: str) -> str:
+    return f"/tmp/mlflow-fab-{release}.tgz"
+
+
+def python_mismatch(artifact: ModelArtifact, host_python: str) -> str:
+    model_python = artifact.python_version
+    if model_python and host_python and model_python != host_python:
+        return f"warning: the model was trained on Python {model_python}, this host runs {host_python}"
+    return ""
+
+
+def deploy_on(remote: Remote, report: HostReport, deployment: Deployment, tarball: bytes) -> None:
+    model = ModelHost(remote, deployment.name)
+    facts = f.gather(remote, model.facts())
+    steps = [check_platform(facts.get("os", ""))]
+    if not steps[0].failed:
+        planned, release = plan_deploy(model, deployment, facts)
+        steps += planned
+    report.steps += steps
+    if report.check or any(step.failed for step in steps):
+        for step in steps:
+            show_step(report, step)
+        return
+    warning = python_mismatch(deployment.artifact, facts.get("python", ""))
+    if warning:
+        show_note(report, warning)
+    if any(step.changed and step.name == f"release {release}" for step in steps):
+        remote.put(io.BytesIO(tarball), upload_path(release))
+    if apply(remote, steps, lambda step: show_step(report, step)):
+        show_note(report, f"{model.unit} serves {release} on port {model.settings.port}")
+        return
+    failed = next(step for step in steps if step.failed)
+    if failed.name == "health gate":
+        report.steps += roll_back_after_failed_gate(model, report, release, facts.get("current", ""), deployment.by)
+
+
+def roll_back_after_failed_gate(model: ModelHost, report: HostReport, release: str, previous: str, by: str) -> list[Step]:
+    """Put the release that served before back in place and prove it serves; with none, stop the crash loop."""
+    if previous and previous != release:
+        reason = f"health gate of {release} failed"
+        switch = model.switch_script(previous, release, "rollback", by, reason)
+        steps = [
+            Step.change("roll back", f"{release} -> {previous}", f"{switch}\nsystemctl restart {model.unit}"),
+            model.gate(after_restart=True),
+        ]
+    else:
+        steps = [Step.change("stop", f"no earlier release to go back to: stop {model.unit}", f"systemctl stop {model.unit}")]
+    apply(model.remote, steps, lambda step: show_step(report, step))
+    return steps
+
+
+def check_platform(os_fact: str) -> Step:
+    from tasks.tracking import check_platform as check
+
+    return check(os_fact)
+
+
+def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> list[Step]:
+    releases = rel.parse_releases(facts.get("releases", ""))
+    history = rel.parse_history(facts.get("history", ""))
+    current = facts.get("current", "")
+    target = to or rel.previous_release(history)
+    if not target:
+        return [Step.failure("rollback", f"no earlier release of {model.name} in this host's history")]
+    if target not in releases:
+        kept = ", ".join(sorted(releases)) or "none"
+        return [Step.failure("rollback", f"release {target} is not on this host (kept: {kept})")]
+    if target == current:
+        return [Step.ok("rollback", f"already serving {target}")]
+    switch = model.switch_script(target, current, "rollback", by)
+    return [
+        Step.change("switch current", f"{current} -> {target}", f"{switch}\nsystemctl restart {model.unit}"),
+        model.gate(after_restart=True),
+    ]
+
+
+def rollback_on(remote: Remote, report: HostReport, name: str, to: str, by: str) -> None:
+    model = ModelHost(remote, name)
+    steps = plan_rollback(model, f.gather(remote, model.facts()), to, by)
+    report.steps += steps
+    if report.check or any(step.failed for step in steps):
+        for step in steps:
+            show_step(report, step)
+        return
+    apply(remote, steps, lambda step: show_step(report, step))
+
+
+def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
+    model = ModelHost(remote, name)
+    facts = f.gather(remote, model.facts())
+    releases = rel.parse_releases(facts.get("releases", ""))
+    history = rel.parse_history(facts.get("history", ""))
+    current, previous = facts.get("current", ""), rel.previous_release(history)
+    report.details["rows"] = [
+        (
+            release.name,
+            "current" if release.name == current else "previous" if release.name == previous else "kept",
+            release.manifest.get("run_id", ""),
+            release.manifest.get("deployed_at", ""),
+            release.manifest.get("deployed_by", ""),
+        )
+        for release in sorted(releases.values(), key=lambda r: r.name, reverse=True)
+    ]
+    report.details["history"] = history
+    report.steps.append(Step.ok("releases", f"{len(releases)} kept"))
