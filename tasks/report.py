@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -10,7 +12,8 @@ from rich.markup import escape
 
 from tasks.ops.steps import Step
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (CI logs, tests) gets wide lines instead of rich's default of 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 _lock = threading.Lock()
 
 

@@ -72,7 +72,7 @@ while :; do
   sleep 1
 done
 echo "health gate failed: $why"
-causes=$(journalctl -u {unit} -n 300 --no-pager -o cat | grep -E 'Error|Exception|error:' | grep -v 'non zero return code' | tail -n 8)
+causes=$(journalctl -u {unit} -n 300 --no-pager -o cat | grep -E '^[A-Za-z_][A-Za-z0-9_.]*: ' | grep -vE '^(INFO|DEBUG|WARNING):|non zero return code' | tail -n 8)
 if [ -n "$causes" ]; then echo "--- lines of the journal that name an error:"; echo "$causes"; fi
 echo "--- last {JOURNAL_LINES} lines of journalctl -u {unit}:"
 journalctl -u {unit} -n {JOURNAL_LINES} --no-pager -o cat
