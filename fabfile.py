@@ -12,5 +12,6 @@ ns.add_task(status.status)
 ns.add_task(model_tasks.deploy_model)
 ns.add_task(model_tasks.rollback_model)
 ns.add_task(model_tasks.releases)
+ns.add_task(model_tasks.setup_lb)
 # Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
 ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

@@ -57,14 +57,3 @@ def finish(reports: list[HostReport]) -> None:
     if any(report.failed for report in reports):
         raise Exit(code=1)
 
-
-def run_one_host_at_a_time(config: Config, hosts: list[Host], work, check: bool = False) -> list[HostReport]:
-    """Hosts in order; after a failure the rest are left untouched (check mode looks at every host)."""
-    reports: list[HostReport] = []
-    for index, host in enumerate(hosts):
-        reports += run_on_hosts(config, [host], work, check)
-        if reports[-1].failed and not check:
-            for untouched in hosts[index + 1:]:
-                reports.append(HostReport(untouched.name, check=check, notes=["untouched: an earlier host failed"]))
-            break
-    return reports

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import re
-import socket
 from pathlib import Path
 
 from fabric import task
@@ -12,7 +10,7 @@ from invoke.exceptions import Exit
 from rich.table import Table
 
 from tasks import cli
-from tasks.fleet import finish, run_on_hosts, run_one_host_at_a_time
+from tasks.fleet import finish, run_on_hosts
 from tasks.report import console
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -24,6 +22,26 @@ def checked_name(name: str) -> str:
     return name
 
 
+ROLLING_HELP = {
+    "batch-size": "hosts switched at once: a number or a percentage of the hosts (rounded up); default 1",
+    "canary": "this many hosts go first, alone",
+    "max-failures": "hosts allowed to fail (preflight or switch) before the deploy stops; default 0",
+    "pause": "seconds to wait between batches",
+    "rollback-all": "when the deploy stops, also roll back the hosts already updated",
+    "break-lock": "remove another deploy's lock first (when that deploy is dead)",
+}
+
+
+def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock):
+    from tasks.rolling import PlanError, RollingOptions, plan_batches
+
+    try:
+        plan_batches(["check"], batch_size, int(canary))
+    except (PlanError, ValueError) as error:
+        raise Exit(f"error: {error}", code=2) from None
+    return RollingOptions(str(batch_size), int(canary), int(max_failures), float(pause), rollback_all, break_lock)
+
+
 @task(
     help={
         "run-id": "deploy runs:/ID/model",
@@ -31,14 +49,18 @@ def checked_name(name: str) -> str:
         "name": "the model's service name on the hosts (default: model); each name has its own port",
         "sample": "JSON request for the health gate (default: the model's serving_input_example.json)",
         "check": "show the plan with diffs and change nothing",
+        **ROLLING_HELP,
     }
 )
-def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, check=False):
-    """Deploy a model from the tracking server to the "models" hosts, one at a time, with a health gate and rollback."""
+def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, check=False, batch_size="1", canary=0,
+                 max_failures=0, pause=0.0, rollback_all=False, break_lock=False):
+    """Deploy a model from the tracking server to the "models" hosts: preflight in parallel, then batches with a health gate and rollback."""
     from tasks.model_source import ModelError, fetch, model_uri as resolve_uri
-    from tasks.models import Deployment, deploy_on
+    from tasks.models import Deployment, HostDeploy
+    from tasks.rolling import deploy_id, operator, rolling
 
     name = checked_name(name)
+    options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
     hosts = cli.hosts_for(c, role="models")
     try:
         uri = resolve_uri(run_id, model_uri)
@@ -48,28 +70,41 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
         artifact = fetch(uri, tracking)
     except (ModelError, OSError) as error:
         raise Exit(f"error: {error}; nothing was changed", code=2) from None
-    deployment = Deployment(name, artifact, sample_text if sample_text is not None else artifact.sample)
+    deployment = Deployment(name, artifact, sample_text if sample_text is not None else artifact.sample, by=operator())
     if not deployment.sample:
         console.print("warning: the model has no serving_input_example.json and no --sample was given: the gate only checks /ping")
     tarball = deployment.tarball()
     console.print(f"model {artifact.uri}: run {artifact.run_id}, digest {artifact.digest[:12]}, release {deployment.release}")
-    finish(run_one_host_at_a_time(c.config, hosts, lambda remote, report: deploy_on(remote, report, deployment, tarball), check))
+    lock = deploy_id(deployment.by, f"deploy {uri} as {name}")
+
+    def make_deploy(remote, report):
+        return HostDeploy(remote, report, name, lock, deployment=deployment, tarball=tarball, break_lock=options.break_lock)
+
+    finish(rolling(c.config, cli.inventory(c), hosts, make_deploy, options, check, name))
 
 
-@task(help={"name": "the model's service name (default: model)", "to": "a release name from `fab releases` (default: the previous one)", "check": "show the plan and change nothing"})
-def rollback_model(c, name="model", to="", check=False):
-    """Serve the previous release of a model again (or --to RELEASE), one host at a time, with the health gate."""
-    from tasks.models import rollback_on
+@task(help={"name": "the model's service name (default: model)", "to": "a release name from `fab releases` (default: the previous one)",
+            "check": "show the plan and change nothing", **ROLLING_HELP})
+def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0, max_failures=0, pause=0.0,
+                   rollback_all=False, break_lock=False):
+    """Serve the previous release of a model again (or --to RELEASE), rolled across hosts like a deploy."""
+    from tasks.models import HostDeploy
+    from tasks.rolling import deploy_id, operator, rolling
 
     name = checked_name(name)
-    by = f"{getpass.getuser()}@{socket.gethostname()}"
+    options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
     hosts = cli.hosts_for(c, role="models")
-    finish(run_one_host_at_a_time(c.config, hosts, lambda remote, report: rollback_on(remote, report, name, to, by), check))
+    lock = deploy_id(operator(), f"rollback {name}" + (f" to {to}" if to else ""))
+
+    def make_deploy(remote, report):
+        return HostDeploy(remote, report, name, lock, rollback_to=to, break_lock=options.break_lock)
+
+    finish(rolling(c.config, cli.inventory(c), hosts, make_deploy, options, check, name))
 
 
 @task(help={"name": "the model's service name (default: model)"})
 def releases(c, name="model"):
-    """Per host: the current, previous and kept releases of a model, and its deploy history."""
+    """Per host: the current, previous and kept releases of a model, and its deploy audit log."""
     from tasks.models import list_releases_on
 
     name = checked_name(name)
@@ -82,6 +117,19 @@ def releases(c, name="model"):
         for row in report.details.get("rows", []):
             table.add_row(*row)
         console.print(table)
-        for entry in report.details.get("history", [])[-10:]:
-            console.print(f"  {entry.get('at', '')}  {entry.get('action', ''):<8} {entry.get('from') or '-'} -> {entry.get('release', '')}  by {entry.get('by', '')}  {entry.get('reason', '')}")
+        for entry in report.details.get("audit", [])[-10:]:
+            console.print(
+                f"  {entry.get('at', '')}  {entry.get('action', ''):<8} {entry.get('from') or '-'} -> {entry.get('to', '')}"
+                f"  {entry.get('result', '')}  by {entry.get('by', '')}"
+            )
     finish(reports)
+
+
+@task(help={"check": "show what would change, with diffs, and change nothing"})
+def setup_lb(c, check=False):
+    """nginx on the "lb" hosts: one upstream and one port per model over the model hosts, validated with nginx -t."""
+    from tasks.lb import converge_lb
+
+    hosts = cli.hosts_for(c, role="lb")
+    inventory = cli.inventory(c)
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: converge_lb(remote, report, inventory), check=check))

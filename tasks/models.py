@@ -20,7 +20,9 @@ from tasks.inventory import ModelSettings
 from tasks.model_source import ModelArtifact, manifest
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_directory, ensure_file, write_file_script
+from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, parse as parse_audit
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
+from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
 from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
@@ -154,29 +156,56 @@ def env_spec(settings: ModelSettings, artifact: ModelArtifact, host_python: str)
     return EnvSpec(settings.env_manager, tuple(artifact.requirements), python=python)
 
 
-def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str]) -> tuple[list[Step], str]:
-    """Steps for one host, and the release it will serve (an existing one when the digest is already there)."""
+@dataclass
+class DeployPlan:
+    """One host's steps in the order a rolling deploy runs them."""
+
+    release: str
+    stage: list[Step] = field(default_factory=list)  # touches no running service
+    switch: list[Step] = field(default_factory=list)  # switch current, restart, health gate
+    prune: list[Step] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.stage + self.switch + self.prune
+
+    @property
+    def failed(self) -> bool:
+        return any(step.failed for step in self.steps)
+
+    @property
+    def changes_anything(self) -> bool:
+        return any(step.changed for step in self.steps)
+
+    @property
+    def touches_service(self) -> bool:
+        return any(step.changed for step in self.switch)
+
+
+def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str]) -> DeployPlan:
+    """The release this host will serve (an existing one when the digest is already there) and the steps to get there."""
     settings = model.settings
     releases = rel.parse_releases(facts.get("releases", ""))
     current = facts.get("current", "")
     same_digest = sorted(name for name, release in releases.items() if release.digest == deployment.artifact.digest)
     release = current if current in same_digest else (same_digest[-1] if same_digest else deployment.release)
+    plan = DeployPlan(release)
 
     conflict = port_conflict(model.name, settings.port, facts.get("ports", ""))
     if conflict:
-        return [Step.failure("port", f"model {conflict} already uses port {settings.port} on this host: give [models.{model.name}] its own port")], release
+        plan.stage.append(Step.failure("port", f"model {conflict} already uses port {settings.port} on this host: give [models.{model.name}] its own port"))
+        return plan
 
     spec = env_spec(settings, deployment.artifact, facts.get("python", ""))
     env_path = spec.path(ENVS_ROOT, "model")
-    steps = [ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))]
-    steps.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
-    steps += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
+    plan.stage.append(ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", ""))))
+    plan.stage.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
+    plan.stage += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
     markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
-    env_step = ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env")
-    steps.append(env_step)
+    plan.stage.append(ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env"))
 
     if release in releases:
-        steps.append(Step.ok(f"release {release}", "already on the host (same digest): no upload"))
+        plan.stage.append(Step.ok(f"release {release}", "already on the host (same digest): no upload"))
     else:
         manifest_text = manifest(deployment.artifact, spec.digest, deployment.stamp, deployment.by)
         staging = f"{model.releases_dir}/.{release}.tmp"
@@ -192,30 +221,50 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str])
             ]
         )
         summary = f"upload {deployment.artifact.uri} (digest {deployment.artifact.digest[:12]})"
-        steps.append(Step.change(f"release {release}", summary, script))
+        plan.stage.append(Step.change(f"release {release}", summary, script))
 
     env_file = render("model.env.j2", name=model.name, port=settings.port, workers=settings.workers)
     env_file_step = ensure_file(model.env_file, env_file, f.parse_file(facts.get(f"file:{model.env_file}", "")))
     unit = render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=rel.MODELS_ROOT, config_dir=CONFIG_DIR)
     unit_step = ensure_file(UNIT_TEMPLATE, unit, f.parse_file(facts.get(f"file:{UNIT_TEMPLATE}", "")))
-    steps += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
+    plan.stage += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
 
     if current == release:
         switch = Step.ok("switch current", f"already {release}")
     else:
         switch = Step.change("switch current", f"{current or 'nothing'} -> {release}", model.switch_script(release, current, "deploy", deployment.by))
-    steps.append(switch)
     service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
-    steps.append(ensure_enabled(model.unit, service))
     inputs = {"release": switch, "settings": env_file_step, "unit": unit_step}
     restart = ensure_running(model.unit, service, [name for name, step in inputs.items() if step.changed])
-    steps.append(restart)
+    plan.switch += [switch, ensure_enabled(model.unit, service), restart]
     if restart.changed or not probe_healthy(facts.get("probe", ""), model.health_checks):
-        steps.append(model.gate(after_restart=restart.changed))
+        plan.switch.append(model.gate(after_restart=restart.changed))
     else:
-        steps.append(Step.ok("health gate", "/ping and a prediction answer 200"))
-    steps += prune_steps(model, facts, releases, current_after=release, env_path=env_path)
-    return steps, release
+        plan.switch.append(Step.ok("health gate", "/ping and a prediction answer 200"))
+    plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)
+    return plan
+
+
+def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> DeployPlan:
+    releases = rel.parse_releases(facts.get("releases", ""))
+    history = rel.parse_history(facts.get("history", ""))
+    current = facts.get("current", "")
+    target = to or rel.previous_release(history)
+    plan = DeployPlan(target)
+    if not target:
+        plan.stage.append(Step.failure("rollback", f"no earlier release of {model.name} in this host's history"))
+    elif target not in releases:
+        kept = ", ".join(sorted(releases)) or "none"
+        plan.stage.append(Step.failure("rollback", f"release {target} is not on this host (kept: {kept})"))
+    elif target == current:
+        plan.switch.append(Step.ok("switch current", f"already {target}"))
+    else:
+        switch = model.switch_script(target, current, "rollback", by)
+        plan.switch += [
+            Step.change("switch current", f"{current} -> {target}", f"{switch}\nsystemctl restart {model.unit}"),
+            model.gate(after_restart=True),
+        ]
+    return plan
 
 
 def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current_after: str, env_path: str) -> list[Step]:
@@ -248,88 +297,133 @@ def python_mismatch(artifact: ModelArtifact, host_python: str) -> str:
     return ""
 
 
-def deploy_on(remote: Remote, report: HostReport, deployment: Deployment, tarball: bytes) -> None:
-    model = ModelHost(remote, deployment.name)
-    facts = f.gather(remote, model.facts())
-    steps = [check_platform(facts.get("os", ""))]
-    if not steps[0].failed:
-        planned, release = plan_deploy(model, deployment, facts)
-        steps += planned
-    report.steps += steps
-    if report.check or any(step.failed for step in steps):
-        for step in steps:
-            show_step(report, step)
-        return
-    warning = python_mismatch(deployment.artifact, facts.get("python", ""))
-    if warning:
-        show_note(report, warning)
-    if any(step.changed and step.name == f"release {release}" for step in steps):
-        remote.put(io.BytesIO(tarball), upload_path(release))
-    if apply(remote, steps, lambda step: show_step(report, step)):
-        show_note(report, f"{model.unit} serves {release} on port {model.settings.port}")
-        return
-    failed = next(step for step in steps if step.failed)
-    if failed.name == "health gate":
-        report.steps += roll_back_after_failed_gate(model, report, release, facts.get("current", ""), deployment.by)
-
-
-def roll_back_after_failed_gate(model: ModelHost, report: HostReport, release: str, previous: str, by: str) -> list[Step]:
-    """Put the release that served before back in place and prove it serves; with none, stop the crash loop."""
-    if previous and previous != release:
-        reason = f"health gate of {release} failed"
-        switch = model.switch_script(previous, release, "rollback", by, reason)
-        steps = [
-            Step.change("roll back", f"{release} -> {previous}", f"{switch}\nsystemctl restart {model.unit}"),
-            model.gate(after_restart=True),
-        ]
-    else:
-        steps = [Step.change("stop", f"no earlier release to go back to: stop {model.unit}", f"systemctl stop {model.unit}")]
-    apply(model.remote, steps, lambda step: show_step(report, step))
-    return steps
-
-
 def check_platform(os_fact: str) -> Step:
     from tasks.tracking import check_platform as check
 
     return check(os_fact)
 
 
-def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> list[Step]:
-    releases = rel.parse_releases(facts.get("releases", ""))
-    history = rel.parse_history(facts.get("history", ""))
-    current = facts.get("current", "")
-    target = to or rel.previous_release(history)
-    if not target:
-        return [Step.failure("rollback", f"no earlier release of {model.name} in this host's history")]
-    if target not in releases:
-        kept = ", ".join(sorted(releases)) or "none"
-        return [Step.failure("rollback", f"release {target} is not on this host (kept: {kept})")]
-    if target == current:
-        return [Step.ok("rollback", f"already serving {target}")]
-    switch = model.switch_script(target, current, "rollback", by)
-    return [
-        Step.change("switch current", f"{current} -> {target}", f"{switch}\nsystemctl restart {model.unit}"),
-        model.gate(after_restart=True),
-    ]
+class HostDeploy:
+    """deploy-model (or rollback-model) on one host, in the phases a rolling deploy interleaves:
+    preflight (facts, lock, stage: touches no service), switch (restart + gate, rolled back on failure), finish."""
 
+    def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, deployment: Deployment | None = None,
+                 tarball: bytes = b"", rollback_to: str = "", break_lock: bool = False):
+        self.remote, self.report = remote, report
+        self.model = ModelHost(remote, name)
+        self.lock, self.break_lock = lock, break_lock
+        self.deployment, self.tarball, self.rollback_to = deployment, tarball, rollback_to
+        self.plan = DeployPlan("")
+        self.previous = ""
+        self.locked = False
+        self.outcome = "untouched"
 
-def rollback_on(remote: Remote, report: HostReport, name: str, to: str, by: str) -> None:
-    model = ModelHost(remote, name)
-    steps = plan_rollback(model, f.gather(remote, model.facts()), to, by)
-    report.steps += steps
-    if report.check or any(step.failed for step in steps):
-        for step in steps:
-            show_step(report, step)
-        return
-    apply(remote, steps, lambda step: show_step(report, step))
+    @property
+    def name(self) -> str:
+        return self.report.host
+
+    def _show(self, step: Step) -> None:
+        show_step(self.report, step)
+
+    def _gather(self) -> dict[str, str]:
+        facts = f.gather(self.remote, self.model.facts())
+        if self.deployment and not facts.get("python") and not self.report.check:
+            # The env's name depends on the host's Python: install it first on a fresh host, then look again.
+            packages = ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))
+            if not apply(self.remote, [packages], self._show):
+                raise HostError("packages", packages.output[-500:] or "apt-get failed")
+            facts = f.gather(self.remote, self.model.facts())
+        return facts
+
+    def preflight(self) -> None:
+        facts = self._gather()
+        self.previous = facts.get("current", "")
+        platform = check_platform(facts.get("os", ""))
+        if platform.failed:
+            self.plan.stage.append(platform)
+        elif self.deployment:
+            self.plan = plan_deploy(self.model, self.deployment, facts)
+            warning = python_mismatch(self.deployment.artifact, facts.get("python", ""))
+            if warning:
+                show_note(self.report, warning)
+        else:
+            self.plan = plan_rollback(self.model, facts, self.rollback_to, self.lock.by)
+        self.report.steps += self.plan.steps
+        if self.report.check or self.plan.failed:
+            for step in self.plan.steps:
+                self._show(step)
+            self.outcome = "failed" if self.plan.failed else "checked"
+            return
+        if not self.plan.changes_anything:
+            for step in self.plan.steps:
+                self._show(step)
+            self.outcome = "unchanged"
+            return
+        self._acquire_lock()
+        if self.plan.stage and any(step.changed and step.name.startswith("release ") for step in self.plan.stage):
+            self.remote.put(io.BytesIO(self.tarball), upload_path(self.plan.release))
+        if not apply(self.remote, self.plan.stage, self._show):
+            self.outcome = "failed"
+            return
+        self.outcome = "staged"
+
+    def _acquire_lock(self) -> None:
+        result = self.remote.run_script(acquire_script(self.model.name, self.lock, self.break_lock), step="lock")
+        if result.exited != 0:
+            raise HostError("lock", holder_message(result.stdout, self.model.name) or result.stdout[-500:])
+        self.locked = True
+
+    def switch(self) -> None:
+        """Serve the staged release; a failed gate puts the previous release back and proves it serves."""
+        if apply(self.remote, self.plan.switch, self._show):
+            self.outcome = "updated" if self.plan.touches_service else "unchanged"
+            return
+        self.outcome = "failed"
+        failed = next(step for step in self.plan.switch if step.failed)
+        if failed.name == "health gate":
+            self.roll_back(f"health gate of {self.plan.release} failed")
+
+    def roll_back(self, reason: str) -> None:
+        """Back to the release that served before this deploy; with none, stop the crash loop."""
+        model, release = self.model, self.plan.release
+        if self.previous and self.previous != release:
+            switch = model.switch_script(self.previous, release, "rollback", self.lock.by, reason)
+            steps = [Step.change("roll back", f"{release} -> {self.previous} ({reason})", f"{switch}\nsystemctl restart {model.unit}"),
+                     model.gate(after_restart=True)]
+        else:
+            steps = [Step.change("stop", f"no earlier release to go back to: stop {model.unit}", f"systemctl stop {model.unit}")]
+        self.report.steps += steps
+        ok = apply(self.remote, steps, self._show)
+        self.outcome = "rolled back" if ok and self.previous else "failed"
+        if self.previous:
+            self.report.error = self.report.error or reason
+
+    def finish(self) -> None:
+        """Prune after a good switch, write the audit line, and release our lock."""
+        steps = self.plan.prune if self.outcome == "updated" else []
+        script = []
+        if self.outcome in ("updated", "rolled back", "failed") and self.locked:
+            action = "rollback" if self.rollback_to or not self.deployment else "deploy"
+            script.append(append_audit(self.audit_record(action)))
+        if self.locked:
+            script.append(release_script(self.model.name, self.lock))
+        if steps:
+            apply(self.remote, steps, self._show)
+        if script:
+            self.remote.run_script("\n".join(script), step="unlock")
+            self.locked = False
+
+    def audit_record(self, action: str) -> dict:
+        uri = self.deployment.artifact.uri if self.deployment else ""
+        return {"model": self.model.name, "action": action, "from": self.previous, "to": self.plan.release,
+                "model_uri": uri, "result": self.outcome, "by": self.lock.by}
 
 
 def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
     model = ModelHost(remote, name)
-    facts = f.gather(remote, model.facts())
+    facts = f.gather(remote, [*model.facts(), f.Fact("audit", f"tail -n 200 {AUDIT_LOG}")])
     releases = rel.parse_releases(facts.get("releases", ""))
-    history = rel.parse_history(facts.get("history", ""))
-    current, previous = facts.get("current", ""), rel.previous_release(history)
+    current, previous = facts.get("current", ""), rel.previous_release(rel.parse_history(facts.get("history", "")))
     report.details["rows"] = [
         (
             release.name,
@@ -340,5 +434,5 @@ def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
         )
         for release in sorted(releases.values(), key=lambda r: r.name, reverse=True)
     ]
-    report.details["history"] = history
+    report.details["audit"] = parse_audit(facts.get("audit", ""), name)
     report.steps.append(Step.ok("releases", f"{len(releases)} kept"))

@@ -13,6 +13,13 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[1] / "data" / "wine-quality.csv"
 
 
+def pinned_requirements() -> list[str]:
+    """What the model needs, pinned to this machine's versions (inference would also pick up pytest and rich)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops")]
+
+
 def log_wine_model(tracking_uri: str, alpha: float = 0.5, l1_ratio: float = 0.5, experiment: str = "wine-quality") -> str:
     import mlflow
     import pandas as pd
@@ -30,7 +37,7 @@ def log_wine_model(tracking_uri: str, alpha: float = 0.5, l1_ratio: float = 0.5,
     with mlflow.start_run() as run:
         mlflow.log_params({"alpha": alpha, "l1_ratio": l1_ratio})
         mlflow.log_metric("rmse", rmse)
-        mlflow.sklearn.log_model(model, name="model", input_example=train[features].head(3))
+        mlflow.sklearn.log_model(model, name="model", input_example=train[features].head(3), pip_requirements=pinned_requirements())
     return run.info.run_id
 
 

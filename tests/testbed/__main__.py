@@ -29,6 +29,9 @@ def down(testbed: Testbed, names: list[str], everything: bool) -> None:
     for host in [testbed.host(name) for name in names]:
         host.stop()
         print(f"{host.name} stopped")
+    if not testbed.running_hosts():
+        testbed.teardown()
+        print("no host left running: network removed")
 
 
 def status(testbed: Testbed) -> None:

@@ -1,0 +1,126 @@
+"""nginx in front of the model hosts: one upstream and one port per model, drained host by host during deploys.
+
+Runbook this replaces: apt-get install nginx; write an upstream per model; `nginx -t`; reload;
+comment a server out before touching its host, reload again, and hope nothing was in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.inventory import Inventory
+from tasks.ops import facts as f
+from tasks.ops.files import write_file_script
+from tasks.ops.remote import Remote
+from tasks.ops.steps import Step, apply
+from tasks.ops.system import ensure_packages
+from tasks.ops.systemd import ensure_enabled
+from tasks.report import HostReport, show_note, show_step
+from tasks.templates import render
+
+CONFIG = "/etc/nginx/conf.d/mlflow-models.conf"
+PACKAGES = ["nginx"]
+DRAIN_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    address: str
+    port: int
+    down: bool = False
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    port: int
+    servers: tuple[Server, ...]
+
+
+def model_names(inventory: Inventory) -> list[str]:
+    """The models the balancer fronts: every [models.NAME] of the inventory, else the default name."""
+    return sorted(name for name in inventory.models if name) or ["model"]
+
+
+def upstreams(inventory: Inventory, drained: frozenset[tuple[str, str]] = frozenset()) -> list[Upstream]:
+    """drained holds (model name, host name) pairs to mark down."""
+    hosts = inventory.with_role("models")
+    return [
+        Upstream(
+            name,
+            inventory.models.get(name, inventory.models[""]).port,
+            tuple(Server(h.name, h.address, h.model(name).port, (name, h.name) in drained) for h in hosts),
+        )
+        for name in model_names(inventory)
+    ]
+
+
+def render_config(models: list[Upstream]) -> str:
+    return render("nginx-mlflow-models.conf.j2", models=models)
+
+
+def install_config_script(content: str) -> str:
+    """Write the config, validate it with `nginx -t` (restoring the old one if invalid), reload gracefully,
+    and wait until the workers of the old config have finished their in-flight requests."""
+    return f"""[ -f {CONFIG} ] && cp -p {CONFIG} {CONFIG}.previous
+{write_file_script(CONFIG, content, "root", "root", "644")}
+if ! nginx -t -q; then
+  echo "nginx -t refused the new config: the previous one is back in place"
+  if [ -f {CONFIG}.previous ]; then mv {CONFIG}.previous {CONFIG}; else rm -f {CONFIG}; fi
+  exit 1
+fi
+rm -f {CONFIG}.previous
+if ! systemctl is-active --quiet nginx; then systemctl enable --now --quiet nginx; exit 0; fi
+old_workers=$(pgrep -f 'nginx: worker process' || true)
+systemctl reload nginx
+deadline=$((SECONDS + {DRAIN_TIMEOUT}))
+for pid in $old_workers; do
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then echo "requests still in flight after {DRAIN_TIMEOUT} s: going on"; break 2; fi
+    sleep 0.1
+  done
+done"""
+
+
+def config_step(content: str, current: f.FileState, name: str = f"file {CONFIG}") -> Step:
+    if current.exists and current.content == content:
+        return Step.ok(name, "up to date")
+    from tasks.ops.files import unified_diff
+
+    summary = "create, validate, start nginx" if not current.exists else "update, validate with nginx -t, reload"
+    return Step.change(name, summary, install_config_script(content), unified_diff(CONFIG, current.content, content))
+
+
+def lb_facts() -> list[f.Fact]:
+    return [f.os_release(), f.installed_packages(PACKAGES), f.file_content(CONFIG), f.service_state("nginx")]
+
+
+def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> None:
+    from tasks.tracking import check_platform
+
+    facts = f.gather(remote, lb_facts())
+    steps = [check_platform(facts.get("os", ""))]
+    if not steps[0].failed:
+        models = upstreams(inventory)
+        service = f.parse_properties(facts.get("service:nginx", ""))
+        steps += [
+            ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", ""))),
+            config_step(render_config(models), f.parse_file(facts.get(f"file:{CONFIG}", ""))),
+            ensure_enabled("nginx", service),
+        ]
+    report.steps += steps
+    if report.check or steps[0].failed:
+        for step in steps:
+            show_step(report, step)
+        return
+    if apply(remote, steps, lambda step: show_step(report, step)):
+        for model in models:
+            show_note(report, f"model {model.name}: http://{remote.connection.host}:{model.port}/invocations -> {len(model.servers)} hosts")
+
+
+def drain(remote: Remote, inventory: Inventory, drained: frozenset[tuple[str, str]], summary: str) -> Step:
+    """Rewrite the balancer's config with these servers down (or none), reload, wait for in-flight requests."""
+    step = Step.change("balancer", summary, install_config_script(render_config(upstreams(inventory, drained))))
+    apply(remote, [step], lambda done: None)
+    return step

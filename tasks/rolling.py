@@ -1,0 +1,222 @@
+"""Rolling a release across model hosts: parallel preflight, canary, batches drained from the balancer,
+a failure budget counted over the whole deploy, rollback of the failing batch (and with --rollback-all,
+of every updated host), and a per-host table at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from fabric import Config
+from rich.table import Table
+
+from tasks.inventory import Host, Inventory
+from tasks.models import HostDeploy
+from tasks.ops.lock import Lock
+from tasks.ops.remote import HostError, Remote
+from tasks.report import HostReport, console, show_error, show_note
+
+PREFLIGHT_TIMEOUT = 1800
+SWITCH_MARGIN = 60
+
+
+class PlanError(ValueError):
+    """A bad --batch-size or --canary."""
+
+
+def batch_size_of(text: str, total: int) -> int:
+    """'2' or '25%' of the hosts; percentages round up, so '50%' always makes two batches."""
+    text = str(text).strip()
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return max(1, math.ceil(total * percent / 100))
+        size = int(text)
+        if size < 1:
+            raise ValueError
+        return size
+    except ValueError:
+        raise PlanError(f"--batch-size {text!r}: give a number of hosts (2) or a percentage (25%)") from None
+
+
+def plan_batches(names: list[str], batch_size: str = "1", canary: int = 0) -> list[list[str]]:
+    """The canary hosts alone first, then the rest in batches of batch_size (a percentage of all hosts)."""
+    if canary < 0:
+        raise PlanError("--canary must be 0 or more")
+    size = batch_size_of(batch_size, len(names))
+    batches = [names[:canary]] if canary else []
+    rest = names[canary:]
+    batches += [rest[start:start + size] for start in range(0, len(rest), size)]
+    return [batch for batch in batches if batch]
+
+
+@dataclass(frozen=True)
+class RollingOptions:
+    batch_size: str = "1"
+    canary: int = 0
+    max_failures: int = 0
+    pause: float = 0.0
+    rollback_all: bool = False
+    break_lock: bool = False
+
+
+def in_parallel(items: list, work: Callable, timeout: float, on_timeout: Callable) -> None:
+    """work(item) for every item in its own thread; items still running at the deadline go to on_timeout."""
+    threads = [threading.Thread(target=work, args=(item,), daemon=True) for item in items]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread, item in zip(threads, items):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            on_timeout(item)
+
+
+def guarded(deploy: HostDeploy, phase: Callable[[], None]) -> None:
+    """Run one phase of one host; its failure is reported on that host, never raised."""
+    try:
+        phase()
+    except HostError as error:
+        deploy.report.error = str(error)
+        deploy.report.unreachable = error.unreachable
+        deploy.outcome = "unreachable" if error.unreachable else "failed"
+        show_error(deploy.report)
+    except Exception as error:  # a bug on one host must not hide the others' state
+        deploy.report.error = f"unexpected error: {type(error).__name__}: {error}"
+        deploy.outcome = "failed"
+        show_error(deploy.report)
+
+
+def timed_out(deploy: HostDeploy, seconds: float) -> None:
+    deploy.report.error = f"no answer within {seconds:.0f} s: the host stopped responding"
+    deploy.report.unreachable = True
+    deploy.outcome = "unreachable"
+    show_error(deploy.report)
+
+
+class Balancer:
+    """The lb hosts of the inventory; every drain rewrites their nginx config and waits for in-flight requests."""
+
+    def __init__(self, inventory: Inventory, config: Config, model: str):
+        self.inventory, self.model = inventory, model
+        self.remotes = [Remote(host, config.clone()) for host in inventory.with_role("lb")]
+        self.drained: set[str] = set()
+
+    def set_drained(self, hosts: set[str], why: str) -> None:
+        from tasks.lb import drain
+
+        if not self.remotes or hosts == self.drained:
+            return
+        pairs = frozenset((self.model, host) for host in hosts)
+        for remote in self.remotes:
+            step = drain(remote, self.inventory, pairs, why)
+            if step.failed:
+                raise HostError("balancer", f"{remote.host.name}: {step.output[-500:]}")
+            console.print(f"{'balancer':>12} [bold]{remote.host.name}[/] {why}")
+        self.drained = set(hosts)
+
+    def close(self) -> None:
+        for remote in self.remotes:
+            remote.close()
+
+
+def deploy_id(by: str, what: str) -> Lock:
+    return Lock(id=uuid.uuid4().hex, by=by, pid=os.getpid(), what=what, at=time.time())
+
+
+def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy: Callable[[Remote, HostReport], HostDeploy],
+            options: RollingOptions, check: bool, model: str) -> list[HostReport]:
+    deploys = [make_deploy(Remote(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
+    by_name = {deploy.name: deploy for deploy in deploys}
+    balancer = Balancer(inventory, config, model) if not check else None
+    try:
+        console.rule("preflight: every host in parallel, no service touched")
+        in_parallel(deploys, lambda d: guarded(d, d.preflight), PREFLIGHT_TIMEOUT, lambda d: timed_out(d, PREFLIGHT_TIMEOUT))
+        if check:
+            return [deploy.report for deploy in deploys]
+        failures = [d for d in deploys if d.outcome in ("failed", "unreachable")]
+        if len(failures) > options.max_failures:
+            console.print(f"[red]preflight failed on {', '.join(d.name for d in failures)}: stopping before any traffic moved[/]")
+            return [deploy.report for deploy in deploys]
+        for deploy in failures:
+            show_note(deploy.report, "skipped: preflight failed (allowed by --max-failures)")
+        ready = [d.name for d in deploys if d.outcome == "staged" and d.plan.touches_service]
+        batches = plan_batches(ready, options.batch_size, options.canary)
+        for number, batch in enumerate(batches, 1):
+            label = "canary" if options.canary and number == 1 else f"batch {number}/{len(batches)}"
+            console.rule(f"{label}: {', '.join(batch)}")
+            try:
+                _switch_batch([by_name[name] for name in batch], balancer)
+            except HostError as error:
+                console.print(f"[red]balancer: {error}: stopping the deploy[/]")
+                failures.append(by_name[batch[0]])
+                for name in batch:
+                    by_name[name].report.error = by_name[name].report.error or f"balancer: {error}"
+                break
+            failures += [by_name[name] for name in batch if by_name[name].outcome != "updated"]
+            if len(failures) > options.max_failures:
+                console.print(f"[red]{len(failures)} host(s) failed (allowed: {options.max_failures}): stopping the deploy[/]")
+                if options.rollback_all:
+                    _roll_back_updated([d for d in deploys if d.outcome == "updated"], balancer)
+                break
+            if options.pause and number < len(batches):
+                console.print(f"pausing {options.pause:g} s before the next batch")
+                time.sleep(options.pause)
+        for deploy in deploys:
+            if deploy.outcome == "staged":
+                deploy.outcome = "untouched"
+    finally:
+        reachable = [d for d in deploys if d.outcome != "unreachable" and d.locked]
+        in_parallel(reachable, lambda d: guarded(d, d.finish), 120, lambda d: timed_out(d, 120))
+        if balancer:
+            balancer.close()
+        for deploy in deploys:
+            deploy.report.remote_commands = deploy.remote.commands_run
+            deploy.remote.close()
+    _show_outcomes(deploys)
+    return [deploy.report for deploy in deploys]
+
+
+def _switch_batch(batch: list[HostDeploy], balancer: Balancer | None) -> None:
+    names = {deploy.name for deploy in batch}
+    if balancer:
+        balancer.set_drained(balancer.drained | names, f"drained {', '.join(sorted(names))}")
+    timeout = max(deploy.model.settings.health_timeout for deploy in batch) * 2 + SWITCH_MARGIN
+    in_parallel(batch, lambda d: guarded(d, d.switch), timeout, lambda d: timed_out(d, timeout))
+    if balancer:
+        # an unreachable host stays out of the balancer; the others serve again (new release or rolled back)
+        keep_out = {deploy.name for deploy in batch if deploy.outcome == "unreachable"}
+        back = names - keep_out
+        balancer.set_drained((balancer.drained - names) | keep_out, f"back in the balancer: {', '.join(sorted(back)) or 'none'}")
+
+
+def _roll_back_updated(updated: list[HostDeploy], balancer: Balancer | None) -> None:
+    console.rule(f"--rollback-all: {', '.join(d.name for d in updated) or 'nothing to roll back'}")
+    for deploy in updated:
+        if balancer:
+            balancer.set_drained(balancer.drained | {deploy.name}, f"drained {deploy.name}")
+        guarded(deploy, lambda: deploy.roll_back("--rollback-all after failures elsewhere"))
+        if balancer:
+            balancer.set_drained(balancer.drained - {deploy.name}, f"back in the balancer: {deploy.name}")
+
+
+def _show_outcomes(deploys: list[HostDeploy]) -> None:
+    table = Table("host", "outcome", "release", "from", "detail", title="deploy")
+    for deploy in deploys:
+        table.add_row(deploy.name, deploy.outcome, deploy.plan.release or "-", deploy.previous or "-", deploy.report.error or "")
+    console.print(table)
+
+
+def operator() -> str:
+    import getpass
+
+    return f"{getpass.getuser()}@{socket.gethostname()}"

@@ -1,0 +1,68 @@
+"""`make demo`: a sandbox host, an MLflow tracking server on it, a logged run, a deployed model, a prediction.
+
+    python -m tests.testbed.demo        (make demo-down removes the sandbox)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.testbed import Testbed
+from tests.wine import log_wine_model
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOX = REPO / ".sandbox"
+HOST = "demo1"
+SAMPLE = {
+    "dataframe_split": {
+        "columns": ["fixed acidity", "volatile acidity", "citric acid", "residual sugar", "chlorides", "free sulfur dioxide",
+                    "total sulfur dioxide", "density", "pH", "sulphates", "alcohol"],
+        "data": [[7.0, 0.27, 0.36, 20.7, 0.045, 45, 170, 1.001, 3.0, 0.45, 8.8]],
+    }
+}
+
+
+def fab(inventory: Path, *args: str) -> None:
+    print(f"\n$ FABRIC_INVENTORY={inventory.relative_to(REPO)} fab {' '.join(args)}", flush=True)
+    env = {**os.environ, "FABRIC_INVENTORY": str(inventory)}
+    subprocess.run([str(Path(sys.executable).with_name("fab")), *args], cwd=REPO, env=env, check=True)
+
+
+def main() -> None:
+    testbed = Testbed()
+    testbed.prepare()
+    host = testbed.host(HOST)
+    if not host.is_running():
+        host = testbed.start(HOST)
+    SANDBOX.mkdir(exist_ok=True)
+    inventory = SANDBOX / "hosts.toml"
+    inventory.write_text(
+        "# The demo sandbox (make demo); make demo-down removes the host.\n"
+        f'[hosts.{HOST}]\naddress = "{host.address}"\nuser = "{host.user}"\nidentity = "{host.identity}"\n'
+        'roles = ["tracking", "models"]\n\n[tracking]\nworkers = 1\n'
+    )
+    fab(inventory, "setup-tracking")
+    tracking_uri = f"http://{host.address}:5000"
+    print(f"\nlogging the wine-quality ElasticNet to {tracking_uri}", flush=True)
+    run_id = log_wine_model(tracking_uri)
+    print(f"run {run_id}")
+    fab(inventory, "deploy-model", "--run-id", run_id, "--name", "wine")
+    request = urllib.request.Request(
+        f"http://{host.address}:5001/invocations", data=json.dumps(SAMPLE).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        prediction = json.loads(response.read())["predictions"][0]
+    print(f"\nMLflow tracking server: {tracking_uri}")
+    print(f"model 'wine' (run {run_id}) serving at http://{host.address}:5001/invocations")
+    print(f"predicted quality of one white wine: {prediction:.2f}")
+    print(f"try: export FABRIC_INVENTORY={inventory}; fab status; fab releases --name wine")
+    print("remove the sandbox with: make demo-down")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+import base64
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tasks.inventory import Host, ModelSettings
+from tasks.model_source import ModelArtifact, ModelError, content_digest, model_uri
+from tasks.models import CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch
+from tasks.releases import history_entry
+from tasks.templates import render
+
+REQUIREMENTS = "mlflow==3.17.2\nnumpy==2.4.6\nscikit-learn==1.9.1"
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "MLmodel").write_text("run_id: abc\n")
+    (model / "requirements.txt").write_text(REQUIREMENTS)
+    (model / "python_env.yaml").write_text("python: 3.11.7\nbuild_dependencies: [pip]\n")
+    return ModelArtifact("runs:/abc/model", "abc", model, content_digest(model))
+
+
+def model_host(**settings):
+    host = Host("m1", "10.0.0.7", roles=("models",), user="deploy", models={"": ModelSettings(**settings)})
+    return ModelHost(SimpleNamespace(host=host), "wine")
+
+
+def file_fact(content):
+    return "root root 644\n" + base64.b64encode(content.encode()).decode()
+
+
+def served_facts(model, deployment, release):
+    spec = env_spec(model.settings, deployment.artifact, "3.11")
+    env = spec.path("/opt/mlflow/envs", "model")
+    manifest = {"digest": deployment.artifact.digest, "env_hash": spec.digest}
+    facts = {
+        "packages": "python3-venv ii\ncurl ii\nca-certificates ii",
+        "user:mlflow-model": "997",
+        "python": "3.11",
+        "releases": f"{release}\t{json.dumps(manifest)}",
+        "current": release,
+        "history": history_entry("deploy", release, "", "me", "t"),
+        "env_markers": f"{Path(env).name}\t{spec.text}",
+        "envs": Path(env).name,
+        "env_links": f"{model.releases_dir}/{release}/env {env}",
+        f"file:{UNIT_TEMPLATE}": file_fact(render("mlflow-model@.service.j2", user="mlflow-model", home="/var/lib/mlflow-model", models_root="/opt/mlflow/models", config_dir=CONFIG_DIR)),
+        f"file:{model.env_file}": file_fact(render("model.env.j2", name="wine", port=5001, workers=1)),
+        f"service:{model.unit}": "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
+        "probe": "/ping 200\n/invocations 200",
+    }
+    for path, owner, group, mode in model.directories():
+        facts[f"stat:{path}"] = f"{owner} {group} {mode}"
+    return facts
+
+
+def changed(steps):
+    return [step.name for step in steps if step.changed]
+
+
+def test_same_digest_already_serving_is_a_no_op(artifact):
+    model = model_host()
+    deployment = Deployment("wine", artifact, sample="{}")
+    plan = plan_deploy(model, deployment, served_facts(model, deployment, "r1"))
+    assert plan.release == "r1" and changed(plan.steps) == [] and not plan.changes_anything
+
+
+def test_new_model_same_requirements_reuses_the_env(artifact, tmp_path):
+    model = model_host()
+    old = Deployment("wine", artifact, sample="{}")
+    facts = served_facts(model, old, "r1")
+    (artifact.local_dir / "model.skops").write_bytes(b"new weights")
+    new_artifact = ModelArtifact(artifact.uri, "def", artifact.local_dir, content_digest(artifact.local_dir))
+    new = Deployment("wine", new_artifact, sample="{}", stamp="20261126T120000Z")
+    plan = plan_deploy(model, new, facts)
+    release = plan.release
+    assert release == new.release
+    assert changed(plan.stage) == [f"release {release}"]
+    assert changed(plan.switch) == ["switch current", "restart mlflow-model@wine", "health gate"]
+    upload = next(step for step in plan.stage if step.name == f"release {release}")
+    assert f"tar -xzf /tmp/mlflow-fab-{release}.tgz" in upload.script and "mv -T" in upload.script
+
+
+def test_an_older_digest_still_on_the_host_is_switched_to_without_upload(artifact):
+    model = model_host()
+    deployment = Deployment("wine", artifact, sample="{}")
+    facts = served_facts(model, deployment, "r1")
+    facts["current"] = "r2"
+    facts["releases"] += "\nr2\t" + json.dumps({"digest": "other"})
+    plan = plan_deploy(model, deployment, facts)
+    assert plan.release == "r1"
+    assert changed(plan.stage) == [] and "switch current" in changed(plan.switch)
+
+
+def test_changed_requirements_build_a_new_env(artifact):
+    model = model_host()
+    deployment = Deployment("wine", artifact, sample="{}")
+    facts = served_facts(model, deployment, "r1")
+    (artifact.local_dir / "requirements.txt").write_text(REQUIREMENTS + "\nskops==0.16.0")
+    new = Deployment("wine", ModelArtifact(artifact.uri, "x", artifact.local_dir, content_digest(artifact.local_dir)), sample="{}")
+    plan = plan_deploy(model, new, facts)
+    env = next(step for step in plan.stage if step.name == "python env")
+    assert env.changed and "pip install" in env.script and "skops==0.16.0" in env.script
+
+
+def test_port_taken_by_another_model_is_refused_before_any_change(artifact):
+    model = model_host()
+    deployment = Deployment("wine", artifact, sample="{}")
+    facts = served_facts(model, deployment, "r1") | {"ports": f"{CONFIG_DIR}/iris.env:PORT=5001"}
+    steps = plan_deploy(model, deployment, facts).steps
+    assert len(steps) == 1 and steps[0].failed and "model iris already uses port 5001" in steps[0].summary
+    assert port_conflict("wine", 5001, f"{CONFIG_DIR}/wine.env:PORT=5001") == ""
+
+
+def test_rollback_plan(artifact):
+    model = model_host()
+    facts = {
+        "releases": "r1\t{}\nr2\t{}",
+        "current": "r2",
+        "history": history_entry("deploy", "r1", "", "me", "t") + "\n" + history_entry("deploy", "r2", "r1", "me", "t"),
+    }
+    steps = plan_rollback(model, facts, "", "me").steps
+    assert changed(steps) == ["switch current", "health gate"] and "r2 -> r1" in steps[0].summary
+    assert plan_rollback(model, facts, "r9", "me").failed
+    assert plan_rollback(model, facts | {"history": ""}, "", "me").steps[0].summary.startswith("no earlier release")
+    assert not plan_rollback(model, facts, "r2", "me").changes_anything
+
+
+def test_model_inputs(artifact):
+    assert artifact.requirements == REQUIREMENTS.split("\n")
+    assert artifact.python_version == "3.11"
+    assert python_mismatch(artifact, "3.12").startswith("warning: the model was trained on Python 3.11")
+    assert python_mismatch(artifact, "3.11") == ""
+    assert model_uri("abc", None) == "runs:/abc/model"
+    with pytest.raises(ModelError):
+        model_uri("abc", "models:/x/1")
+    conda = env_spec(ModelSettings(env_manager="conda"), artifact, "3.12")
+    assert conda.python == "3.11" and conda.manager == "conda"
+
+
+def test_tarball_holds_the_model_and_the_sample(artifact):
+    import io
+    import tarfile
+
+    names = tarfile.open(fileobj=io.BytesIO(Deployment("wine", artifact, sample='{"inputs": []}').tarball())).getnames()
+    assert "model/MLmodel" in names and "sample.json" in names
