@@ -42,3 +42,4 @@ unit: venv
 bench: system-deps venv
 	$(PY) bench/setup_tracking.py
 	$(PY) bench/deploy_model.py
+	$(PY) bench/rolling.py

@@ -16,6 +16,9 @@ from invoke.exceptions import AuthFailure
 from tasks.inventory import Host
 
 DEFAULT_CONNECT_TIMEOUT = 10
+# A host that vanishes mid-command (power loss) is noticed within ~20 s instead of TCP's ~15 minutes.
+KEEPALIVE_SECONDS = 5
+DEAD_AFTER_MS = 15000
 SUDO_PASSWORD_REQUIRED = "a password is required"
 
 
@@ -54,8 +57,11 @@ class Remote:
         return f"{c.user}@{c.host}:{c.port}"
 
     def connect(self) -> None:
+        if self.connection.is_connected:
+            return
         try:
             self.connection.open()
+            self._detect_dead_peer()
         except paramiko.AuthenticationException:
             raise HostError(
                 "connect",
@@ -78,6 +84,12 @@ class Remote:
         except paramiko.SSHException as error:
             raise HostError("connect", f"SSH to {self.target} failed: {error}", unreachable=True) from None
 
+    def _detect_dead_peer(self) -> None:
+        transport = self.connection.client.get_transport()
+        transport.set_keepalive(KEEPALIVE_SECONDS)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_MS)
+
     def run_script(self, script: str, step: str, out_stream=None):
         """Run a bash script as root (via sudo unless connected as root); return the invoke Result."""
         self.connect()
@@ -95,6 +107,8 @@ class Remote:
             raise HostError(step, f"sudo on {self.target} refused the password given with --prompt-for-sudo-password") from None
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise HostError(step, f"connection to {self.target} lost: {error}", unreachable=True) from None
+        if not self.connection.is_connected:
+            raise HostError(step, f"connection to {self.target} lost while it ran: is the host down?", unreachable=True)
         if result.exited != 0 and SUDO_PASSWORD_REQUIRED in (result.stdout + result.stderr)[-500:]:
             raise HostError(
                 step,

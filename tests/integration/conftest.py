@@ -55,3 +55,21 @@ def infra():
         )
 
     return connect
+
+
+@pytest.fixture(scope="module")
+def module_hosts(testbed):
+    """module_hosts(*names) -> fresh hosts booted in parallel, stopped when the test module ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started: list[TestHost] = []
+
+    def start(*names: str) -> list[TestHost]:
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            hosts = list(pool.map(testbed.start, names))
+        started.extend(hosts)
+        return hosts
+
+    yield start
+    for host in started:
+        host.stop()

@@ -27,8 +27,8 @@ WINE_ROW = {
 
 
 @pytest.fixture(scope="module")
-def fleet(start_host, tmp_path_factory):
-    hosts = {name: start_host(name) for name in ("mlt3", *MODEL_HOSTS)}
+def fleet(module_hosts, tmp_path_factory):
+    hosts = dict(zip(("mlt3", *MODEL_HOSTS), module_hosts("mlt3", *MODEL_HOSTS)))
     path = tmp_path_factory.mktemp("deploy") / "hosts.toml"
 
     def inventory(**model_settings):

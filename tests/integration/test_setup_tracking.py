@@ -17,8 +17,8 @@ UNIT = "mlflow-tracking"
 
 
 @pytest.fixture(scope="module")
-def hosts(start_host):
-    return start_host("mlt1"), start_host("mlt2")
+def hosts(module_hosts):
+    return tuple(module_hosts("mlt1", "mlt2"))
 
 
 @pytest.fixture(scope="module")

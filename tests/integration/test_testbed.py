@@ -1,7 +1,6 @@
 """The test hosts behave like small Debian servers: systemd, sudo, SSH keys, names, packages, a firewall."""
 
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -9,10 +8,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pair(start_host):
+def pair(module_hosts):
     """mlt1 and mlt2, booted in parallel threads (that both come up is itself under test)."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return tuple(pool.map(start_host, ["mlt1", "mlt2"]))
+    return tuple(module_hosts("mlt1", "mlt2"))
 
 
 @pytest.fixture(scope="module")
