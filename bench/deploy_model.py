@@ -45,6 +45,8 @@ def main() -> None:
         for run in range(args.first_runs):
             models = testbed.start(MODELS)
             started.append(models)
+            known_hosts = inventory.with_name("known_hosts")
+            known_hosts.write_text("".join(line for line in known_hosts.read_text().splitlines(True) if models.address not in line))
             write_inventory(
                 inventory,
                 {TRACKING: host_entry(tracking, ["tracking"]), MODELS: host_entry(models, ["models"])},

@@ -35,6 +35,7 @@ def main() -> None:
     try:
         for run in range(args.first_runs):
             host = testbed.start(HOST)
+            inventory.with_name("known_hosts").unlink(missing_ok=True)  # a fresh host has new host keys
             write_inventory(inventory, {HOST: host_entry(host, ["tracking"])})
             seconds, commands, _ = timed_fab(inventory, "setup-tracking")
             first.append(seconds)

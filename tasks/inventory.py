@@ -25,6 +25,8 @@ class ConnectionSettings:
     port: int = 22
     identity: str | None = None
     sudo: bool | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    accept_new_host_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Host:
     port: int = 22
     identity: str | None = None
     sudo: bool | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    accept_new_host_keys: bool = False
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     models: dict[str, ModelSettings] = field(default_factory=dict)
     # True for hosts given on the command line as user@address[:port] or an ssh-config alias.
@@ -99,6 +103,8 @@ class Inventory:
             port=port,
             identity=self.defaults.identity,
             sudo=self.defaults.sudo,
+            known_hosts=self.defaults.known_hosts,
+            accept_new_host_keys=self.defaults.accept_new_host_keys,
             tracking=self.tracking,
             models=self.models,
             ad_hoc=True,
@@ -210,7 +216,7 @@ def load_inventory(path: str | Path) -> Inventory:
         for role in values.get("roles", ()):
             if role not in KNOWN_ROLES:
                 raise InventoryError(f"{path}: [{where}] unknown role {role!r} (known roles: {', '.join(KNOWN_ROLES)})")
-        connection = {key: values.get(key, getattr(defaults, key)) for key in ("user", "port", "identity", "sudo")}
+        connection = {field.name: values.get(field.name, getattr(defaults, field.name)) for field in dataclasses.fields(ConnectionSettings)}
         host_tracking = values.pop("tracking", {})
         host_models = values.pop("models", {})
         values["models"] = _model_settings(models, host_models, f"{where}.models", path)

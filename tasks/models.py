@@ -140,6 +140,10 @@ class ModelHost:
         )
 
 
+def render_unit() -> str:
+    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=rel.MODELS_ROOT, config_dir=CONFIG_DIR, writable=[MODEL_HOME])
+
+
 def port_conflict(name: str, port: int, ports_fact: str) -> str:
     """Another model on the host already configured on this port ('' when none)."""
     for line in ports_fact.splitlines():
@@ -225,7 +229,7 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str])
 
     env_file = render("model.env.j2", name=model.name, port=settings.port, workers=settings.workers)
     env_file_step = ensure_file(model.env_file, env_file, f.parse_file(facts.get(f"file:{model.env_file}", "")))
-    unit = render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=rel.MODELS_ROOT, config_dir=CONFIG_DIR)
+    unit = render_unit()
     unit_step = ensure_file(UNIT_TEMPLATE, unit, f.parse_file(facts.get(f"file:{UNIT_TEMPLATE}", "")))
     plan.stage += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
 

@@ -116,6 +116,7 @@ class TrackingTarget:
             artifacts=s.artifacts,
             job_runner=s.job_runner,
             allowed_hosts=self.allowed_hosts(node_name),
+            writable=sorted({HOME, s.artifacts}),
         )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shlex
 import socket
+import threading
 from pathlib import Path
 
 import paramiko
@@ -20,6 +21,24 @@ DEFAULT_CONNECT_TIMEOUT = 10
 KEEPALIVE_SECONDS = 5
 DEAD_AFTER_MS = 15000
 SUDO_PASSWORD_REQUIRED = "a password is required"
+
+
+_known_hosts_lock = threading.Lock()
+
+
+class AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's StrictHostKeyChecking=accept-new: remember a host seen for the first time; a changed key
+    still fails (paramiko raises BadHostKeyException before any policy is asked)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        with _known_hosts_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            keys = paramiko.HostKeys(str(self.path)) if self.path.exists() else paramiko.HostKeys()
+            keys.add(hostname, key.get_name(), key)
+            keys.save(str(self.path))
 
 
 class HostError(Exception):
@@ -39,8 +58,21 @@ def open_connection(host: Host, config: Config) -> Connection:
     if host.ad_hoc:
         # Fabric parses user@address:port and applies ssh_config for aliases.
         user = None if "@" in host.name else host.user
-        return Connection(host.name, user=user, connect_kwargs=connect_kwargs, config=config)
-    return Connection(host.address, user=host.user, port=host.port, connect_kwargs=connect_kwargs, config=config)
+        connection = Connection(host.name, user=user, connect_kwargs=connect_kwargs, config=config)
+    else:
+        connection = Connection(host.address, user=host.user, port=host.port, connect_kwargs=connect_kwargs, config=config)
+    check_host_keys(connection, host)
+    return connection
+
+
+def check_host_keys(connection: Connection, host: Host) -> None:
+    """Unlike Fabric's default (accept anything), know the host's key: from known_hosts, or learned once when
+    accept_new_host_keys is set."""
+    known_hosts = Path(host.known_hosts).expanduser()
+    if known_hosts.exists():
+        connection.client.load_host_keys(str(known_hosts))
+    policy = AcceptNewHostKey(known_hosts) if host.accept_new_host_keys else paramiko.RejectPolicy()
+    connection.client.set_missing_host_key_policy(policy)
 
 
 class Remote:
@@ -62,6 +94,14 @@ class Remote:
         try:
             self.connection.open()
             self._detect_dead_peer()
+        except paramiko.BadHostKeyException as error:
+            raise HostError(
+                "connect",
+                f"the host key of {self.target} CHANGED (now {error.key.get_name()} {error.key.get_fingerprint().hex()}): "
+                f"refusing to connect. If the server was really reinstalled, remove the old key with "
+                f"ssh-keygen -f {self.host.known_hosts} -R {self.connection.host} and connect again",
+                unreachable=True,
+            ) from None
         except paramiko.AuthenticationException:
             raise HostError(
                 "connect",
@@ -82,6 +122,13 @@ class Remote:
                 "connect", f"cannot connect to {self.target} ({error}): is sshd running, is the port right?", unreachable=True
             ) from None
         except paramiko.SSHException as error:
+            if "not found in known_hosts" in str(error):
+                raise HostError(
+                    "connect",
+                    f"{self.target} is not in {self.host.known_hosts}: check its key and add it "
+                    f"(ssh-keyscan, or ssh once), or set accept_new_host_keys = true in hosts.toml to trust it on first use",
+                    unreachable=True,
+                ) from None
             raise HostError("connect", f"SSH to {self.target} failed: {error}", unreachable=True) from None
 
     def _detect_dead_peer(self) -> None:

@@ -41,9 +41,18 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
         time.sleep(interval)
 
 
-def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = None) -> Path:
-    """hosts.toml from plain dicts (json.dumps of str, int, bool and lists is valid TOML)."""
-    lines = ["[tracking]", *(f"{key} = {json.dumps(value)}" for key, value in (tracking or {}).items())]
+def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = None, accept_new_host_keys: bool = True) -> Path:
+    """hosts.toml from plain dicts (json.dumps of str, int, bool and lists is valid TOML).
+
+    Host keys are learned on first use into a known_hosts file beside it: every fresh test host has new keys.
+    """
+    lines = [
+        "[defaults]",
+        f"known_hosts = {json.dumps(str(path.with_name('known_hosts')))}",
+        f"accept_new_host_keys = {json.dumps(accept_new_host_keys)}",
+        "[tracking]",
+        *(f"{key} = {json.dumps(value)}" for key, value in (tracking or {}).items()),
+    ]
     for name, table in hosts.items():
         lines.append(f"[hosts.{name}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in table.items() if not isinstance(value, dict)]

@@ -216,3 +216,20 @@ def test_failing_health_gate_exits_with_the_journal(first_run, inventory, hosts)
     restored = fab(inventory(), "setup-tracking")
     assert restored.returncode == 0
     assert http_status(host, API, f"{host.address}:5000") == "200"
+
+
+def test_an_unknown_host_key_is_refused_unless_the_inventory_opts_in(first_run, hosts, tmp_path):
+    strict = write_inventory(tmp_path / "hosts.toml", {"mlt1": host_entry(hosts[0], ["tracking"])}, accept_new_host_keys=False)
+    result = fab(strict, "status")
+    assert result.returncode == 1
+    assert f"{hosts[0].address}:22 is not in" in result.stdout and "accept_new_host_keys = true" in result.stdout
+    assert not (tmp_path / "known_hosts").exists()
+
+
+def test_a_changed_host_key_is_always_refused(first_run, hosts, tmp_path):
+    inventory = write_inventory(tmp_path / "hosts.toml", {"mlt1": host_entry(hosts[0], ["tracking"])}, accept_new_host_keys=True)
+    other_key = hosts[1].run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+    (tmp_path / "known_hosts").write_text(f"{hosts[0].address} {' '.join(other_key)}\n")
+    result = fab(inventory, "status")
+    assert result.returncode == 1
+    assert "CHANGED" in result.stdout and f"ssh-keygen -f {tmp_path / 'known_hosts'} -R {hosts[0].address}" in result.stdout

@@ -37,12 +37,15 @@ def main() -> None:
     testbed = Testbed()
     testbed.prepare()
     host = testbed.host(HOST)
+    SANDBOX.mkdir(exist_ok=True)
+    known_hosts = SANDBOX / "known_hosts"
     if not host.is_running():
         host = testbed.start(HOST)
-    SANDBOX.mkdir(exist_ok=True)
+        known_hosts.unlink(missing_ok=True)  # a fresh sandbox has new host keys
     inventory = SANDBOX / "hosts.toml"
     inventory.write_text(
         "# The demo sandbox (make demo); make demo-down removes the host.\n"
+        f'[defaults]\nknown_hosts = "{known_hosts}"\naccept_new_host_keys = true\n\n'
         f'[hosts.{HOST}]\naddress = "{host.address}"\nuser = "{host.user}"\nidentity = "{host.identity}"\n'
         'roles = ["tracking", "models"]\n\n[tracking]\nworkers = 1\n'
     )

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.inventory import Host, ModelSettings
 from tasks.model_source import ModelArtifact, ModelError, content_digest, model_uri
-from tasks.models import CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch
+from tasks.models import CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch, render_unit
 from tasks.releases import history_entry
 from tasks.templates import render
 
@@ -47,7 +47,7 @@ def served_facts(model, deployment, release):
         "env_markers": f"{Path(env).name}\t{spec.text}",
         "envs": Path(env).name,
         "env_links": f"{model.releases_dir}/{release}/env {env}",
-        f"file:{UNIT_TEMPLATE}": file_fact(render("mlflow-model@.service.j2", user="mlflow-model", home="/var/lib/mlflow-model", models_root="/opt/mlflow/models", config_dir=CONFIG_DIR)),
+        f"file:{UNIT_TEMPLATE}": file_fact(render_unit()),
         f"file:{model.env_file}": file_fact(render("model.env.j2", name="wine", port=5001, workers=1)),
         f"service:{model.unit}": "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
         "probe": "/ping 200\n/invocations 200",

@@ -1,0 +1,54 @@
+"""`fab logs`: the journal of our services, from every host that runs them."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from tasks import cli
+from tasks.fleet import finish, run_on_hosts
+from tasks.ops.steps import Step
+from tasks.report import console
+
+
+class PrefixedLines(io.TextIOBase):
+    """An out_stream that prints each complete line at once, prefixed with its host."""
+
+    def __init__(self, host: str):
+        self.host, self.buffer = host, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            console.out(f"{self.host} | {line}", highlight=False)
+        return len(text)
+
+
+def unit_and_role(service: str) -> tuple[str, str]:
+    if service == "tracking":
+        return "mlflow-tracking", "tracking"
+    match = re.fullmatch(r"model:([A-Za-z0-9][A-Za-z0-9_-]{0,63})", service)
+    if match:
+        return f"mlflow-model@{match.group(1)}", "models"
+    raise Exit(f"error: --service {service!r}: use tracking or model:NAME", code=2)
+
+
+@task(help={"service": "tracking (default) or model:NAME", "number": "lines per host (default 100)", "follow": "keep printing new lines until Ctrl-C"})
+def logs(c, service="tracking", number=100, follow=False):
+    """The journal of the tracking server or of a model service, from every host that runs it (or -H)."""
+    unit, role = unit_and_role(service)
+    hosts = cli.hosts_for(c, role=role)
+    command = f"journalctl -u {unit} -n {int(number)} --no-pager -o short-iso" + (" -f" if follow else "")
+
+    def read(remote, report):
+        result = remote.run_script(command, step="journal", out_stream=PrefixedLines(remote.host.name))
+        report.steps.append(Step.ok("journal", unit) if result.exited == 0 or follow else Step.failure("journal", result.stdout[-300:]))
+
+    try:
+        finish(run_on_hosts(c.config, hosts, read))
+    except KeyboardInterrupt:
+        console.print("\nstopped following")
