@@ -190,3 +190,12 @@ def test_keep_releases_prunes_old_releases(fleet, first_deploy):
         releases = hosts[name].run(f"ls {MODEL_DIR}/releases").stdout.split()
         assert len(releases) == 2 and current(hosts[name]) in releases
         assert len(predict_from(hosts["mlt3"], name)) == 2
+
+
+def test_every_unit_we_install_is_hardened(fleet, first_deploy):
+    hosts, _, _ = fleet
+    for host, unit in ((hosts["mlt3"], "mlflow-tracking.service"), (hosts["mlt4"], "mlflow-model@model.service")):
+        report = host.run(f"systemd-analyze security {unit} --no-pager").stdout
+        score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", report).group(1))
+        print(f"systemd-analyze security {unit}: {score}")
+        assert score <= 3.0, report
