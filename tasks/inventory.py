@@ -41,6 +41,8 @@ class TrackingSettings:
     job_runner: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
     health_timeout: int = 180
+    backup_keep: int = 7
+    backup_schedule: str = ""  # systemd OnCalendar, e.g. "daily" or "*-*-* 03:00"; empty: no timer
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def _tracking_settings(base: TrackingSettings, table: dict, where: str, path: Pa
     settings = dataclasses.replace(base, **values)
     if settings.env_manager not in ("venv", "conda"):
         raise InventoryError(f'{path}: [{where}] env_manager must be "venv" or "conda", not {settings.env_manager!r}')
-    for key in ("port", "workers", "health_timeout"):
+    for key in ("port", "workers", "health_timeout", "backup_keep"):
         if getattr(settings, key) < 1:
             raise InventoryError(f"{path}: [{where}] {key} must be a positive number")
     return settings

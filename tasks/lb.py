@@ -121,6 +121,7 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
 
 def drain(remote: Remote, inventory: Inventory, drained: frozenset[tuple[str, str]], summary: str) -> Step:
     """Rewrite the balancer's config with these servers down (or none), reload, wait for in-flight requests."""
-    step = Step.change("balancer", summary, install_config_script(render_config(upstreams(inventory, drained))))
+    set_up = f"[ -f {CONFIG} ] || {{ echo 'nginx is not set up for our models on this host: run fab setup-lb first'; exit 1; }}\n"
+    step = Step.change("balancer", summary, set_up + install_config_script(render_config(upstreams(inventory, drained))))
     apply(remote, [step], lambda done: None)
     return step

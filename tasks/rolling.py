@@ -120,7 +120,7 @@ class Balancer:
         for remote in self.remotes:
             step = drain(remote, self.inventory, pairs, why)
             if step.failed:
-                raise HostError("balancer", f"{remote.host.name}: {step.output[-500:]}")
+                raise HostError("balancer", f"{remote.host.name}: {step.output[-500:].strip()}")
             console.print(f"{'balancer':>12} [bold]{remote.host.name}[/] {why}")
         self.drained = set(hosts)
 
@@ -157,10 +157,10 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
             try:
                 _switch_batch([by_name[name] for name in batch], balancer)
             except HostError as error:
-                console.print(f"[red]balancer: {error}: stopping the deploy[/]")
+                console.print(f"[red]{error}: stopping the deploy[/]")
                 failures.append(by_name[batch[0]])
                 for name in batch:
-                    by_name[name].report.error = by_name[name].report.error or f"balancer: {error}"
+                    by_name[name].report.error = by_name[name].report.error or str(error)
                 break
             failures += [by_name[name] for name in batch if by_name[name].outcome != "updated"]
             if len(failures) > options.max_failures:

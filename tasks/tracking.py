@@ -33,6 +33,11 @@ CONFIG_DIR = "/etc/mlflow"
 ENV_FILE = f"{CONFIG_DIR}/tracking.env"
 ENVS_ROOT = "/opt/mlflow/envs"
 PROFILE = "/etc/profile.d/mlflow.sh"
+BACKUP_DIR = "/var/backups/mlflow"
+BACKUP_SCRIPT = "/usr/local/sbin/mlflow-backup"
+RESTORE_SCRIPT = "/usr/local/sbin/mlflow-restore"
+BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
+BACKUP_TIMER = "/etc/systemd/system/mlflow-backup.timer"
 PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates"]
 DATABASE = "mlflow"
 
@@ -90,6 +95,8 @@ class TrackingTarget:
             f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
             f.file_content(UNIT_PATH),
             f.file_content(PROFILE),
+            *[f.file_content(path) for path in (BACKUP_SCRIPT, RESTORE_SCRIPT, BACKUP_UNIT, BACKUP_TIMER)],
+            f.service_state("mlflow-backup.timer"),
             f.service_state(UNIT),
             f.Fact("probe", probe_command(self.settings.port, self.health_checks)),
         ]
@@ -101,6 +108,19 @@ class TrackingTarget:
             (CONFIG_DIR, "root", SERVICE_USER, "750"),
             (ENVS_ROOT, "root", "root", "755"),
         ]
+
+    def backup_files(self) -> dict[str, tuple[str, str]]:
+        """path -> (content, mode) of the backup and restore scripts, and of the timer when a schedule is set."""
+        s = self.settings
+        values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, port=s.port, unit=UNIT, user=SERVICE_USER)
+        files = {
+            BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755"),
+            RESTORE_SCRIPT: (render("mlflow-restore.sh.j2", **values), "755"),
+        }
+        if s.backup_schedule:
+            files[BACKUP_UNIT] = (render("mlflow-backup.service.j2", keep=s.backup_keep), "644")
+            files[BACKUP_TIMER] = (render("mlflow-backup.timer.j2", schedule=s.backup_schedule), "644")
+        return files
 
     def unit(self, node_name: str) -> str:
         s = self.settings
@@ -193,6 +213,7 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     steps.append(unit_step)
     profile = render("profile-mlflow.sh.j2", port=s.port)
     steps.append(ensure_file(PROFILE, profile, f.parse_file(facts.get(f"file:{PROFILE}", ""))))
+    steps += backup_steps(target, facts)
 
     steps.append(daemon_reload(unit_step.changed))
     steps.append(ensure_enabled(UNIT, service))
@@ -211,6 +232,25 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     if old_envs:
         paths = " ".join(shlex.quote(f"{ENVS_ROOT}/{name}") for name in old_envs)
         steps.append(Step.change("old python envs", "remove " + ", ".join(old_envs), f"rm -rf {paths}"))
+    return steps
+
+
+def backup_steps(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
+    """The backup and restore scripts; the timer and its service only when backup_schedule is set."""
+    files = target.backup_files()
+    steps = [ensure_file(path, content, f.parse_file(facts.get(f"file:{path}", "")), mode=mode) for path, (content, mode) in files.items()]
+    timer = f.parse_properties(facts.get("service:mlflow-backup.timer", ""))
+    timer_files_changed = any(step.changed for step in steps if step.name.endswith((".service", ".timer")))
+    if target.settings.backup_schedule:
+        enabled = timer.get("UnitFileState") == "enabled" and timer.get("ActiveState") == "active"
+        if timer_files_changed or not enabled:
+            steps.append(Step.change("backup timer", f"backups on schedule {target.settings.backup_schedule!r}",
+                                     "systemctl daemon-reload\nsystemctl enable --now --quiet mlflow-backup.timer\nsystemctl restart mlflow-backup.timer"))
+        else:
+            steps.append(Step.ok("backup timer", f"scheduled {target.settings.backup_schedule!r}"))
+    elif f.parse_file(facts.get(f"file:{BACKUP_TIMER}", "")).exists:
+        steps.append(Step.change("backup timer", "no backup_schedule: remove the timer",
+                                 f"systemctl disable --now --quiet mlflow-backup.timer || true\nrm -f {BACKUP_TIMER} {BACKUP_UNIT}\nsystemctl daemon-reload"))
     return steps
 
 

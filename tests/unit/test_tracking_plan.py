@@ -39,6 +39,10 @@ def converged_facts(t: TrackingTarget):
     }
     for path, owner, group, mode in t.directories():
         facts[f"stat:{path}"] = f"{owner} {group} {mode}"
+    for path, (content, mode) in t.backup_files().items():
+        facts[f"file:{path}"] = file_fact(content, mode=mode)
+    if t.settings.backup_schedule:
+        facts["service:mlflow-backup.timer"] = "ActiveState=active\nUnitFileState=enabled"
     return facts
 
 
@@ -143,3 +147,14 @@ def test_platform_check(os_fact, message):
     assert step.failed == (message is not None)
     if message:
         assert message in step.summary
+
+
+def test_backup_timer_only_when_scheduled():
+    plain = target()
+    scheduled = target(backup_schedule="*-*-* 03:00")
+    steps = plan(scheduled, converged_facts(plain))
+    assert changed(steps) == ["file /etc/systemd/system/mlflow-backup.service", "file /etc/systemd/system/mlflow-backup.timer", "backup timer"]
+    assert "OnCalendar=*-*-* 03:00" in steps[[s.name for s in steps].index("file /etc/systemd/system/mlflow-backup.timer")].diff
+    assert changed(plan(scheduled, converged_facts(scheduled))) == []
+    removal = plan(plain, converged_facts(scheduled))
+    assert changed(removal) == ["backup timer"] and any("disable --now" in step.script for step in removal)
