@@ -4,7 +4,7 @@ from pathlib import Path
 
 from invoke import Collection
 
-from tasks import logs, model_tasks, status, tracking
+from tasks import backups, logs, model_tasks, status, tracking
 
 ns = Collection()
 ns.add_task(tracking.setup_tracking)
@@ -14,5 +14,7 @@ ns.add_task(model_tasks.rollback_model)
 ns.add_task(model_tasks.releases)
 ns.add_task(model_tasks.setup_lb)
 ns.add_task(logs.logs)
+ns.add_task(backups.backup_tracking)
+ns.add_task(backups.restore_tracking)
 # Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
 ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

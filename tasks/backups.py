@@ -1,0 +1,82 @@
+"""`fab backup-tracking` and `fab restore-tracking`: a database dump and an artifact archive in one file.
+
+The work is done by /usr/local/sbin/mlflow-backup and mlflow-restore, which setup-tracking installs
+(the optional timer runs the same backup script), so a backup by hand on the host is the same backup.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+from pathlib import Path
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from tasks import cli
+from tasks.fleet import finish, run_on_hosts
+from tasks.ops.health import gate_script
+from tasks.ops.remote import HostError, Remote
+from tasks.ops.steps import Step, apply
+from tasks.report import HostReport, show_note, show_step
+from tasks.tracking import BACKUP_SCRIPT, RESTORE_SCRIPT, UNIT, TrackingTarget
+
+
+def backup_on(remote: Remote, report: HostReport, download: str = "") -> None:
+    keep = remote.host.tracking.backup_keep
+    result = remote.run_script(f"test -x {BACKUP_SCRIPT} || {{ echo 'missing {BACKUP_SCRIPT}: run fab setup-tracking first'; exit 2; }}\n"
+                               f"{BACKUP_SCRIPT} {keep}", step="backup")
+    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    step = Step.change("backup", f"{path} (keeping the newest {keep})", "") if result.exited == 0 else Step.failure("backup", result.stdout[-1000:])
+    report.steps.append(step)
+    show_step(report, step)
+    if step.failed or not download:
+        return
+    target = Path(download).expanduser() / f"{remote.host.name}-{Path(path).name}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    readable = f"/tmp/{Path(path).name}"
+    copy = remote.run_script(f"install -m 0600 -o {shlex.quote(remote.connection.user)} {shlex.quote(path)} {readable}", step="download")
+    if copy.exited != 0:
+        raise HostError("download", copy.stdout[-500:])
+    try:
+        remote.connection.get(readable, str(target))
+    finally:
+        remote.run_script(f"rm -f {readable}", step="download")
+    show_note(report, f"downloaded to {target}")
+
+
+def restore_on(remote: Remote, report: HostReport, source: str) -> None:
+    """Upload a local backup (or use a path on the host), let mlflow-restore check it before it touches anything."""
+    local = Path(source).expanduser()
+    host_path = source
+    if local.is_file():
+        host_path = f"/tmp/mlflow-restore-{local.name}"
+        remote.put(io.BytesIO(local.read_bytes()), host_path)
+    target = TrackingTarget(remote.host, remote.connection.host)
+    settings = target.settings
+    restore = Step.change("restore", f"{source} -> database mlflow and {settings.artifacts}",
+                          f"test -x {RESTORE_SCRIPT} || {{ echo 'missing {RESTORE_SCRIPT}: run fab setup-tracking first'; exit 2; }}\n"
+                          f"{RESTORE_SCRIPT} {shlex.quote(host_path)}" + (f"\nrm -f {shlex.quote(host_path)}" if local.is_file() else ""))
+    gate = Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API",
+                       gate_script(UNIT, settings.port, target.health_checks, settings.health_timeout, after_restart=True))
+    report.steps += [restore, gate]
+    if not apply(remote, [restore, gate], lambda step: show_step(report, step)) and local.is_file():
+        remote.run_script(f"rm -f {shlex.quote(host_path)}", step="restore")
+
+
+@task(help={"download": "also copy the backup to this directory on the laptop"})
+def backup_tracking(c, download=""):
+    """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep)."""
+    hosts = cli.hosts_for(c, role="tracking")
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, download)))
+
+
+@task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})
+def restore_tracking(c, from_=""):
+    """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first."""
+    if not from_:
+        raise Exit("error: give --from FILE (a backup from fab backup-tracking --download, or a path on the host)", code=2)
+    hosts = cli.hosts_for(c, role="tracking")
+    if len(hosts) != 1:
+        raise Exit(f"error: restore one tracking host at a time: pass -H (tracking hosts: {', '.join(h.name for h in hosts)})", code=2)
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: restore_on(remote, report, from_)))
