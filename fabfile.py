@@ -4,7 +4,7 @@ from pathlib import Path
 
 from invoke import Collection
 
-from tasks import backups, logs, model_tasks, status, tracking
+from tasks import backups, logs, model_tasks, status, tracking, upgrade
 
 ns = Collection()
 ns.add_task(tracking.setup_tracking)
@@ -16,5 +16,6 @@ ns.add_task(model_tasks.setup_lb)
 ns.add_task(logs.logs)
 ns.add_task(backups.backup_tracking)
 ns.add_task(backups.restore_tracking)
+ns.add_task(upgrade.upgrade_tracking)
 # Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
 ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

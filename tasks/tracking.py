@@ -6,6 +6,7 @@ pip install mlflow psycopg2; write a unit file; systemctl enable --now; curl /he
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ class TrackingTarget:
             *[f.path_stat(path) for path, *_ in self.directories()],
             f.path_stat(ENV_FILE),
             f.Fact("env_marker", f"cat {self.env_path}/.complete"),
+            f.Fact("running_marker", f"cat \"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)/.complete\""),
             f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
             f.file_content(UNIT_PATH),
             f.file_content(PROFILE),
@@ -254,6 +256,25 @@ def backup_steps(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     return steps
 
 
+def installed_mlflow_version(marker: str) -> str:
+    match = re.search(r"mlflow==(\S+)", marker)
+    return match.group(1) if match else ""
+
+
+def version_guard(target: TrackingTarget, running_marker: str) -> Step:
+    """A running server changes MLflow version only through upgrade-tracking (backup, migration, rollback)."""
+    running = installed_mlflow_version(running_marker)
+    wanted = target.settings.mlflow_version
+    if running and running != wanted:
+        return Step.failure(
+            "mlflow version",
+            f"the server runs mlflow {running} and hosts.toml says {wanted}: nothing was changed. "
+            f"Upgrade with `fab upgrade-tracking --mlflow-version {wanted}` (backup, database migration, rollback), "
+            f'or set mlflow_version = "{running}"',
+        )
+    return Step.ok("mlflow version", running or wanted)
+
+
 def converge(remote: Remote, report: HostReport) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
     facts = f.gather(remote, target.facts())
@@ -262,7 +283,12 @@ def converge(remote: Remote, report: HostReport) -> None:
     show_step(report, platform)
     if platform.failed:
         return
-    steps = plan(target, facts)
+    guard = version_guard(target, facts.get("running_marker", ""))
+    if guard.failed:
+        report.steps.append(guard)
+        show_step(report, guard)
+        return
+    steps = [guard] + plan(target, facts)
     report.steps += steps
     if report.check:
         for step in steps:

@@ -1,0 +1,116 @@
+"""`fab upgrade-tracking --mlflow-version X`: backup, new env beside the old, migrate, start, gate; back on failure.
+
+Runbook this replaces: pg_dump; pip install -U mlflow in place (and hope); mlflow db upgrade URI (with
+the password on the command line); restart; and, when it won't start, an evening of restoring by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fabric import task
+
+from tasks import cli
+from tasks.fleet import finish, run_on_hosts
+from tasks.ops import facts as f
+from tasks.ops.files import ensure_file
+from tasks.ops.health import gate_script
+from tasks.ops.pyenv import ensure_env
+from tasks.ops.remote import Remote
+from tasks.ops.steps import Step, apply
+from tasks.report import HostReport, show_note, show_step
+from tasks.tracking import BACKUP_SCRIPT, ENV_FILE, ENVS_ROOT, RESTORE_SCRIPT, UNIT, UNIT_PATH, TrackingTarget, installed_mlflow_version
+
+SCHEMA = "cd / && runuser -u postgres -- psql -tAX -d mlflow -c 'select version_num from alembic_version'"
+MIGRATE = """python - <<'PY'
+import os
+from mlflow.db import upgrade  # what `mlflow db upgrade URL` runs, without the password on a command line
+upgrade.callback(os.environ["MLFLOW_BACKEND_STORE_URI"])
+PY"""
+
+
+def migrate_script(env_path: str) -> str:
+    return (
+        f"systemctl stop {UNIT}\n"
+        f"set -a; . {ENV_FILE}; set +a\n"
+        f"echo \"schema before: $({SCHEMA})\"\n"
+        f"export PATH={env_path}/bin:$PATH\n{MIGRATE}\n"
+        f"echo \"schema after: $({SCHEMA})\""
+    )
+
+
+def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
+    old = TrackingTarget(remote.host, remote.connection.host)
+    new_host = dataclasses.replace(remote.host, tracking=dataclasses.replace(remote.host.tracking, mlflow_version=version))
+    new = TrackingTarget(new_host, remote.connection.host)
+    facts = f.gather(remote, [*new.facts(), f.Fact("schema", SCHEMA), f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}")])
+    running = installed_mlflow_version(facts.get("running_marker", ""))
+    old_unit = f.parse_file(facts.get(f"file:{UNIT_PATH}", ""))
+    if not running or not old_unit.exists or len(facts.get("scripts", "").split()) != 2:
+        step = Step.failure("upgrade", "no tracking server set up here by setup-tracking: run fab setup-tracking first")
+    elif running == version:
+        step = Step.ok("upgrade", f"already runs mlflow {version}")
+    else:
+        step = None
+    if step:
+        report.steps.append(step)
+        show_step(report, step)
+        return
+
+    settings = new.settings
+    gate = gate_script(UNIT, settings.port, new.health_checks, settings.health_timeout, after_restart=True)
+    unit = ensure_file(UNIT_PATH, new.unit(facts.get("node_name", "")), old_unit)
+    steps = [
+        Step.change("backup", "database dump and artifacts before anything else", f"{BACKUP_SCRIPT} {settings.backup_keep + 1}"),
+        ensure_env(new.env_spec, new.env_path, facts.get("env_marker", ""), name=f"python env (mlflow {version})"),
+        Step.change("migrate", f"stop the server, upgrade the database schema with mlflow {version}", migrate_script(new.env_path)),
+        unit,
+        Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\nsystemctl restart {UNIT}"),
+        Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", gate),
+    ]
+    report.steps += steps
+    if report.check:
+        for each in steps:
+            show_step(report, each)
+        return
+    show_note(report, f"upgrading mlflow {running} -> {version}")
+    if apply(remote, steps, lambda each: show_step(report, each)):
+        old_env = old.env_spec.path(ENVS_ROOT, "tracking")
+        prune = Step.change("old python env", f"remove {old_env}", f"rm -rf {old_env}")
+        report.steps.append(prune)
+        apply(remote, [prune], lambda each: show_step(report, each))
+        if remote.host.tracking.mlflow_version != version:
+            show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
+        return
+    failed = next(each for each in steps if each.failed)
+    if steps.index(failed) < 2:
+        show_note(report, f"the server still runs mlflow {running}: nothing else was changed")
+        return
+    report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), steps[0].output, old, gate)
+
+
+def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, backup_output: str, old: TrackingTarget, gate: str) -> list[Step]:
+    """The old unit and env again; the database from the backup only when the migration got as far as changing it."""
+    backup = backup_output.strip().splitlines()[-1] if backup_output.strip() else ""
+    script = f"""{ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script}
+systemctl daemon-reload
+if [ "$({SCHEMA} 2>/dev/null)" != {schema_before!r} ]; then
+  echo "the migration changed the schema: restoring the database from {backup}"
+  {RESTORE_SCRIPT} {backup}
+else
+  echo "the schema is unchanged: starting the old server"
+  systemctl restart {UNIT}
+fi"""
+    steps = [
+        Step.change("roll back", f"back to mlflow {installed_mlflow_version(old.env_spec.text)} and its env", script),
+        Step.change("health gate", "the old server serves again", gate),
+    ]
+    apply(remote, steps, lambda each: show_step(report, each))
+    return steps
+
+
+@task(help={"mlflow-version": "the version to run (default: mlflow_version from the inventory)", "check": "show the plan and change nothing"})
+def upgrade_tracking(c, mlflow_version="", check=False):
+    """Upgrade MLflow on the tracking hosts: backup, new env beside the old, db migration, health gate, rollback on failure."""
+    hosts = cli.hosts_for(c, role="tracking")
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version), check=check))
