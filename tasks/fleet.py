@@ -17,38 +17,51 @@ from tasks.report import HostReport, show_error, show_recap
 HOST_TIMEOUT = 3600
 
 
-def _work_on(host: Host, config: Config, report: HostReport, work: Callable[[Remote, HostReport], None]) -> None:
-    remote = Remote(host, config)
+def in_parallel(items: list, work: Callable, timeout: float, on_timeout: Callable) -> None:
+    """work(item) for every item in its own thread; items still running at the deadline go to on_timeout."""
+    threads = [threading.Thread(target=work, args=(item,), daemon=True) for item in items]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread, item in zip(threads, items):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            on_timeout(item)
+
+
+def guarded(report: HostReport, work: Callable[[], None]) -> bool:
+    """Run one host's work; a failure is reported on that host, never raised. False when it failed."""
     try:
-        work(remote, report)
+        work()
+        return True
     except HostError as error:
         report.error, report.unreachable = str(error), error.unreachable
-        show_error(report)
     except Exception as error:  # an unexpected bug on one host must not hide the others' results
         report.error = f"unexpected error: {type(error).__name__}: {error}"
-        show_error(report)
-    finally:
-        report.remote_commands = remote.commands_run
-        remote.close()
+    show_error(report)
+    return False
+
+
+def timed_out(report: HostReport, seconds: float) -> None:
+    report.error = f"no answer within {seconds:.0f} s: the host stopped responding"
+    report.unreachable = True
+    show_error(report)
 
 
 def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, timeout: float = HOST_TIMEOUT) -> list[HostReport]:
     """Run work(remote, report) on every host concurrently; a hung host is reported after the timeout."""
-    reports = [HostReport(host.name, check=check) for host in hosts]
-    threads = [
-        threading.Thread(target=_work_on, args=(host, config.clone(), report, work), daemon=True)
-        for host, report in zip(hosts, reports)
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread, report in zip(threads, reports):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            report.error = f"timed out after {timeout:.0f} s: the host stopped answering"
-            report.unreachable = True
-            show_error(report)
-    return reports
+    jobs = [(Remote(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
+
+    def run(job) -> None:
+        remote, report = job
+        try:
+            guarded(report, lambda: work(remote, report))
+        finally:
+            report.remote_commands = remote.commands_run
+            remote.close()
+
+    in_parallel(jobs, run, timeout, lambda job: timed_out(job[1], timeout))
+    return [report for _, report in jobs]
 
 
 def finish(reports: list[HostReport]) -> None:

@@ -54,17 +54,11 @@ class ModelSettings:
     health_timeout: int = 120
 
 
-@dataclass(frozen=True)
-class Host:
+@dataclass(frozen=True, kw_only=True)
+class Host(ConnectionSettings):
     name: str
     address: str
     roles: tuple[str, ...] = ()
-    user: str | None = None
-    port: int = 22
-    identity: str | None = None
-    sudo: bool | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
-    accept_new_host_keys: bool = False
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     models: dict[str, ModelSettings] = field(default_factory=dict)
     # True for hosts given on the command line as user@address[:port] or an ssh-config alias.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ from tasks.inventory import Host, Inventory
 from tasks.models import HostDeploy
 from tasks.ops.lock import Lock
 from tasks.ops.remote import HostError, Remote
-from tasks.report import HostReport, console, show_error, show_note
+from tasks import fleet
+from tasks.fleet import in_parallel
+from tasks.report import HostReport, console, show_note
 
 PREFLIGHT_TIMEOUT = 1800
 SWITCH_MARGIN = 60
@@ -69,38 +70,15 @@ class RollingOptions:
     break_lock: bool = False
 
 
-def in_parallel(items: list, work: Callable, timeout: float, on_timeout: Callable) -> None:
-    """work(item) for every item in its own thread; items still running at the deadline go to on_timeout."""
-    threads = [threading.Thread(target=work, args=(item,), daemon=True) for item in items]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread, item in zip(threads, items):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            on_timeout(item)
-
-
 def guarded(deploy: HostDeploy, phase: Callable[[], None]) -> None:
-    """Run one phase of one host; its failure is reported on that host, never raised."""
-    try:
-        phase()
-    except HostError as error:
-        deploy.report.error = str(error)
-        deploy.report.unreachable = error.unreachable
-        deploy.outcome = "unreachable" if error.unreachable else "failed"
-        show_error(deploy.report)
-    except Exception as error:  # a bug on one host must not hide the others' state
-        deploy.report.error = f"unexpected error: {type(error).__name__}: {error}"
-        deploy.outcome = "failed"
-        show_error(deploy.report)
+    """Run one phase of one host; its failure is reported on that host and recorded as its outcome."""
+    if not fleet.guarded(deploy.report, phase):
+        deploy.outcome = "unreachable" if deploy.report.unreachable else "failed"
 
 
 def timed_out(deploy: HostDeploy, seconds: float) -> None:
-    deploy.report.error = f"no answer within {seconds:.0f} s: the host stopped responding"
-    deploy.report.unreachable = True
+    fleet.timed_out(deploy.report, seconds)
     deploy.outcome = "unreachable"
-    show_error(deploy.report)
 
 
 class Balancer:

@@ -25,7 +25,7 @@ def artifact(tmp_path):
 
 
 def model_host(**settings):
-    host = Host("m1", "10.0.0.7", roles=("models",), user="deploy", models={"": ModelSettings(**settings)})
+    host = Host(name="m1", address="10.0.0.7", roles=("models",), user="deploy", models={"": ModelSettings(**settings)})
     return ModelHost(SimpleNamespace(host=host), "wine")
 
 

@@ -1,5 +1,4 @@
 import base64
-import dataclasses
 
 import pytest
 
@@ -13,7 +12,7 @@ DEBIAN = "debian||Debian GNU/Linux 12 (bookworm)\nsystemd"
 
 
 def target(**settings):
-    host = Host("prod1", "10.0.0.5", roles=("tracking",), user="deploy", tracking=TrackingSettings(**settings))
+    host = Host(name="prod1", address="10.0.0.5", roles=("tracking",), user="deploy", tracking=TrackingSettings(**settings))
     return TrackingTarget(host, "10.0.0.5")
 
 
