@@ -160,6 +160,12 @@ def test_the_password_stays_secret(first_run, hosts):
     assert password not in host.run("ps -eo args").stdout
     assert password not in host.run(f"systemctl show {UNIT} -p ExecStart").stdout
     assert not any(password in output for output in transcript)
+    # of every file we write, only the secrets file holds it, and no world-readable file anywhere does
+    ours = "/etc/systemd/system /etc/profile.d /etc/mlflow /usr/local/sbin /var/lib/mlflow /var/log /tmp"
+    holders = host.run(f"grep -rlF -e '{password}' {ours} /opt/mlflow --exclude-dir=envs", check=False).stdout.split()
+    assert holders == ["/etc/mlflow/tracking.env"]
+    readable = host.run(f"find / -xdev -type f -perm -o=r -size -2M -print0 | xargs -0 -r grep -lF -e '{password}'", check=False)
+    assert readable.stdout.strip() == ""
     # the generated password is really the one PostgreSQL checks, over TCP with scram
     login = host.run(
         "PGPASSWORD=$(sed -n 's/^MLFLOW_DB_PASSWORD=//p' /etc/mlflow/tracking.env) "
