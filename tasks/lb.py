@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tasks.inventory import Inventory
 from tasks.ops import facts as f
 from tasks.ops.files import write_file_script
+from tasks.ops.platform import check_platform
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages
@@ -97,8 +98,6 @@ def lb_facts() -> list[f.Fact]:
 
 
 def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> None:
-    from tasks.tracking import check_platform
-
     facts = f.gather(remote, lb_facts())
     steps = [check_platform(facts.get("os", ""))]
     if not steps[0].failed:

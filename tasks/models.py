@@ -24,6 +24,7 @@ from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, parse as p
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
 from tasks.ops.pyenv import EnvSpec, ensure_env
+from tasks.ops.platform import check_platform
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
@@ -299,12 +300,6 @@ def python_mismatch(artifact: ModelArtifact, host_python: str) -> str:
     if model_python and host_python and model_python != host_python:
         return f"warning: the model was trained on Python {model_python}, this host runs {host_python}"
     return ""
-
-
-def check_platform(os_fact: str) -> Step:
-    from tasks.tracking import check_platform as check
-
-    return check(os_fact)
 
 
 class HostDeploy:

@@ -16,6 +16,7 @@ from tasks import cli
 from tasks.fleet import finish, run_on_hosts
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
+from tasks.ops.platform import check_platform
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.pyenv import EnvSpec, ensure_env
@@ -140,19 +141,6 @@ class TrackingTarget:
             allowed_hosts=self.allowed_hosts(node_name),
             writable=sorted({HOME, s.artifacts}),
         )
-
-
-def check_platform(os_fact: str) -> Step:
-    """Debian/Ubuntu with systemd as init, or nothing is touched."""
-    first, _, rest = os_fact.partition("\n")
-    os_id, _, remainder = first.partition("|")
-    id_like, _, pretty = remainder.partition("|")
-    family = {os_id, *id_like.split()}
-    if not family & {"debian", "ubuntu"}:
-        return Step.failure("platform", f"{pretty or 'unknown OS'} is not Debian/Ubuntu: nothing was changed")
-    if "systemd" not in rest:
-        return Step.failure("platform", f"{pretty} does not run systemd as init: nothing was changed")
-    return Step.ok("platform", f"{pretty}, systemd")
 
 
 def generate_env_file_script() -> str:

@@ -5,7 +5,8 @@ import pytest
 from tasks import tracking
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops.steps import apply_script
-from tasks.tracking import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, check_platform, plan
+from tasks.ops.platform import check_platform
+from tasks.tracking import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, plan
 from tasks.templates import render
 
 DEBIAN = "debian||Debian GNU/Linux 12 (bookworm)\nsystemd"
