@@ -119,7 +119,7 @@ class Remote:
             ) from None
         except (paramiko.ssh_exception.NoValidConnectionsError, ConnectionError, OSError) as error:
             raise HostError(
-                "connect", f"cannot connect to {self.target} ({error}): is sshd running, is the port right?", unreachable=True
+                "connect", f"cannot connect to {self.target} ({error}): is the host up, is sshd listening on that port?", unreachable=True
             ) from None
         except paramiko.SSHException as error:
             if "not found in known_hosts" in str(error):
