@@ -10,10 +10,22 @@ from tasks.fleet import finish, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.health import probe_command, probe_healthy
 from tasks.ops.steps import Step
+from tasks.releases import MODELS_ROOT
 from tasks.report import console
 from tasks.tracking import UNIT, TrackingTarget
 
-COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url")
+COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models")
+MODELS = (
+    f"for d in {MODELS_ROOT}/*/; do [ -L \"$d/current\" ] || continue; name=$(basename \"$d\"); "
+    "printf '%s %s %s\\n' \"$name\" \"$(systemctl is-active mlflow-model@$name)\" \"$(basename \"$(readlink \"$d/current\")\")\"; done"
+)
+
+
+def model_summary(text: str) -> tuple[str, bool]:
+    """'wine active 2026...-abcd1234' lines -> a cell, and whether every model service is active."""
+    rows = [line.split() for line in text.splitlines() if len(line.split()) == 3]
+    cell = "\n".join(f"{name}: {state} {release}" for name, state, release in rows) or "-"
+    return cell, all(state == "active" for _, state, _ in rows)
 
 
 def host_status(remote, report) -> None:
@@ -27,8 +39,10 @@ def host_status(remote, report) -> None:
             f.Fact("postgresql", "systemctl is-active postgresql"),
             f.Fact("version", f"curl -s --max-time 3 http://127.0.0.1:{port}/version"),
             f.Fact("probe", probe_command(port, target.health_checks)),
+            f.Fact("models", MODELS),
         ],
     )
+    models, models_active = model_summary(facts.get("models", ""))
     service = f.parse_properties(facts.get(f"service:{UNIT}", ""))
     installed = service.get("UnitFileState", "") not in ("", "not-found")
     healthy = probe_healthy(facts.get("probe", ""), target.health_checks)
@@ -39,16 +53,19 @@ def host_status(remote, report) -> None:
         "postgresql": facts.get("postgresql") or "-",
         "health": ("healthy" if healthy else "UNHEALTHY") if installed else "-",
         "url": target.url if installed else "-",
+        "models": models,
     }
     if installed and not healthy:
         report.steps.append(Step.failure("status", "tracking server installed but not healthy"))
+    elif not models_active:
+        report.steps.append(Step.failure("status", "a model service is not active"))
     else:
         report.steps.append(Step.ok("status", "healthy" if installed else "no tracking server"))
 
 
 @task
 def status(c):
-    """Every inventory host (or -H): services, versions, health."""
+    """Every inventory host (or -H): tracking server, PostgreSQL, model services and releases, health."""
     hosts = cli.hosts_for(c, role=None)
     reports = run_on_hosts(c.config, hosts, host_status)
     table = Table("host", *COLUMNS)
