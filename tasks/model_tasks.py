@@ -57,7 +57,7 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
     """Deploy a model from the tracking server to the "models" hosts: preflight in parallel, then batches with a health gate and rollback."""
     from tasks.model_source import ModelError, fetch, model_uri as resolve_uri
     from tasks.models import Deployment, HostDeploy
-    from tasks.rolling import deploy_id, operator, rolling
+    from tasks.rolling import new_lock, rolling
 
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
@@ -70,12 +70,12 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
         artifact = fetch(uri, tracking)
     except (ModelError, OSError) as error:
         raise Exit(f"error: {error}; nothing was changed", code=2) from None
-    deployment = Deployment(name, artifact, sample_text if sample_text is not None else artifact.sample, by=operator())
+    deployment = Deployment(name, artifact, sample_text if sample_text is not None else artifact.sample)
     if not deployment.sample:
         console.print("warning: the model has no serving_input_example.json and no --sample was given: the gate only checks /ping")
     tarball = deployment.tarball()
     console.print(f"model {artifact.uri}: run {artifact.run_id}, digest {artifact.digest[:12]}, release {deployment.release}")
-    lock = deploy_id(deployment.by, f"deploy {uri} as {name}")
+    lock = new_lock(deployment.by, f"deploy {uri} as {name}")
 
     def make_deploy(remote, report):
         return HostDeploy(remote, report, name, lock, deployment=deployment, tarball=tarball, break_lock=options.break_lock)
@@ -89,12 +89,13 @@ def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0
                    rollback_all=False, break_lock=False):
     """Serve the previous release of a model again (or --to RELEASE), rolled across hosts like a deploy."""
     from tasks.models import HostDeploy
-    from tasks.rolling import deploy_id, operator, rolling
+    from tasks.ops.audit import operator
+    from tasks.rolling import new_lock, rolling
 
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
     hosts = cli.hosts_for(c, role="models")
-    lock = deploy_id(operator(), f"rollback {name}" + (f" to {to}" if to else ""))
+    lock = new_lock(operator(), f"rollback {name}" + (f" to {to}" if to else ""))
 
     def make_deploy(remote, report):
         return HostDeploy(remote, report, name, lock, rollback_to=to, break_lock=options.break_lock)

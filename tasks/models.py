@@ -6,10 +6,8 @@ requirements.txt, `mlflow models serve`, curl /invocations, and pray; go back by
 
 from __future__ import annotations
 
-import getpass
 import io
 import shlex
-import socket
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +18,7 @@ from tasks.inventory import ModelSettings
 from tasks.model_source import ModelArtifact, manifest
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_directory, ensure_file, write_file_script
-from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, parse as parse_audit
+from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, operator, parse as parse_audit
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
 from tasks.ops.pyenv import EnvSpec, ensure_env
@@ -53,7 +51,7 @@ class Deployment:
     artifact: ModelArtifact
     sample: str
     stamp: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    by: str = field(default_factory=lambda: f"{getpass.getuser()}@{socket.gethostname()}")
+    by: str = field(default_factory=operator)
 
     @property
     def release(self) -> str:

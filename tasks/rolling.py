@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -107,7 +106,7 @@ class Balancer:
             remote.close()
 
 
-def deploy_id(by: str, what: str) -> Lock:
+def new_lock(by: str, what: str) -> Lock:
     return Lock(id=uuid.uuid4().hex, by=by, pid=os.getpid(), what=what, at=time.time())
 
 
@@ -193,8 +192,3 @@ def _show_outcomes(deploys: list[HostDeploy]) -> None:
         table.add_row(deploy.name, deploy.outcome, deploy.plan.release or "-", deploy.previous or "-", deploy.report.error or "")
     console.print(table)
 
-
-def operator() -> str:
-    import getpass
-
-    return f"{getpass.getuser()}@{socket.gethostname()}"

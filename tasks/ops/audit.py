@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shlex
+import socket
 from datetime import datetime, timezone
 
 AUDIT_LOG = "/var/log/mlflow-fab/deploys.jsonl"
+
+
+def operator() -> str:
+    """Who is deploying: user@laptop, as locks, manifests and the audit log name them."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def append_script(record: dict) -> str:
