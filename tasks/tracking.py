@@ -244,6 +244,12 @@ def backup_steps(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     return steps
 
 
+def running_env_path(unit: str) -> str:
+    """The env the installed unit starts, which is not the inventory's when an upgrade is under way."""
+    match = re.search(rf"{ENVS_ROOT}/tracking-[0-9a-f]+", unit)
+    return match.group(0) if match else ""
+
+
 def installed_mlflow_version(marker: str) -> str:
     match = re.search(r"mlflow==(\S+)", marker)
     return match.group(1) if match else ""

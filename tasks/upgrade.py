@@ -19,7 +19,7 @@ from tasks.ops.pyenv import ensure_env
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
-from tasks.tracking import BACKUP_SCRIPT, ENV_FILE, ENVS_ROOT, RESTORE_SCRIPT, UNIT, UNIT_PATH, TrackingTarget, installed_mlflow_version
+from tasks.tracking import BACKUP_SCRIPT, ENV_FILE, RESTORE_SCRIPT, UNIT, UNIT_PATH, TrackingTarget, installed_mlflow_version, running_env_path
 
 SCHEMA = "cd / && runuser -u postgres -- psql -tAX -d mlflow -c 'select version_num from alembic_version'"
 MIGRATE = """python - <<'PY'
@@ -40,7 +40,6 @@ def migrate_script(env_path: str) -> str:
 
 
 def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
-    old = TrackingTarget(remote.host, remote.connection.host)
     new_host = dataclasses.replace(remote.host, tracking=dataclasses.replace(remote.host.tracking, mlflow_version=version))
     new = TrackingTarget(new_host, remote.connection.host)
     facts = f.gather(remote, [*new.facts(), f.Fact("schema", SCHEMA), f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}")])
@@ -75,10 +74,12 @@ def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
         return
     show_note(report, f"upgrading mlflow {running} -> {version}")
     if apply(remote, steps, lambda each: show_step(report, each)):
-        old_env = old.env_spec.path(ENVS_ROOT, "tracking")
-        prune = Step.change("old python env", f"remove {old_env}", f"rm -rf {old_env}")
-        report.steps.append(prune)
-        apply(remote, [prune], lambda each: show_step(report, each))
+        show_note(report, "database " + ", ".join(line for line in steps[2].output.splitlines() if line.startswith("schema ")))
+        old_env = running_env_path(old_unit.content)
+        if old_env and old_env != new.env_path:
+            prune = Step.change("old python env", f"remove {old_env}", f"rm -rf {old_env}")
+            report.steps.append(prune)
+            apply(remote, [prune], lambda each: show_step(report, each))
         if remote.host.tracking.mlflow_version != version:
             show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
         return
@@ -86,10 +87,10 @@ def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
     if steps.index(failed) < 2:
         show_note(report, f"the server still runs mlflow {running}: nothing else was changed")
         return
-    report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), steps[0].output, old, gate)
+    report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), steps[0].output, running, gate)
 
 
-def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, backup_output: str, old: TrackingTarget, gate: str) -> list[Step]:
+def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, backup_output: str, old_version: str, gate: str) -> list[Step]:
     """The old unit and env again; the database from the backup only when the migration got as far as changing it."""
     backup = backup_output.strip().splitlines()[-1] if backup_output.strip() else ""
     script = f"""{ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script}
@@ -102,7 +103,7 @@ else
   systemctl restart {UNIT}
 fi"""
     steps = [
-        Step.change("roll back", f"back to mlflow {installed_mlflow_version(old.env_spec.text)} and its env", script),
+        Step.change("roll back", f"back to mlflow {old_version} and its env", script),
         Step.change("health gate", "the old server serves again", gate),
     ]
     apply(remote, steps, lambda each: show_step(report, each))

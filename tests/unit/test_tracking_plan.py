@@ -158,3 +158,9 @@ def test_backup_timer_only_when_scheduled():
     assert changed(plan(scheduled, converged_facts(scheduled))) == []
     removal = plan(plain, converged_facts(scheduled))
     assert changed(removal) == ["backup timer"] and any("disable --now" in step.script for step in removal)
+
+
+def test_the_running_env_comes_from_the_installed_unit_not_the_inventory():
+    old, new = target(mlflow_version="3.16.1"), target(mlflow_version="3.17.2")
+    assert tracking.running_env_path(old.unit("node")) == old.env_path != new.env_path
+    assert tracking.running_env_path("") == ""
