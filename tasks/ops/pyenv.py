@@ -48,7 +48,8 @@ def build_commands(spec: EnvSpec, path: str) -> list[str]:
     else:
         commands.append(f"python3 -m venv {quoted}")
     commands += [
-        f"{quoted}/{PIP_INSTALL} {packages}",
+        # a failed install leaves no half-built env behind
+        f"{quoted}/{PIP_INSTALL} {packages} || {{ rc=$?; rm -rf {quoted}; exit $rc; }}",
         f"printf '%s\\n' {shlex.quote(spec.text)} > {quoted}/.complete",
     ]
     return commands

@@ -40,6 +40,7 @@ def test_an_upgrade_that_cannot_install_leaves_the_old_server_running(tracking):
     assert "No matching distribution found for mlflow-skinny==3.18.0" in result.stdout
     assert f"the server still runs mlflow {OLD}" in result.stdout
     assert server_version(host) == OLD and main_pid(host) == pid
+    assert host.run("ls /opt/mlflow/envs | grep -c tracking-").stdout.strip() == "1", "the failed build left its env behind"
 
 
 def test_upgrade_keeps_the_runs_and_the_server_healthy(tracking):

@@ -10,7 +10,8 @@ def test_venv_commands():
     assert build_commands(spec, path) == [
         f"rm -rf {path}",
         f"python3 -m venv {path}",
-        f"{path}/bin/pip install --disable-pip-version-check --no-input --progress-bar off -q mlflow==3.17.2 psycopg2-binary==2.9.13",
+        f"{path}/bin/pip install --disable-pip-version-check --no-input --progress-bar off -q mlflow==3.17.2 psycopg2-binary==2.9.13"
+        f" || {{ rc=$?; rm -rf {path}; exit $rc; }}",
         f"printf '%s\\n' 'manager=venv python= packages=mlflow==3.17.2 psycopg2-binary==2.9.13' > {path}/.complete",
     ]
 
