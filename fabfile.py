@@ -4,10 +4,11 @@ from pathlib import Path
 
 from invoke import Collection
 
-from tasks import backups, logs, model_tasks, status, tracking, upgrade
+from tasks import backups, logs, model_tasks, status, tracking, tracking_users, upgrade
 
 ns = Collection()
 ns.add_task(tracking.setup_tracking)
+ns.add_task(tracking_users.tracking_user)
 ns.add_task(status.status)
 ns.add_task(model_tasks.deploy_model)
 ns.add_task(model_tasks.rollback_model)

@@ -58,7 +58,7 @@ def restore_on(remote: Remote, report: HostReport, source: str) -> None:
                           f"test -x {RESTORE_SCRIPT} || {{ echo 'missing {RESTORE_SCRIPT}: run fab setup-tracking first'; exit 2; }}\n"
                           f"{RESTORE_SCRIPT} {shlex.quote(host_path)}" + (f"\nrm -f {shlex.quote(host_path)}" if local.is_file() else ""))
     gate = Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API",
-                       gate_script(UNIT, settings.port, target.health_checks, settings.health_timeout, after_restart=True))
+                       gate_script(UNIT, target.server_port, target.health_checks, settings.health_timeout, after_restart=True))
     report.steps += [restore, gate]
     if not apply(remote, [restore, gate], lambda step: show_step(report, step)) and local.is_file():
         remote.run_script(f"rm -f {shlex.quote(host_path)}", step="restore")

@@ -50,4 +50,11 @@ def tracking_uri(c) -> str:
     hosts = inventory(c).with_role("tracking")
     if not hosts:
         raise Exit("error: no tracking server: set MLFLOW_TRACKING_URI or give a host roles = [\"tracking\"] in the inventory", code=2)
-    return TrackingTarget(hosts[0], hosts[0].address).url
+    target = TrackingTarget(hosts[0], hosts[0].address)
+    if target.settings.tls and not target.settings.tls_certificate:
+        from tasks.frontdoor import laptop_certificate_path
+
+        learned = laptop_certificate_path(target.address, target.settings.port)
+        if learned.exists():
+            os.environ.setdefault("MLFLOW_TRACKING_SERVER_CERT_PATH", str(learned))
+    return target.url

@@ -43,6 +43,14 @@ class TrackingSettings:
     health_timeout: int = 180
     backup_keep: int = 7
     backup_schedule: str = ""  # systemd OnCalendar, e.g. "daily" or "*-*-* 03:00"; empty: no timer
+    # The front door: nginx terminates TLS on `port` and MLflow listens on 127.0.0.1:backend_port.
+    # tls = false serves plain HTTP from MLflow itself on `port`, for networks you trust.
+    tls: bool = True
+    tls_certificate: str = ""  # PEM files on the laptop; empty: a self-signed certificate made on the host
+    tls_key: str = ""
+    backend_port: int = 5050
+    # MLflow's basic-auth app: every request needs a user; false lets anyone who reaches the port read and delete.
+    auth: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,9 +158,20 @@ def _tracking_settings(base: TrackingSettings, table: dict, where: str, path: Pa
     settings = dataclasses.replace(base, **values)
     if settings.env_manager not in ("venv", "conda"):
         raise InventoryError(f'{path}: [{where}] env_manager must be "venv" or "conda", not {settings.env_manager!r}')
-    for key in ("port", "workers", "health_timeout", "backup_keep"):
+    for key in ("port", "workers", "health_timeout", "backup_keep", "backend_port"):
         if getattr(settings, key) < 1:
             raise InventoryError(f"{path}: [{where}] {key} must be a positive number")
+    if settings.tls and settings.port == settings.backend_port:
+        raise InventoryError(f"{path}: [{where}] port and backend_port must differ: nginx listens on one, MLflow on the other")
+    if bool(settings.tls_certificate) != bool(settings.tls_key):
+        raise InventoryError(f"{path}: [{where}] tls_certificate and tls_key go together: give both, or neither for a self-signed certificate")
+    for key in ("tls_certificate", "tls_key"):
+        value = getattr(settings, key)
+        if value:
+            local = path.parent / Path(value).expanduser()  # relative paths are relative to hosts.toml
+            if not local.is_file():
+                raise InventoryError(f"{path}: [{where}] {key} = {value!r}: no such file on this machine")
+            settings = dataclasses.replace(settings, **{key: str(local.resolve())})
     return settings
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tasks.inventory import Inventory
 from tasks.ops import facts as f
-from tasks.ops.files import write_file_script
+from tasks.ops.nginx import config_step, install_config_script
 from tasks.ops.platform import check_platform
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
@@ -21,7 +21,6 @@ from tasks.templates import render
 
 CONFIG = "/etc/nginx/conf.d/mlflow-models.conf"
 PACKAGES = ["nginx"]
-DRAIN_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
@@ -61,38 +60,6 @@ def render_config(models: list[Upstream]) -> str:
     return render("nginx-mlflow-models.conf.j2", models=models)
 
 
-def install_config_script(content: str) -> str:
-    """Write the config, validate it with `nginx -t` (restoring the old one if invalid), reload gracefully,
-    and wait until the workers of the old config have finished their in-flight requests."""
-    return f"""[ -f {CONFIG} ] && cp -p {CONFIG} {CONFIG}.previous
-{write_file_script(CONFIG, content, "root", "root", "644")}
-if ! nginx -t -q; then
-  echo "nginx -t refused the new config: the previous one is back in place"
-  if [ -f {CONFIG}.previous ]; then mv {CONFIG}.previous {CONFIG}; else rm -f {CONFIG}; fi
-  exit 1
-fi
-rm -f {CONFIG}.previous
-if ! systemctl is-active --quiet nginx; then systemctl enable --now --quiet nginx; exit 0; fi
-old_workers=$(pgrep -f 'nginx: worker process' || true)
-systemctl reload nginx
-deadline=$((SECONDS + {DRAIN_TIMEOUT}))
-for pid in $old_workers; do
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ $SECONDS -ge $deadline ]; then echo "requests still in flight after {DRAIN_TIMEOUT} s: going on"; break 2; fi
-    sleep 0.1
-  done
-done"""
-
-
-def config_step(content: str, current: f.FileState, name: str = f"file {CONFIG}") -> Step:
-    if current.exists and current.content == content:
-        return Step.ok(name, "up to date")
-    from tasks.ops.files import unified_diff
-
-    summary = "create, validate, start nginx" if not current.exists else "update, validate with nginx -t, reload"
-    return Step.change(name, summary, install_config_script(content), unified_diff(CONFIG, current.content, content))
-
-
 def lb_facts() -> list[f.Fact]:
     return [f.os_release(), f.installed_packages(PACKAGES), f.file_content(CONFIG), f.service_state("nginx")]
 
@@ -105,7 +72,7 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
         service = f.parse_properties(facts.get("service:nginx", ""))
         steps += [
             ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", ""))),
-            config_step(render_config(models), f.parse_file(facts.get(f"file:{CONFIG}", ""))),
+            config_step(CONFIG, render_config(models), f.parse_file(facts.get(f"file:{CONFIG}", ""))),
             ensure_enabled("nginx", service),
         ]
     report.steps += steps
@@ -121,6 +88,6 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
 def drain(remote: Remote, inventory: Inventory, drained: frozenset[tuple[str, str]], summary: str) -> Step:
     """Rewrite the balancer's config with these servers down (or none), reload, wait for in-flight requests."""
     set_up = f"[ -f {CONFIG} ] || {{ echo 'nginx is not set up for our models on this host: run fab setup-lb first'; exit 1; }}\n"
-    step = Step.change("balancer", summary, set_up + install_config_script(render_config(upstreams(inventory, drained))))
+    step = Step.change("balancer", summary, set_up + install_config_script(CONFIG, render_config(upstreams(inventory, drained))))
     apply(remote, [step], lambda done: None)
     return step

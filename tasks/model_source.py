@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -67,10 +68,18 @@ def content_digest(directory: Path) -> str:
 def check_reachable(tracking_uri: str, timeout: float = 5) -> None:
     if not tracking_uri.startswith(("http://", "https://")):
         return
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl._create_unverified_context()
     try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout) as response:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout, context=context) as response:
             response.read()
     except (urllib.error.URLError, OSError) as error:
+        if isinstance(getattr(error, "reason", error), ssl.SSLCertVerificationError):
+            raise ModelError(
+                f"tracking server {tracking_uri}: its certificate is not trusted here ({error}). For a self-signed one, "
+                "run fab setup-tracking once from this machine (it saves the certificate) or set MLFLOW_TRACKING_SERVER_CERT_PATH"
+            ) from None
         raise ModelError(f"tracking server {tracking_uri} is not reachable ({error}): check MLFLOW_TRACKING_URI or the inventory") from None
 
 
@@ -97,6 +106,11 @@ def fetch(uri: str, tracking_uri: str) -> ModelArtifact:
         message = str(error).splitlines()[0]
         if run_id and "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) and "Run" in message:
             raise ModelError(f"run {run_id} not found on {tracking_uri}") from None
+        if "401" in message or "Unauthorized" in message:
+            raise ModelError(
+                f"the tracking server {tracking_uri} refused our credentials (401): run `fab tracking-user --add NAME` "
+                "or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
         raise ModelError(f"cannot fetch {uri} from {tracking_uri}: {message}") from None
     if not (local / "MLmodel").exists():
         raise ModelError(f"{uri} is not an MLflow model (no MLmodel file): does the run log a model under that path?")

@@ -30,15 +30,14 @@ def model_summary(text: str) -> tuple[str, bool]:
 
 def host_status(remote, report) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
-    port = target.settings.port
     facts = f.gather(
         remote,
         [
             f.os_release(),
             f.service_state(UNIT),
             f.Fact("postgresql", "systemctl is-active postgresql"),
-            f.Fact("version", f"curl -s --max-time 3 http://127.0.0.1:{port}/version"),
-            f.Fact("probe", probe_command(port, target.health_checks)),
+            f.Fact("version", target.local_curl("/version")),
+            f.Fact("probe", probe_command(target.server_port, target.health_checks)),
             f.Fact("models", MODELS),
         ],
     )

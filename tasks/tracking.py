@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from fabric import task
 
-from tasks import cli
+from tasks import cli, frontdoor
 from tasks.fleet import finish, run_on_hosts
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
@@ -41,6 +42,7 @@ RESTORE_SCRIPT = "/usr/local/sbin/mlflow-restore"
 BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
 BACKUP_TIMER = "/etc/systemd/system/mlflow-backup.timer"
 PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates"]
+TLS_PACKAGES = ["nginx", "openssl"]
 DATABASE = "mlflow"
 
 
@@ -57,12 +59,29 @@ class TrackingTarget:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.settings.port}"
+        return f"{'https' if self.settings.tls else 'http'}://{self.address}:{self.settings.port}"
+
+    @property
+    def server_port(self) -> int:
+        """Where MLflow itself listens: behind nginx on loopback with tls, else on the public port."""
+        return self.settings.backend_port if self.settings.tls else self.settings.port
+
+    @property
+    def packages(self) -> list[str]:
+        return PACKAGES + (TLS_PACKAGES if self.settings.tls else [])
+
+    @property
+    def admin_curl_args(self) -> str:
+        return f"-K {frontdoor.ADMIN_CURL}" if self.settings.auth else ""
+
+    def local_curl(self, path: str) -> str:
+        """A request to the server itself from the host, as admin when auth is on."""
+        return f"curl -s --max-time 3 {self.admin_curl_args} http://127.0.0.1:{self.server_port}{path}".replace("  ", " ")
 
     @property
     def env_spec(self) -> EnvSpec:
         s = self.settings
-        packages = (f"mlflow=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}", *s.extra_packages)
+        packages = (f"mlflow{'[auth]' if s.auth else ''}=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}", *s.extra_packages)
         return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "")
 
     @property
@@ -72,18 +91,27 @@ class TrackingTarget:
     def allowed_hosts(self, node_name: str) -> list[str]:
         names = [self.host.name, self.address, node_name, "localhost", "127.0.0.1"]
         unique = [name for index, name in enumerate(names) if name and name not in names[:index] and "@" not in name]
-        return [f"{name}:{self.settings.port}" for name in unique] + list(self.settings.allowed_hosts)
+        loopback = [f"127.0.0.1:{self.server_port}"] if self.settings.tls else []
+        return [f"{name}:{self.settings.port}" for name in unique] + loopback + list(self.settings.allowed_hosts)
 
     @property
     def health_checks(self) -> list[HttpCheck]:
         api = "/api/2.0/mlflow/experiments/search?max_results=1"
-        return [HttpCheck("/health"), HttpCheck(api, host_header=f"{self.address}:{self.settings.port}")]
+        host_header = f"{self.address}:{self.settings.port}"
+        if not self.settings.tls:
+            return [HttpCheck("/health"), HttpCheck(api, host_header=host_header, curl_args=self.admin_curl_args)]
+        # the server itself, then the whole way in through nginx as a client comes
+        front = f"https://127.0.0.1:{self.settings.port}"
+        return [
+            HttpCheck("/health", base=f"http://127.0.0.1:{self.server_port}"),
+            HttpCheck(api, host_header=host_header, base=front, curl_args=f"-k {self.admin_curl_args}".strip()),
+        ]
 
     def facts(self) -> list[f.Fact]:
         return [
             f.os_release(),
             f.node_name(),
-            f.installed_packages(PACKAGES),
+            f.installed_packages(self.packages),
             f.Fact("postgresql", "systemctl is-active postgresql"),
             f.Fact(
                 "database",
@@ -93,6 +121,8 @@ class TrackingTarget:
             f.user_exists(SERVICE_USER),
             *[f.path_stat(path) for path, *_ in self.directories()],
             f.path_stat(ENV_FILE),
+            f.Fact("env_keys", f"sed -n 's/=.*//p' {ENV_FILE}"),
+            *frontdoor.facts(),
             f.Fact("env_marker", f"cat {self.env_path}/.complete"),
             f.Fact("running_marker", f"cat \"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)/.complete\""),
             f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
@@ -101,7 +131,7 @@ class TrackingTarget:
             *[f.file_content(path) for path in (BACKUP_SCRIPT, RESTORE_SCRIPT, BACKUP_UNIT, BACKUP_TIMER)],
             f.service_state("mlflow-backup.timer"),
             f.service_state(UNIT),
-            f.Fact("probe", probe_command(self.settings.port, self.health_checks)),
+            f.Fact("probe", probe_command(self.server_port, self.health_checks)),
         ]
 
     def directories(self) -> list[tuple[str, str, str, str]]:
@@ -112,10 +142,17 @@ class TrackingTarget:
             (ENVS_ROOT, "root", "root", "755"),
         ]
 
+    def profile(self) -> str:
+        """MLFLOW_TRACKING_URI for users on the host (and the certificate to trust when it is self-signed)."""
+        s = self.settings
+        url = self.url if s.tls else f"http://127.0.0.1:{s.port}"
+        certificate = frontdoor.CERTIFICATE if s.tls and not s.tls_certificate else ""
+        return render("profile-mlflow.sh.j2", url=url, certificate=certificate)
+
     def backup_files(self) -> dict[str, tuple[str, str]]:
         """path -> (content, mode) of the backup and restore scripts, and of the timer when a schedule is set."""
         s = self.settings
-        values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, port=s.port, unit=UNIT, user=SERVICE_USER)
+        values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT, user=SERVICE_USER)
         files = {
             BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755"),
             RESTORE_SCRIPT: (render("mlflow-restore.sh.j2", **values), "755"),
@@ -134,7 +171,9 @@ class TrackingTarget:
             home=HOME,
             env_file=ENV_FILE,
             env_path=self.env_path,
-            port=s.port,
+            bind="127.0.0.1" if s.tls else "0.0.0.0",
+            port=self.server_port,
+            auth_config=frontdoor.AUTH_CONFIG if s.auth else "",
             workers=s.workers,
             artifacts=s.artifacts,
             job_runner=s.job_runner,
@@ -143,22 +182,72 @@ class TrackingTarget:
         )
 
 
-def generate_env_file_script() -> str:
-    """The database password is generated on the host and written straight to a 0640 root:mlflow file."""
+SECRET_KEYS = ["MLFLOW_DB_PASSWORD", "MLFLOW_BACKEND_STORE_URI"]
+AUTH_SECRET_KEYS = ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"]
+
+
+def generate_env_file_script(auth: bool) -> str:
+    """Secrets are generated on the host and written straight to 0640 root:mlflow (and 0600 root) files.
+
+    Values already in the file are kept; only missing ones are generated.
+    """
     return f"""umask 077
 python3 - <<'PY'
 import os, secrets
-password = secrets.token_urlsafe(32)
-fd = os.open("{ENV_FILE}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-os.write(fd, (
-    f"MLFLOW_DB_PASSWORD={{password}}\\n"
-    f"MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://mlflow:{{password}}@127.0.0.1:5432/{DATABASE}\\n"
-).encode())
-os.close(fd)
+values = {{}}
+if os.path.exists("{ENV_FILE}"):
+    for line in open("{ENV_FILE}"):
+        key, sep, value = line.rstrip("\\n").partition("=")
+        if sep:
+            values[key] = value
+password = values.setdefault("MLFLOW_DB_PASSWORD", secrets.token_urlsafe(32))
+values["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://mlflow:{{password}}@127.0.0.1:5432/{DATABASE}"
+if {auth}:
+    values.setdefault("MLFLOW_AUTH_ADMIN_PASSWORD", secrets.token_urlsafe(32))
+    values.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+
+def write(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, text.encode())
+    os.close(fd)
+
+write("{ENV_FILE}.new", "".join(f"{{key}}={{value}}\\n" for key, value in values.items()))
+if {auth}:
+    write("{frontdoor.ADMIN_CURL}.new", f'user = "{frontdoor.ADMIN}:{{values["MLFLOW_AUTH_ADMIN_PASSWORD"]}}"\\n')
 PY
-chown root:{SERVICE_USER} {ENV_FILE}.new
-chmod 640 {ENV_FILE}.new
-mv {ENV_FILE}.new {ENV_FILE}"""
+chown root:{SERVICE_USER} {ENV_FILE}.new && chmod 640 {ENV_FILE}.new && mv {ENV_FILE}.new {ENV_FILE}
+if [ -f {frontdoor.ADMIN_CURL}.new ]; then mv {frontdoor.ADMIN_CURL}.new {frontdoor.ADMIN_CURL}; fi"""
+
+
+def secrets_step(target: TrackingTarget, facts: dict[str, str]) -> Step:
+    auth = target.settings.auth
+    script = generate_env_file_script(auth)
+    step = ensure_secret_file(ENV_FILE, SERVICE_USER, facts.get(f"stat:{ENV_FILE}", ""), script)
+    if not facts.get(f"stat:{ENV_FILE}"):
+        return step
+    missing = [key for key in SECRET_KEYS + (AUTH_SECRET_KEYS if auth else []) if key not in facts.get("env_keys", "").split()]
+    if auth and facts.get(f"stat:{frontdoor.ADMIN_CURL}", "").strip() != "root root 600":
+        missing.append(frontdoor.ADMIN_CURL)
+    if missing:
+        return Step.change(step.name, f"add {', '.join(missing)} (generated on the host, never shown)", script)
+    return step
+
+
+def reset_admin_password_script(env_path: str) -> str:
+    """A new secrets file on a host whose auth tables survived: the stored admin password must follow it."""
+    return f"""cd /
+if [ -n "$(runuser -u postgres -- psql -tAX -d mlflow -c "select to_regclass('{frontdoor.AUTH_SCHEMA}.users')")" ]; then
+runuser -u {SERVICE_USER} -- env MLFLOW_AUTH_CONFIG_PATH={frontdoor.AUTH_CONFIG} {env_path}/bin/python - <<'PY'
+from mlflow.server.auth.config import read_auth_config
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+values = dict(line.rstrip("\\n").split("=", 1) for line in open("{ENV_FILE}") if "=" in line)
+store = SqlAlchemyStore()
+store.init_db(read_auth_config().database_uri)
+if store.has_user("{frontdoor.ADMIN}"):
+    store.update_user("{frontdoor.ADMIN}", password=values["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    print("admin password set from the new secrets file")
+PY
+fi"""
 
 
 def set_role_password_script() -> str:
@@ -177,7 +266,7 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     node_name = facts.get("node_name", "")
     service = f.parse_properties(facts.get(f"service:{UNIT}", ""))
 
-    steps = [ensure_packages(PACKAGES, installed)]
+    steps = [ensure_packages(target.packages, installed)]
     if facts.get("postgresql") == "active":
         steps.append(Step.ok("postgresql running", "active"))
     else:
@@ -185,8 +274,8 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     steps.append(ensure_system_user(SERVICE_USER, HOME, bool(facts.get(f"user:{SERVICE_USER}"))))
     steps += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in target.directories()]
 
-    secrets_step = ensure_secret_file(ENV_FILE, SERVICE_USER, facts.get(f"stat:{ENV_FILE}", ""), generate_env_file_script())
-    steps.append(secrets_step)
+    secrets = secrets_step(target, facts)
+    steps.append(secrets)
     new_secret = not facts.get(f"stat:{ENV_FILE}")
     if "role" in database and not new_secret:
         steps.append(Step.ok("database role mlflow", "exists, password unchanged"))
@@ -197,23 +286,34 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     else:
         steps.append(Step.change(f"database {DATABASE}", "create, owned by mlflow", f"cd / && runuser -u postgres -- createdb -O mlflow {DATABASE}"))
 
+    door = frontdoor.FrontDoor(target.host, target.address, node_name)
+    door_steps = frontdoor.steps(door, facts)
+    steps += door_steps
+
     env_step = ensure_env(target.env_spec, target.env_path, facts.get("env_marker", ""))
     steps.append(env_step)
+    if s.auth and new_secret and facts.get("auth_schema"):
+        steps.append(Step.change("auth admin password", "follow the new secrets file", reset_admin_password_script(target.env_path)))
     unit_step = ensure_file(UNIT_PATH, target.unit(node_name), f.parse_file(facts.get(f"file:{UNIT_PATH}", "")))
     steps.append(unit_step)
-    profile = render("profile-mlflow.sh.j2", port=s.port)
-    steps.append(ensure_file(PROFILE, profile, f.parse_file(facts.get(f"file:{PROFILE}", ""))))
+    steps.append(ensure_file(PROFILE, target.profile(), f.parse_file(facts.get(f"file:{PROFILE}", ""))))
     steps += backup_steps(target, facts)
 
     steps.append(daemon_reload(unit_step.changed))
     steps.append(ensure_enabled(UNIT, service))
-    inputs = {"unit": unit_step, "secrets": secrets_step, "python env": env_step}
+    if not s.tls:
+        steps.append(frontdoor.remove_nginx_step(facts))
+    inputs = {"unit": unit_step, "secrets": secrets, "python env": env_step}
+    inputs.update({"auth config": step for step in door_steps if step.name == f"file {frontdoor.AUTH_CONFIG}"})
     changed_inputs = [name for name, step in inputs.items() if step.changed]
     restart = ensure_running(UNIT, service, changed_inputs)
     steps.append(restart)
+    if s.tls:
+        certificate_changed = any(step.changed for step in door_steps if step.name.startswith("tls "))
+        steps.append(frontdoor.nginx_step(door, facts, certificate_changed))
 
     if restart.changed or not probe_healthy(facts.get("probe", ""), target.health_checks):
-        gate = gate_script(UNIT, s.port, target.health_checks, s.health_timeout, after_restart=restart.changed)
+        gate = gate_script(UNIT, target.server_port, target.health_checks, s.health_timeout, after_restart=restart.changed)
         steps.append(Step.change("health gate", f"wait up to {s.health_timeout} s for /health and the API to answer 200", gate))
     else:
         steps.append(Step.ok("health gate", "/health and the API answer 200"))
@@ -251,7 +351,7 @@ def running_env_path(unit: str) -> str:
 
 
 def installed_mlflow_version(marker: str) -> str:
-    match = re.search(r"mlflow==(\S+)", marker)
+    match = re.search(r"mlflow(?:\[\w+\])?==(\S+)", marker)
     return match.group(1) if match else ""
 
 
@@ -288,8 +388,18 @@ def converge(remote: Remote, report: HostReport) -> None:
         for step in steps:
             show_step(report, step)
         return
+    key = next((step for step in steps if step.name == "tls key" and step.changed), None)
+    if key:
+        remote.put_private(Path(target.settings.tls_key).read_bytes(), frontdoor.key_upload_path())
     if apply(remote, steps, lambda step: show_step(report, step)):
-        show_note(report, f"tracking server: {target.url}  (export MLFLOW_TRACKING_URI={target.url})")
+        exports = f"MLFLOW_TRACKING_URI={target.url}"
+        if target.settings.tls and not target.settings.tls_certificate:
+            path, fingerprint = frontdoor.learn_certificate(remote, target.address, target.settings.port, steps, facts.get("tls", ""))
+            show_note(report, f"self-signed tls certificate, sha256 fingerprint {fingerprint}, saved to {path}")
+            exports += f" MLFLOW_TRACKING_SERVER_CERT_PATH={path}"
+        show_note(report, f"tracking server: {target.url}  (export {exports})")
+        if target.settings.auth:
+            show_note(report, f"sign-in required: `fab tracking-user --add NAME` makes a user and writes its credentials on this machine")
 
 
 @task(help={"check": "show what would change, with diffs, and change nothing"})

@@ -57,7 +57,7 @@ def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
         return
 
     settings = new.settings
-    gate = gate_script(UNIT, settings.port, new.health_checks, settings.health_timeout, after_restart=True)
+    gate = gate_script(UNIT, new.server_port, new.health_checks, settings.health_timeout, after_restart=True)
     unit = ensure_file(UNIT_PATH, new.unit(facts.get("node_name", "")), old_unit)
     steps = [
         Step.change("backup", "database dump and artifacts before anything else", f"{BACKUP_SCRIPT} {settings.backup_keep + 1}"),

@@ -18,11 +18,13 @@ class HttpCheck:
     curl_args: str = ""
     # text the body must contain, e.g. "predictions"
     expect: str = ""
+    # where to send it instead of http://127.0.0.1:PORT, e.g. the TLS front door
+    base: str = ""
 
     def curl(self, port: int, max_time: int = 5) -> str:
         """A command printing the status code, or `unexpected-body` when 200 lacks the expected text."""
         header = f"-H {shlex.quote('Host: ' + self.host_header)} " if self.host_header else ""
-        url = shlex.quote(f"http://127.0.0.1:{port}{self.path}")
+        url = shlex.quote(f"{self.base or f'http://127.0.0.1:{port}'}{self.path}")
         output = '"$body"' if self.expect else "/dev/null"
         command = f"curl -s -o {output} -w '%{{http_code}}' --max-time {max_time} {header}{self.curl_args} {url}"
         if not self.expect:
@@ -31,7 +33,7 @@ class HttpCheck:
 
     @property
     def label(self) -> str:
-        return self.path + (f" (Host: {self.host_header})" if self.host_header else "")
+        return self.base + self.path + (f" (Host: {self.host_header})" if self.host_header else "")
 
 
 def probe_command(port: int, checks: list[HttpCheck]) -> str:

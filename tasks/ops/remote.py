@@ -5,6 +5,8 @@ Connection and privilege problems become HostError with what to do, never a bare
 
 from __future__ import annotations
 
+import io
+
 import shlex
 import socket
 import threading
@@ -137,11 +139,15 @@ class Remote:
         if hasattr(socket, "TCP_USER_TIMEOUT"):
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_MS)
 
-    def run_script(self, script: str, step: str, out_stream=None):
-        """Run a bash script as root (via sudo unless connected as root); return the invoke Result."""
+    def run_script(self, script: str, step: str, out_stream=None, stdin: str | None = None):
+        """Run a bash script as root (via sudo unless connected as root); return the invoke Result.
+
+        stdin is how a secret reaches the host: a script is a command line, visible in `ps` there.
+        """
         self.connect()
         command = "bash -c " + shlex.quote("exec 2>&1\ncd /\n" + script)
-        options = dict(warn=True, in_stream=False, hide="stderr" if out_stream else True, out_stream=out_stream)
+        in_stream = io.StringIO(stdin) if stdin is not None else False
+        options = dict(warn=True, in_stream=in_stream, hide="stderr" if out_stream else True, out_stream=out_stream)
         self.commands_run += 1
         try:
             if not self.host.needs_sudo or self.connection.user == "root":
@@ -169,6 +175,16 @@ class Remote:
         self.connect()
         try:
             self.connection.put(data, remote=path)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
+
+    def put_private(self, data: bytes, path: str) -> None:
+        """Upload a secret by SFTP into a file made 0600 before anything is written to it."""
+        self.connect()
+        try:
+            with self.connection.sftp().open(path, "w") as remote_file:
+                remote_file.chmod(0o600)
+                remote_file.write(data)
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
 

@@ -2,7 +2,7 @@ import base64
 
 import pytest
 
-from tasks import tracking
+from tasks import frontdoor, tracking
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops.steps import apply_script
 from tasks.ops.platform import check_platform
@@ -25,17 +25,23 @@ def converged_facts(t: TrackingTarget):
     facts = {
         "os": DEBIAN,
         "node_name": "prod1",
-        "packages": "\n".join(f"{name} ii " for name in tracking.PACKAGES),
+        "packages": "\n".join(f"{name} ii " for name in t.packages),
         "postgresql": "active",
         "database": "role\ndatabase",
         "user:mlflow": "998",
         f"stat:{ENV_FILE}": "root mlflow 640",
+        "env_keys": "\n".join(tracking.SECRET_KEYS + tracking.AUTH_SECRET_KEYS),
+        f"stat:{frontdoor.ADMIN_CURL}": "root root 600",
+        "tls": f"abc {frontdoor.CERTIFICATE}\ndef {frontdoor.KEY}\nsha256 Fingerprint=AB:CD",
+        f"file:{frontdoor.NGINX_CONFIG}": file_fact(frontdoor.FrontDoor(t.host, t.address).nginx_config()),
+        f"file:{frontdoor.AUTH_CONFIG}": file_fact(frontdoor.FrontDoor(t.host, t.address).auth_config(), group="mlflow", mode="640"),
+        "auth_schema": "auth",
         "env_marker": t.env_spec.text,
         "envs": t.env_path.rsplit("/", 1)[1],
         f"file:{UNIT_PATH}": file_fact(t.unit("prod1")),
-        f"file:{PROFILE}": file_fact(render("profile-mlflow.sh.j2", port=t.settings.port)),
+        f"file:{PROFILE}": file_fact(t.profile()),
         f"service:{UNIT}": "ActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=4242\nNRestarts=0",
-        "probe": "/health 200\n/api/2.0/mlflow/experiments/search?max_results=1 (Host: 10.0.0.5:5000) 200",
+        "probe": "\n".join(f"{check.label} 200" for check in t.health_checks),
     }
     for path, owner, group, mode in t.directories():
         facts[f"stat:{path}"] = f"{owner} {group} {mode}"
@@ -64,7 +70,8 @@ def test_fresh_host_gets_everything_in_order():
     assert names[0] == "packages" and names[-1] == "health gate"
     assert names.index("secrets /etc/mlflow/tracking.env") < names.index("database role mlflow") < names.index("database mlflow")
     assert names.index("python env") < names.index(f"restart {UNIT}")
-    assert "install postgresql python3-venv curl ca-certificates" in steps[0].summary
+    assert "install postgresql python3-venv curl ca-certificates nginx openssl" in steps[0].summary
+    assert names.index("tls certificate") < names.index(f"restart {UNIT}") < names.index(f"file {frontdoor.NGINX_CONFIG}") < names.index("health gate")
 
 
 def test_workers_change_shows_unit_diff_and_restarts_once():
@@ -109,13 +116,13 @@ def test_lost_secret_file_is_regenerated_and_the_role_password_reset():
     facts = converged_facts(t)
     del facts[f"stat:{ENV_FILE}"]
     names = changed(plan(t, facts))
-    assert names == [f"secrets {ENV_FILE}", "database role mlflow", f"restart {UNIT}", "health gate"]
+    assert names == [f"secrets {ENV_FILE}", "database role mlflow", "auth admin password", f"restart {UNIT}", "health gate"]
 
 
 def test_secret_never_on_a_command_line():
     script = tracking.set_role_password_script()
     assert "printf" in script and "| runuser -u postgres -- psql" in script
-    assert "secrets.token_urlsafe" in tracking.generate_env_file_script()
+    assert "secrets.token_urlsafe" in tracking.generate_env_file_script(auth=True)
     unit = target().unit("prod1")
     assert f"EnvironmentFile={ENV_FILE}" in unit
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
@@ -123,13 +130,13 @@ def test_secret_never_on_a_command_line():
 
 
 def test_unit_settings():
-    unit = target(port=5050, job_runner=False).unit("node7")
+    unit = target(port=8443, job_runner=False).unit("node7")
     assert "Restart=on-failure" in unit
     assert "Environment=MLFLOW_DISABLE_TELEMETRY=true" in unit and "Environment=DO_NOT_TRACK=true" in unit
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in unit
     assert "StandardOutput=journal" in unit
     allowed = next(line for line in unit.splitlines() if "ALLOWED_HOSTS" in line).split("=", 2)[2].split(",")
-    assert allowed == ["prod1:5050", "10.0.0.5:5050", "node7:5050", "localhost:5050", "127.0.0.1:5050"]
+    assert allowed == ["prod1:8443", "10.0.0.5:8443", "node7:8443", "localhost:8443", "127.0.0.1:8443", "127.0.0.1:5050"]
     assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true" in target(job_runner=True).unit("n")
     assert "mlflow.example.com:443" in target(allowed_hosts=["mlflow.example.com:443"]).unit("n")
 
@@ -164,3 +171,65 @@ def test_the_running_env_comes_from_the_installed_unit_not_the_inventory():
     old, new = target(mlflow_version="3.16.1"), target(mlflow_version="3.17.2")
     assert tracking.running_env_path(old.unit("node")) == old.env_path != new.env_path
     assert tracking.running_env_path("") == ""
+
+
+def exec_start(unit: str) -> str:
+    return next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+
+
+def test_secure_by_default_mlflow_behind_nginx_with_basic_auth():
+    t = target()
+    assert t.url == "https://10.0.0.5:5000"
+    unit = t.unit("prod1")
+    assert "--host 127.0.0.1 --port 5050" in exec_start(unit) and exec_start(unit).endswith("--app-name basic-auth")
+    assert f"Environment=MLFLOW_AUTH_CONFIG_PATH={frontdoor.AUTH_CONFIG}" in unit
+    nginx = frontdoor.FrontDoor(t.host, t.address).nginx_config()
+    assert "listen 5000 ssl;" in nginx and "proxy_pass http://127.0.0.1:5050;" in nginx
+    ini = frontdoor.FrontDoor(t.host, t.address).auth_config()
+    assert "password" not in ini.split("[mlflow]")[1].replace("admin password", "")
+    health, api = t.health_checks
+    assert health.curl(t.server_port).endswith("http://127.0.0.1:5050/health")
+    assert f"-k -K {frontdoor.ADMIN_CURL}" in api.curl(t.server_port) and "https://127.0.0.1:5000/api/" in api.curl(t.server_port)
+
+
+def test_plain_http_only_when_asked_and_our_nginx_server_block_goes_first():
+    plain = target(tls=False, auth=False)
+    unit = plain.unit("prod1")
+    assert "--host 0.0.0.0 --port 5000" in exec_start(unit) and "basic-auth" not in unit
+    steps = plan(plain, converged_facts(target()))
+    names = changed(steps)
+    assert names.index("tls") < names.index(f"restart {UNIT}")
+    assert "nginx" not in " ".join(plain.packages)
+
+
+def test_secrets_added_to_an_existing_file_restart_the_server():
+    t = target()
+    facts = converged_facts(t) | {"env_keys": "\n".join(tracking.SECRET_KEYS)}
+    steps = plan(t, facts)
+    secrets = next(step for step in steps if step.name == f"secrets {ENV_FILE}")
+    assert secrets.changed and "MLFLOW_AUTH_ADMIN_PASSWORD" in secrets.summary and "setdefault" in secrets.script
+    assert "database role mlflow" not in changed(steps)
+    assert next(step for step in steps if step.name == f"restart {UNIT}").summary == "because secrets changed"
+
+
+def test_self_signed_certificate_names_every_address_clients_use():
+    door = frontdoor.FrontDoor(target().host, "10.0.0.5", "node7")
+    assert door.names() == ["DNS:prod1", "IP:10.0.0.5", "DNS:node7", "DNS:localhost", "IP:127.0.0.1"]
+    step, = frontdoor.certificate_steps(door, "")
+    assert step.changed and "subjectAltName=DNS:prod1,IP:10.0.0.5" in step.script
+
+
+def test_the_users_key_travels_by_sftp_never_in_a_script(tmp_path):
+    import hashlib
+
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n")
+    t = target(tls_certificate=str(certificate), tls_key=str(key))
+    door = frontdoor.FrontDoor(t.host, t.address)
+    steps = frontdoor.certificate_steps(door, "")
+    assert [step.name for step in steps if step.changed] == ["tls certificate", "tls key"]
+    assert all("SECRETKEY" not in step.script and base64.b64encode(key.read_bytes()).decode() not in step.script for step in steps)
+    assert frontdoor.key_upload_path() in steps[1].script
+    same = f"{hashlib.sha256(certificate.read_bytes()).hexdigest()} {frontdoor.CERTIFICATE}\n{hashlib.sha256(key.read_bytes()).hexdigest()} {frontdoor.KEY}"
+    assert not any(step.changed for step in frontdoor.certificate_steps(door, same))

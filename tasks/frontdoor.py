@@ -1,0 +1,184 @@
+"""The tracking server's front door: TLS by nginx on the public port, MLflow's basic-auth app behind it.
+
+Runbook this replaces: openssl req -x509 ...; an nginx server block pasted from a blog post;
+basic_auth.ini with the admin password in it; and a server that listened on 0.0.0.0 in the meantime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shlex
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.inventory import Host, TrackingSettings
+from tasks.ops import facts as f
+from tasks.ops.files import ensure_file
+from tasks.ops.nginx import config_step
+from tasks.ops.steps import Step
+from tasks.templates import render
+
+CERTIFICATE = "/etc/ssl/certs/mlflow-tracking.pem"
+KEY = "/etc/ssl/private/mlflow-tracking.key"
+NGINX_CONFIG = "/etc/nginx/conf.d/mlflow-tracking.conf"
+AUTH_CONFIG = "/etc/mlflow/basic_auth.ini"
+# curl's config format (`user = "admin:..."`), root only: the health gate and tracking-user read it.
+ADMIN_CURL = "/etc/mlflow/admin.curl"
+ADMIN = "admin"
+# The auth app's tables live in the tracking database, in their own schema: one backup holds both.
+AUTH_SCHEMA = "auth"
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    host: Host
+    address: str
+    node_name: str = ""
+
+    @property
+    def settings(self) -> TrackingSettings:
+        return self.host.tracking
+
+    def names(self) -> list[str]:
+        """subjectAltName entries of a self-signed certificate: every name clients may use."""
+        names = [self.host.name, self.address, self.node_name, "localhost", "127.0.0.1"]
+        entries = []
+        for name in names:
+            if not name or "@" in name:
+                continue
+            try:
+                entry = f"IP:{ipaddress.ip_address(name)}"
+            except ValueError:
+                entry = f"DNS:{name.split(':')[0]}"
+            if entry not in entries:
+                entries.append(entry)
+        return entries
+
+    def nginx_config(self) -> str:
+        s = self.settings
+        return render("nginx-mlflow-tracking.conf.j2", port=s.port, backend_port=s.backend_port, certificate=CERTIFICATE, key=KEY)
+
+    def auth_config(self) -> str:
+        return render("basic_auth.ini.j2", admin=ADMIN, schema=AUTH_SCHEMA)
+
+
+def facts() -> list[f.Fact]:
+    quoted = f"{CERTIFICATE} {KEY}"
+    return [
+        f.Fact("tls", f"sha256sum {quoted}; openssl x509 -in {CERTIFICATE} -noout -fingerprint -sha256"),
+        f.file_content(NGINX_CONFIG),
+        f.file_content(AUTH_CONFIG),
+        f.path_stat(ADMIN_CURL),
+        f.Fact("auth_schema", f"cd / && runuser -u postgres -- psql -tAX -d mlflow -c \"select nspname from pg_namespace where nspname='{AUTH_SCHEMA}'\""),
+    ]
+
+
+def fingerprint(tls_fact: str) -> str:
+    line = next((line for line in tls_fact.splitlines() if "Fingerprint=" in line), "")
+    return line.partition("=")[2]
+
+
+def remote_digests(tls_fact: str) -> dict[str, str]:
+    return {path: digest for digest, path in (line.split() for line in tls_fact.splitlines() if len(line.split()) == 2)}
+
+
+def self_signed_script(door: FrontDoor) -> str:
+    subject = shlex.quote(f"/CN={door.host.name if '@' not in door.host.name else door.address}")
+    names = shlex.quote("subjectAltName=" + ",".join(door.names()))
+    return f"""umask 077
+openssl req -x509 -newkey rsa:3072 -sha256 -days 825 -nodes -subj {subject} -addext {names} \\
+  -keyout {KEY}.new -out {CERTIFICATE}.new 2>&1 | grep -v '^[.+*-]*$' || true
+chmod 600 {KEY}.new && chmod 644 {CERTIFICATE}.new
+mv {KEY}.new {KEY} && mv {CERTIFICATE}.new {CERTIFICATE}
+openssl x509 -in {CERTIFICATE} -noout -fingerprint -sha256"""
+
+
+def key_upload_path() -> str:
+    """Where the user's private key lands by SFTP (0600, never on a command line) before it is moved in place."""
+    return "/tmp/mlflow-fab-tls.key"
+
+
+def certificate_steps(door: FrontDoor, tls_fact: str) -> list[Step]:
+    """The user's certificate and key when hosts.toml names them, else a self-signed one made once on the host."""
+    s = door.settings
+    on_host = remote_digests(tls_fact)
+    if not s.tls_certificate:
+        if CERTIFICATE in on_host and KEY in on_host:
+            return [Step.ok("tls certificate", f"{CERTIFICATE} (sha256 fingerprint {fingerprint(tls_fact)})")]
+        return [Step.change("tls certificate", f"self-signed for {', '.join(door.names())}, generated on the host", self_signed_script(door))]
+    certificate = Path(s.tls_certificate).read_bytes()
+    steps = []
+    if on_host.get(CERTIFICATE) == hashlib.sha256(certificate).hexdigest():
+        steps.append(Step.ok("tls certificate", f"{CERTIFICATE} from {s.tls_certificate}"))
+    else:
+        steps.append(Step.change("tls certificate", f"install {s.tls_certificate} as {CERTIFICATE}",
+                                 ensure_file(CERTIFICATE, certificate.decode(), f.FileState(False)).script))
+    if on_host.get(KEY) == hashlib.sha256(Path(s.tls_key).read_bytes()).hexdigest():
+        steps.append(Step.ok("tls key", f"{KEY} (never shown)"))
+    else:
+        upload = key_upload_path()
+        steps.append(Step.change("tls key", f"install {s.tls_key} as {KEY} (uploaded by SFTP, never shown)",
+                                 f"install -o root -g root -m 600 {upload} {KEY}\nrm -f {upload}"))
+    return steps
+
+
+def auth_schema_step(present: str) -> Step:
+    name = f"database schema {AUTH_SCHEMA}"
+    if present.strip() == AUTH_SCHEMA:
+        return Step.ok(name, "exists (users and permissions)")
+    sql = shlex.quote(f"CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA} AUTHORIZATION mlflow")
+    return Step.change(name, "create in database mlflow, owned by mlflow", f"cd / && runuser -u postgres -- psql -q -X -d mlflow -c {sql}")
+
+
+def steps(door: FrontDoor, facts: dict[str, str]) -> list[Step]:
+    """Steps before the server (re)starts: certificate and nginx for tls, the auth config and schema for auth."""
+    s = door.settings
+    result = []
+    if s.auth:
+        result.append(ensure_file(AUTH_CONFIG, door.auth_config(), f.parse_file(facts.get(f"file:{AUTH_CONFIG}", "")), group="mlflow", mode="640"))
+        result.append(auth_schema_step(facts.get("auth_schema", "")))
+    if s.tls:
+        result += certificate_steps(door, facts.get("tls", ""))
+    return result
+
+
+def nginx_step(door: FrontDoor, facts: dict[str, str], certificate_changed: bool) -> Step:
+    """After the server is up: nginx validated and reloaded when its config or the certificate changed."""
+    current = f.parse_file(facts.get(f"file:{NGINX_CONFIG}", ""))
+    step = config_step(NGINX_CONFIG, door.nginx_config(), current)
+    if step.changed or not certificate_changed:
+        return step
+    return Step.change(f"file {NGINX_CONFIG}", "certificate changed: validate with nginx -t, reload", "nginx -t -q && systemctl reload nginx")
+
+
+def remove_nginx_step(facts: dict[str, str]) -> Step:
+    """tls = false: the server answers on the public port itself, so our nginx server block must go."""
+    if not f.parse_file(facts.get(f"file:{NGINX_CONFIG}", "")).exists:
+        return Step.ok("tls", "off (tls = false in hosts.toml): plain HTTP")
+    return Step.change("tls", "off (tls = false in hosts.toml): remove the nginx front door",
+                       f"rm -f {NGINX_CONFIG}\nsystemctl reload nginx || true")
+
+
+def laptop_certificate_path(address: str, port: int) -> Path:
+    """Where the laptop keeps a self-signed certificate it learned, for MLFLOW_TRACKING_SERVER_CERT_PATH."""
+    return Path("~/.mlflow/certs").expanduser() / f"{address}_{port}.pem"
+
+
+def pem_fingerprint(pem: str) -> str:
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+
+
+def learn_certificate(remote, address: str, port: int, steps_done: list[Step], tls_fact: str) -> tuple[Path, str]:
+    """Save the host's self-signed certificate on the laptop (fetched only when new); return its path and fingerprint."""
+    made = next((step for step in steps_done if step.name == "tls certificate" and step.changed), None)
+    remote_fingerprint = fingerprint(made.output if made else tls_fact)
+    path = laptop_certificate_path(address, port)
+    if path.exists() and pem_fingerprint(path.read_text()) == remote_fingerprint:
+        return path, remote_fingerprint
+    pem = remote.run_script(f"cat {CERTIFICATE}", step="tls certificate").stdout
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(pem)
+    return path, pem_fingerprint(pem)
