@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import summary, timed_fab
 
-from tests.integration.fabrun import host_entry, write_inventory
+from tests.integration.fabrun import PLAIN_HTTP, host_entry, write_inventory
 from tests.testbed import Testbed
 from tests.wine import log_wine_model
 
@@ -38,7 +38,7 @@ def main() -> None:
     try:
         tracking = testbed.start(TRACKING)
         started.append(tracking)
-        write_inventory(inventory, {TRACKING: host_entry(tracking, ["tracking"])}, tracking={"workers": 1})
+        write_inventory(inventory, {TRACKING: host_entry(tracking, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP})
         timed_fab(inventory, "setup-tracking")
         tracking_uri = f"http://{tracking.address}:5000"
         run_id = log_wine_model(tracking_uri)
@@ -50,7 +50,7 @@ def main() -> None:
             write_inventory(
                 inventory,
                 {TRACKING: host_entry(tracking, ["tracking"]), MODELS: host_entry(models, ["models"])},
-                tracking={"workers": 1},
+                tracking={"workers": 1, **PLAIN_HTTP},
             )
             seconds, commands, _ = timed_fab(inventory, "deploy-model", "--run-id", run_id)
             results["first"][0].append(seconds)

@@ -12,6 +12,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 FAB = Path(sys.executable).with_name("fab")
 
+# Tests of everything but the front door talk to MLflow directly; hosts.toml must ask for that explicitly.
+PLAIN_HTTP = {"tls": False, "auth": False}
+
 # Every line `fab` printed in this test session: the secrets test greps it.
 transcript: list[str] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.fabrun import fab, host_entry, recap, wait_for, write_inventory
+from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, recap, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 def tracking(module_hosts, tmp_path_factory):
     (host,) = module_hosts("mlt8")
     inventory = write_inventory(tmp_path_factory.mktemp("backups") / "hosts.toml", {"mlt8": host_entry(host, ["tracking"])},
-                                tracking={"workers": 1, "backup_schedule": "*-*-* 03:00", "backup_keep": 3})
+                                tracking={"workers": 1, **PLAIN_HTTP, "backup_schedule": "*-*-* 03:00", "backup_keep": 3})
     result = fab(inventory, "setup-tracking")
     assert result.returncode == 0, result.stdout[-3000:]
     return host, inventory, f"http://{host.address}:5000"

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from tests.integration.fabrun import fab, host_entry, recap, write_inventory
+from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, recap, write_inventory
 from tests.wine import log_wine_model
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def fleet(module_hosts, tmp_path_factory):
     def inventory(**model_settings):
         entries = {"mlt3": host_entry(hosts["mlt3"], ["tracking"])}
         entries |= {name: host_entry(hosts[name], ["models"]) for name in MODEL_HOSTS}
-        write_inventory(path, entries, tracking={"workers": 1})
+        write_inventory(path, entries, tracking={"workers": 1, **PLAIN_HTTP})
         if model_settings:
             path.write_text(path.read_text() + "[models]\n" + "".join(f"{k} = {v}\n" for k, v in model_settings.items()))
         return path

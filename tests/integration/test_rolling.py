@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from tests.integration.fabrun import FAB, REPO, fab, host_entry, recap, wait_for, write_inventory
+from tests.integration.fabrun import FAB, PLAIN_HTTP, REPO, fab, host_entry, recap, wait_for, write_inventory
 from tests.integration.load import LoadGenerator
 from tests.wine import log_wine_model
 
@@ -34,7 +34,7 @@ def fleet(module_hosts, tmp_path_factory):
     hosts = dict(zip(names, module_hosts(*names)))
     entries = {"mlt6": host_entry(hosts["mlt6"], ["tracking"]), "mlt7": host_entry(hosts["mlt7"], ["lb"])}
     entries |= {name: host_entry(hosts[name], ["models"]) for name in MODEL_HOSTS}
-    inventory = write_inventory(tmp_path_factory.mktemp("rolling") / "hosts.toml", entries, tracking={"workers": 1})
+    inventory = write_inventory(tmp_path_factory.mktemp("rolling") / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP})
     assert fab(inventory, "setup-tracking").returncode == 0
     assert fab(inventory, "setup-lb").returncode == 0
     tracking_uri = f"http://{hosts['mlt6'].address}:5000"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.fabrun import fab, host_entry, recap, transcript, wait_for, write_inventory
+from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, recap, transcript, wait_for, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def inventory(hosts, tmp_path_factory, testbed):
                 "needpw": host_entry(other, user="needpw"),
                 "refused": {"address": "127.0.0.1", "port": 1, "user": "deploy"},
             },
-            tracking={"workers": 2, **tracking_settings},
+            tracking={"workers": 2, **PLAIN_HTTP, **tracking_settings},
         )
 
     write()

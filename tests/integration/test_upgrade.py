@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.fabrun import fab, host_entry, write_inventory
+from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ def tracking(module_hosts, tmp_path_factory):
     path = tmp_path_factory.mktemp("upgrade") / "hosts.toml"
 
     def inventory(version):
-        return write_inventory(path, {"mlt9": host_entry(host, ["tracking"])}, tracking={"workers": 1, "mlflow_version": version})
+        return write_inventory(path, {"mlt9": host_entry(host, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP, "mlflow_version": version})
 
     result = fab(inventory(OLD), "setup-tracking")
     assert result.returncode == 0, result.stdout[-3000:]
