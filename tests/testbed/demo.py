@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from tasks.frontdoor import laptop_certificate_path
 from tests.testbed import Testbed
 from tests.wine import log_wine_model
 
@@ -39,9 +40,11 @@ def main() -> None:
     host = testbed.host(HOST)
     SANDBOX.mkdir(exist_ok=True)
     known_hosts = SANDBOX / "known_hosts"
+    credentials = SANDBOX / "credentials"
     if not host.is_running():
         host = testbed.start(HOST)
         known_hosts.unlink(missing_ok=True)  # a fresh sandbox has new host keys
+        credentials.unlink(missing_ok=True)  # and no users yet
     inventory = SANDBOX / "hosts.toml"
     inventory.write_text(
         "# The demo sandbox (make demo); make demo-down removes the host.\n"
@@ -50,8 +53,15 @@ def main() -> None:
         'roles = ["tracking", "models"]\n\n[tracking]\nworkers = 1\n'
     )
     fab(inventory, "setup-tracking")
-    tracking_uri = f"http://{host.address}:5000"
-    print(f"\nlogging the wine-quality ElasticNet to {tracking_uri}", flush=True)
+    if not credentials.exists():
+        fab(inventory, "tracking-user", "--add", "demo", "--credentials", str(credentials))
+    # what a user exports after setup-tracking and tracking-user; fab deploy-model reads the same
+    values = dict(line.split(" = ", 1) for line in credentials.read_text().splitlines() if " = " in line)
+    os.environ["MLFLOW_TRACKING_USERNAME"] = values["mlflow_tracking_username"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = values["mlflow_tracking_password"]
+    os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(laptop_certificate_path(host.address, 5000))
+    tracking_uri = f"https://{host.address}:5000"
+    print(f"\nlogging the wine-quality ElasticNet to {tracking_uri} as user demo", flush=True)
     run_id = log_wine_model(tracking_uri)
     print(f"run {run_id}")
     fab(inventory, "deploy-model", "--run-id", run_id, "--name", "wine")
@@ -60,7 +70,7 @@ def main() -> None:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         prediction = json.loads(response.read())["predictions"][0]
-    print(f"\nMLflow tracking server: {tracking_uri}")
+    print(f"\nMLflow tracking server: {tracking_uri} (user demo: {credentials}; certificate: {os.environ['MLFLOW_TRACKING_SERVER_CERT_PATH']})")
     print(f"model 'wine' (run {run_id}) serving at http://{host.address}:5001/invocations")
     print(f"predicted quality of one white wine: {prediction:.2f}")
     print(f"try: export FABRIC_INVENTORY={inventory}; fab status; fab releases --name wine")

@@ -66,6 +66,10 @@ def test_shipped_example_parses():
         ("[hosts.a]\naddress = '10.0.0.1'\n[hosts.a.tracking]\nport = '5000'", "[hosts.a.tracking] port = '5000'"),
         ("[servers.a]\naddress = 'x'", "unknown section [servers]"),
         ("[hosts.a]\naddress = 10", "[hosts.a] address = 10 should be of type str"),
+        ("[tracking]\ntls_certificate = 'cert.pem'", "tls_certificate and tls_key go together"),
+        ("[tracking]\ntls_certificate = 'no.pem'\ntls_key = 'no.key'", "tls_certificate = 'no.pem': no such file on this machine"),
+        ("[tracking]\nport = 5050", "port and backend_port must differ"),
+        ("[tracking]\ntls = 'yes'", "[tracking] tls = 'yes' should be of type bool"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path, text, expected):
@@ -125,3 +129,14 @@ keep_releases = 2
         load_inventory(write(tmp_path, "[models.wine]\nkeep_releases = 'x'"))
     with pytest.raises(InventoryError, match=r"\[models.wine\] port must be a positive number"):
         load_inventory(write(tmp_path, "[models.wine]\nport = 0"))
+
+
+def test_secure_by_default_and_certificate_paths_relative_to_the_inventory(tmp_path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "t.pem").write_text("cert")
+    (tmp_path / "certs" / "t.key").write_text("key")
+    inventory = load_inventory(write(tmp_path, "[tracking]\ntls_certificate = 'certs/t.pem'\ntls_key = 'certs/t.key'"))
+    assert inventory.tracking.tls and inventory.tracking.auth
+    assert inventory.tracking.tls_certificate == str(tmp_path / "certs" / "t.pem")
+    plain = load_inventory(write(tmp_path, "[tracking]\ntls = false\nauth = false\nport = 5050"))
+    assert not plain.tracking.tls and not plain.tracking.auth
