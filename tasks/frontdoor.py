@@ -65,9 +65,8 @@ class FrontDoor:
 
 
 def facts() -> list[f.Fact]:
-    quoted = f"{CERTIFICATE} {KEY}"
     return [
-        f.Fact("tls", f"sha256sum {quoted}; openssl x509 -in {CERTIFICATE} -noout -fingerprint -sha256"),
+        f.Fact("tls", f"sha256sum {CERTIFICATE} {KEY}; openssl x509 -in {CERTIFICATE} -noout -fingerprint -sha256"),
         f.file_content(NGINX_CONFIG),
         f.file_content(AUTH_CONFIG),
         f.path_stat(ADMIN_CURL),
@@ -81,7 +80,8 @@ def fingerprint(tls_fact: str) -> str:
 
 
 def remote_digests(tls_fact: str) -> dict[str, str]:
-    return {path: digest for digest, path in (line.split() for line in tls_fact.splitlines() if len(line.split()) == 2)}
+    pairs = (line.split() for line in tls_fact.splitlines() if len(line.split()) == 2)
+    return {path: digest for digest, path in pairs if path.startswith("/")}
 
 
 def self_signed_script(door: FrontDoor) -> str:

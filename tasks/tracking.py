@@ -404,6 +404,6 @@ def converge(remote: Remote, report: HostReport) -> None:
 
 @task(help={"check": "show what would change, with diffs, and change nothing"})
 def setup_tracking(c, check=False):
-    """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, health gate."""
+    """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, TLS and sign-in, health gate."""
     hosts = cli.hosts_for(c, role="tracking")
     finish(run_on_hosts(c.config, hosts, converge, check=check))
