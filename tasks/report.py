@@ -13,7 +13,7 @@ from rich.markup import escape
 from tasks.ops.steps import Step
 
 # Piped output (CI logs, tests) gets wide lines instead of rich's default of 80 columns.
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+console = Console(highlight=False, emoji=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 _lock = threading.Lock()
 
 
