@@ -16,7 +16,7 @@ from pathlib import Path
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
-from tasks.ops.nginx import config_step
+from tasks.ops.nginx import config_step, reload_script
 from tasks.ops.steps import Step
 from tasks.templates import render
 
@@ -150,7 +150,7 @@ def nginx_step(door: FrontDoor, facts: dict[str, str], certificate_changed: bool
     step = config_step(NGINX_CONFIG, door.nginx_config(), current)
     if step.changed or not certificate_changed:
         return step
-    return Step.change(f"file {NGINX_CONFIG}", "certificate changed: validate with nginx -t, reload", "nginx -t -q && systemctl reload nginx")
+    return Step.change(f"file {NGINX_CONFIG}", "certificate changed: validate with nginx -t, reload", f"nginx -t -q\n{reload_script()}")
 
 
 def remove_nginx_step(facts: dict[str, str]) -> Step:
@@ -158,7 +158,7 @@ def remove_nginx_step(facts: dict[str, str]) -> Step:
     if not f.parse_file(facts.get(f"file:{NGINX_CONFIG}", "")).exists:
         return Step.ok("tls", "off (tls = false in hosts.toml): plain HTTP")
     return Step.change("tls", "off (tls = false in hosts.toml): remove the nginx front door",
-                       f"rm -f {NGINX_CONFIG}\nsystemctl reload nginx || true")
+                       f"rm -f {NGINX_CONFIG}\nif systemctl is-active --quiet nginx; then\n{reload_script()}\nfi")
 
 
 def laptop_certificate_path(address: str, port: int) -> Path:

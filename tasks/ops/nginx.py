@@ -20,7 +20,12 @@ if ! nginx -t -q; then
   exit 1
 fi
 rm -f {path}.previous
-if ! systemctl is-active --quiet nginx; then systemctl enable --now --quiet nginx; exit 0; fi
+{reload_script()}"""
+
+
+def reload_script() -> str:
+    """Start nginx, or reload it and wait until the old workers are gone: from then on every connection sees the new config."""
+    return f"""if ! systemctl is-active --quiet nginx; then systemctl enable --now --quiet nginx; exit 0; fi
 old_workers=$(pgrep -f 'nginx: worker process' || true)
 systemctl reload nginx
 deadline=$((SECONDS + {DRAIN_TIMEOUT}))
