@@ -7,6 +7,7 @@ The work is done by /usr/local/sbin/mlflow-backup and mlflow-restore, which setu
 from __future__ import annotations
 
 import io
+import os
 import shlex
 from pathlib import Path
 
@@ -22,18 +23,38 @@ from tasks.report import HostReport, show_note, show_step
 from tasks.tracking import BACKUP_SCRIPT, RESTORE_SCRIPT, UNIT, TrackingTarget
 
 
+def download_directory(path: str) -> str:
+    """The --download directory, made when missing; an error before any host is touched when it can't be written."""
+    directory = Path(path).expanduser()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise Exit(f"error: --download {path}: {error.strerror}", code=2) from None
+    if not os.access(directory, os.W_OK):
+        raise Exit(f"error: --download {path}: not writable by this user", code=2)
+    return str(directory)
+
+
+def backup_path(output: str) -> str:
+    """mlflow-backup prints the path of the file it made last."""
+    return output.strip().splitlines()[-1] if output.strip() else ""
+
+
 def backup_on(remote: Remote, report: HostReport, download: str = "") -> None:
     keep = remote.host.tracking.backup_keep
     result = remote.run_script(f"test -x {BACKUP_SCRIPT} || {{ echo 'missing {BACKUP_SCRIPT}: run fab setup-tracking first'; exit 2; }}\n"
                                f"{BACKUP_SCRIPT} {keep}", step="backup")
-    path = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    path = backup_path(result.stdout)
     step = Step.change("backup", f"{path} (keeping the newest {keep})", "") if result.exited == 0 else Step.failure("backup", result.stdout[-1000:])
     report.steps.append(step)
     show_step(report, step)
-    if step.failed or not download:
-        return
-    target = Path(download).expanduser() / f"{remote.host.name}-{Path(path).name}"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not step.failed and download:
+        download_backup(remote, report, path, download)
+
+
+def download_backup(remote: Remote, report: HostReport, path: str, directory: str) -> None:
+    """Copy a backup on the host to DIRECTORY/HOST-NAME on the laptop, through a copy only the SSH user can read."""
+    target = Path(directory) / f"{remote.host.name}-{Path(path).name}"
     readable = f"/tmp/{Path(path).name}"
     copy = remote.run_script(f"install -m 0600 -o {shlex.quote(remote.connection.user)} {shlex.quote(path)} {readable}", step="download")
     if copy.exited != 0:
@@ -68,7 +89,8 @@ def restore_on(remote: Remote, report: HostReport, source: str) -> None:
 def backup_tracking(c, download=""):
     """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep)."""
     hosts = cli.hosts_for(c, role="tracking")
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, download)))
+    directory = download_directory(download) if download else ""
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
 
 
 @task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})

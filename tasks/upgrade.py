@@ -11,12 +11,13 @@ import dataclasses
 from fabric import task
 
 from tasks import cli
+from tasks.backups import backup_path, download_backup, download_directory
 from tasks.fleet import finish, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
 from tasks.ops.health import gate_script
 from tasks.ops.pyenv import ensure_env
-from tasks.ops.remote import Remote
+from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
 from tasks.tracking import BACKUP_SCRIPT, ENV_FILE, RESTORE_SCRIPT, UNIT, UNIT_PATH, TrackingTarget, installed_mlflow_version, running_env_path
@@ -39,7 +40,26 @@ def migrate_script(env_path: str) -> str:
     )
 
 
-def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
+def backup_first(remote: Remote, report: HostReport, steps: list[Step], download: str) -> list[Step]:
+    """With --download the backup runs alone and reaches the laptop before anything else. The steps left to run."""
+    if not download:
+        return steps
+    backup, rest = steps[0], steps[1:]
+    if apply(remote, [backup], lambda each: show_step(report, each)):
+        try:
+            download_backup(remote, report, backup_path(backup.output), download)
+            return rest
+        except (HostError, OSError) as error:
+            reason = error.message if isinstance(error, HostError) else str(error)
+            copy = Step.failure("download", f"{reason}: the upgrade did not start")
+            report.steps.append(copy)
+            show_step(report, copy)
+    for each in rest:
+        each.skipped = True
+    return []
+
+
+def upgrade_on(remote: Remote, report: HostReport, version: str, download: str = "") -> None:
     new_host = dataclasses.replace(remote.host, tracking=dataclasses.replace(remote.host.tracking, mlflow_version=version))
     new = TrackingTarget(new_host, remote.connection.host)
     facts = f.gather(remote, [*new.facts(), f.Fact("schema", SCHEMA), f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}")])
@@ -73,7 +93,8 @@ def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
             show_step(report, each)
         return
     show_note(report, f"upgrading mlflow {running} -> {version}")
-    if apply(remote, steps, lambda each: show_step(report, each)):
+    remaining = backup_first(remote, report, steps, download)
+    if remaining and apply(remote, remaining, lambda each: show_step(report, each)):
         show_note(report, "database " + ", ".join(line for line in steps[2].output.splitlines() if line.startswith("schema ")))
         old_env = running_env_path(old_unit.content)
         if old_env and old_env != new.env_path:
@@ -83,7 +104,7 @@ def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
         if remote.host.tracking.mlflow_version != version:
             show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
         return
-    failed = next(each for each in steps if each.failed)
+    failed = next((each for each in steps if each.failed), steps[0])
     if steps.index(failed) < 2:
         show_note(report, f"the server still runs mlflow {running}: nothing else was changed")
         return
@@ -92,7 +113,7 @@ def upgrade_on(remote: Remote, report: HostReport, version: str) -> None:
 
 def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, backup_output: str, old_version: str, gate: str) -> list[Step]:
     """The old unit and env again; the database from the backup only when the migration got as far as changing it."""
-    backup = backup_output.strip().splitlines()[-1] if backup_output.strip() else ""
+    backup = backup_path(backup_output)
     script = f"""{ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script}
 systemctl daemon-reload
 if [ "$({SCHEMA} 2>/dev/null)" != {schema_before!r} ]; then
@@ -110,8 +131,11 @@ fi"""
     return steps
 
 
-@task(help={"mlflow-version": "the version to run (default: mlflow_version from the inventory)", "check": "show the plan and change nothing"})
-def upgrade_tracking(c, mlflow_version="", check=False):
+@task(help={"mlflow-version": "the version to run (default: mlflow_version from the inventory)",
+            "download": "also copy the backup taken first to this directory on the laptop, before anything changes",
+            "check": "show the plan and change nothing"})
+def upgrade_tracking(c, mlflow_version="", download="", check=False):
     """Upgrade MLflow on the tracking hosts: backup, new env beside the old, db migration, health gate, rollback on failure."""
     hosts = cli.hosts_for(c, role="tracking")
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version), check=check))
+    directory = download_directory(download) if download and not check else ""
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))

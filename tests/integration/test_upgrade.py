@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+
 import pytest
 
 from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, write_inventory
@@ -43,7 +45,7 @@ def test_an_upgrade_that_cannot_install_leaves_the_old_server_running(tracking):
     assert host.run("ls /opt/mlflow/envs | grep -c tracking-").stdout.strip() == "1", "the failed build left its env behind"
 
 
-def test_upgrade_keeps_the_runs_and_the_server_healthy(tracking):
+def test_upgrade_keeps_the_runs_and_the_server_healthy(tracking, tmp_path):
     from mlflow import MlflowClient
 
     host, inventory, tracking_uri = tracking
@@ -53,9 +55,12 @@ def test_upgrade_keeps_the_runs_and_the_server_healthy(tracking):
     client.log_metric(run.info.run_id, "accuracy", 0.93)
     client.set_terminated(run.info.run_id)
 
-    result = fab(inventory(NEW), "upgrade-tracking")
+    result = fab(inventory(NEW), "upgrade-tracking", "--download", str(tmp_path))
     assert result.returncode == 0, result.stdout[-4000:]
     assert "schema before:" in result.stdout and "backup" in result.stdout
+    (downloaded,) = tmp_path.glob("mlt9-mlflow-backup-*.tar")
+    with tarfile.open(downloaded) as archive:
+        assert {"manifest.json", "SHA256SUMS", "mlflow.dump", "artifacts.tar.gz"} <= set(archive.getnames())
     assert server_version(host) == NEW
     kept = client.get_run(run.info.run_id)
     assert kept.info.run_name == "survivor" and kept.data.metrics["accuracy"] == 0.93
