@@ -38,9 +38,9 @@ def main() -> None:
         entries |= {name: host_entry(hosts[name], ["models"]) for name in NAMES[2:]}
         inventory = write_inventory(Path(tempfile.mkdtemp()) / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP})
         timed_fab(inventory, "setup-tracking")
+        timed_fab(inventory, "setup-lb")
         tracking_uri = f"http://{hosts['mlt6'].address}:5000"
         timed_fab(inventory, "deploy-model", "--run-id", log_wine_model(tracking_uri), "--batch-size", "100%")
-        timed_fab(inventory, "setup-lb")
         for run in range(args.runs):
             run_id = log_wine_model(tracking_uri, alpha=0.1 + run / 10)
             load = LoadGenerator(hosts["mlt6"], "http://mlt7:5001/invocations", json.dumps(ROW))
