@@ -61,7 +61,7 @@ class FrontDoor:
         return render("nginx-mlflow-tracking.conf.j2", port=s.port, backend_port=s.backend_port, certificate=CERTIFICATE, key=KEY)
 
     def auth_config(self) -> str:
-        return render("basic_auth.ini.j2", admin=ADMIN, schema=AUTH_SCHEMA)
+        return render("basic_auth.ini.j2", admin=ADMIN, schema=AUTH_SCHEMA, cache_seconds=self.settings.auth_cache_seconds)
 
 
 def facts() -> list[f.Fact]:

@@ -70,6 +70,7 @@ def test_shipped_example_parses():
         ("[tracking]\ntls_certificate = 'no.pem'\ntls_key = 'no.key'", "tls_certificate = 'no.pem': no such file on this machine"),
         ("[tracking]\nport = 5050", "port and backend_port must differ"),
         ("[tracking]\ntls = 'yes'", "[tracking] tls = 'yes' should be of type bool"),
+        ("[tracking]\nauth_cache_seconds = -1", "[tracking] auth_cache_seconds must be 0 (no cache) or more"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path, text, expected):

@@ -1,4 +1,5 @@
 import base64
+import subprocess
 
 from tasks.ops.facts import Fact, gather_script, parse_facts, parse_file
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
@@ -8,9 +9,15 @@ from tasks.ops.system import ensure_packages
 
 
 def test_facts_round_trip_through_markers():
-    script = gather_script([Fact("a", "echo one"), Fact("b", "false")])
-    assert "@@fact " in script and "|| true" in script
     assert parse_facts("\n@@fact a\none\ntwo\n\n@@fact b\n") == {"a": "one\ntwo", "b": ""}
+
+
+def test_facts_run_at_once_and_come_back_in_order_each_on_its_own():
+    facts = [Fact("slow", "sleep 0.3; echo one; echo two"), Fact("fails", "echo partial; ls /no/such/path; false"),
+             Fact("moves", "cd / && pwd"), Fact("where", "pwd"), Fact("quoted", "printf '%s\\n' \"it's\"")]
+    result = subprocess.run(["bash", "-c", gather_script(facts)], cwd="/tmp", capture_output=True, text=True, check=True)
+    assert parse_facts(result.stdout) == {"slow": "one\ntwo", "fails": "partial", "moves": "/", "where": "/tmp", "quoted": "it's"}
+    assert result.stderr == ""
 
 
 def test_file_fact_parsing():

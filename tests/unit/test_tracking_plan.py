@@ -187,6 +187,7 @@ def test_secure_by_default_mlflow_behind_nginx_with_basic_auth():
     assert "listen 5000 ssl;" in nginx and "proxy_pass http://127.0.0.1:5050;" in nginx
     ini = frontdoor.FrontDoor(t.host, t.address).auth_config()
     assert "password" not in ini.split("[mlflow]")[1]
+    assert "\nauth_cache_ttl_seconds = 60" in ini
     health, api = t.health_checks
     assert health.curl(t.server_port).endswith("http://127.0.0.1:5050/health")
     assert f"-k -K {frontdoor.ADMIN_CURL}" in api.curl(t.server_port) and "https://127.0.0.1:5000/api/" in api.curl(t.server_port)
