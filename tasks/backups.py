@@ -61,6 +61,8 @@ def download_backup(remote: Remote, report: HostReport, path: str, directory: st
         raise HostError("download", copy.stdout[-500:])
     try:
         remote.connection.get(readable, str(target))
+    except OSError as error:
+        raise HostError("download", f"copying {readable} to {target}: {error}") from None
     finally:
         remote.run_script(f"rm -f {readable}", step="download")
     show_note(report, f"downloaded to {target}")

@@ -49,9 +49,8 @@ def backup_first(remote: Remote, report: HostReport, steps: list[Step], download
         try:
             download_backup(remote, report, backup_path(backup.output), download)
             return rest
-        except (HostError, OSError) as error:
-            reason = error.message if isinstance(error, HostError) else str(error)
-            copy = Step.failure("download", f"{reason}: the upgrade did not start")
+        except HostError as error:
+            copy = Step.failure("download", f"{error.message}: the upgrade did not start")
             report.steps.append(copy)
             show_step(report, copy)
     for each in rest:
@@ -93,8 +92,12 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
             show_step(report, each)
         return
     show_note(report, f"upgrading mlflow {running} -> {version}")
+    untouched = f"the server still runs mlflow {running}: nothing else was changed"
     remaining = backup_first(remote, report, steps, download)
-    if remaining and apply(remote, remaining, lambda each: show_step(report, each)):
+    if not remaining:
+        show_note(report, untouched)
+        return
+    if apply(remote, remaining, lambda each: show_step(report, each)):
         show_note(report, "database " + ", ".join(line for line in steps[2].output.splitlines() if line.startswith("schema ")))
         old_env = running_env_path(old_unit.content)
         if old_env and old_env != new.env_path:
@@ -104,9 +107,9 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         if remote.host.tracking.mlflow_version != version:
             show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
         return
-    failed = next((each for each in steps if each.failed), steps[0])
+    failed = next(each for each in steps if each.failed)
     if steps.index(failed) < 2:
-        show_note(report, f"the server still runs mlflow {running}: nothing else was changed")
+        show_note(report, untouched)
         return
     report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), steps[0].output, running, gate)
 
