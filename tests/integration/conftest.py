@@ -1,5 +1,6 @@
 """Real test hosts for integration tests: systemd-nspawn containers from tests/testbed."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def testbed():
     except TestbedError as error:
         pytest.fail(f"cannot prepare the test hosts: {error}", pytrace=False)
     yield tb
-    if not tb.running_hosts():
+    # MLFAB_KEEP_NETWORK=1: several test runs share the testbed at once; none removes the network under another.
+    if not tb.running_hosts() and not os.environ.get("MLFAB_KEEP_NETWORK"):
         tb.teardown()
 
 
