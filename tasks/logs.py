@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -12,6 +11,7 @@ from tasks import cli
 from tasks.fleet import finish, run_on_hosts
 from tasks.ops.steps import Step
 from tasks.report import console
+from tasks.values import check_model_name
 
 
 class PrefixedLines(io.TextIOBase):
@@ -31,10 +31,14 @@ class PrefixedLines(io.TextIOBase):
 def unit_and_role(service: str) -> tuple[str, str]:
     if service == "tracking":
         return "mlflow-tracking", "tracking"
-    match = re.fullmatch(r"model:([A-Za-z0-9][A-Za-z0-9_-]{0,63})", service)
-    if match:
-        return f"mlflow-model@{match.group(1)}", "models"
-    raise Exit(f"error: --service {service!r}: use tracking or model:NAME", code=2)
+    kind, _, name = service.partition(":")
+    if kind != "model":
+        raise Exit(f"error: --service {service!r}: use tracking or model:NAME", code=2)
+    try:
+        check_model_name(name)
+    except ValueError as error:
+        raise Exit(f"error: --service {service!r}: the model name {error}", code=2) from None
+    return f"mlflow-model@{name}", "models"
 
 
 @task(help={"service": "tracking (default) or model:NAME", "number": "lines per host (default 100)", "follow": "keep printing new lines until Ctrl-C"})

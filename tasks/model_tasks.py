@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fabric import task
@@ -12,13 +11,14 @@ from rich.table import Table
 from tasks import cli
 from tasks.fleet import finish, run_on_hosts
 from tasks.report import console
-
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+from tasks.values import check_model_name
 
 
 def checked_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise Exit(f"error: --name {name!r}: use letters, digits, '-' and '_' (it names a directory and a systemd unit)", code=2)
+    try:
+        check_model_name(name)
+    except ValueError as error:
+        raise Exit(f"error: --name {name!r} {error}", code=2) from None
     return name
 
 
@@ -55,6 +55,7 @@ def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break
 def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, check=False, batch_size="1", canary=0,
                  max_failures=0, pause=0.0, rollback_all=False, break_lock=False):
     """Deploy a model from the tracking server to the "models" hosts: preflight in parallel, then batches with a health gate and rollback."""
+    from tasks.firewall import policy as firewall_policy
     from tasks.model_source import ModelError, fetch, model_uri as resolve_uri
     from tasks.models import Deployment, HostDeploy
     from tasks.rolling import new_lock, rolling
@@ -76,11 +77,14 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
     tarball = deployment.tarball()
     console.print(f"model {artifact.uri}: run {artifact.run_id}, digest {artifact.digest[:12]}, release {deployment.release}")
     lock = new_lock(deployment.by, f"deploy {uri} as {name}")
+    inventory = cli.inventory(c)
+    firewall = firewall_policy(inventory)
 
     def make_deploy(remote, report):
-        return HostDeploy(remote, report, name, lock, deployment=deployment, tarball=tarball, break_lock=options.break_lock)
+        return HostDeploy(remote, report, name, lock, deployment=deployment, tarball=tarball, break_lock=options.break_lock,
+                          firewall_policy=firewall)
 
-    finish(rolling(c.config, cli.inventory(c), hosts, make_deploy, options, check, name))
+    finish(rolling(c.config, inventory, hosts, make_deploy, options, check, name))
 
 
 @task(help={"name": "the model's service name (default: model)", "to": "a release name from `fab releases` (default: the previous one)",

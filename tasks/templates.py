@@ -1,5 +1,6 @@
 """Render the files we install from templates/ with jinja2."""
 
+import shlex
 from pathlib import Path
 
 import jinja2
@@ -9,6 +10,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _environment = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
 )
+# `{{ value | shell }}`: one shell word, whatever the value holds
+_environment.filters["shell"] = shlex.quote
 
 
 def render(template: str, **values) -> str:

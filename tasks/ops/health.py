@@ -53,7 +53,7 @@ def gate_script(unit: str, port: int, checks: list[HttpCheck], timeout: int, aft
     for check in checks:
         polls.append(
             f"code=$({check.curl(port)} || true)\n"
-            f'last="{check.label} answered $code"\n'
+            f'last={shlex.quote(check.label)}" answered $code"\n'
             f'if [ "$code" = 403 ]; then why="$last: the Host header is refused (see allowed_hosts)"; break; fi\n'
             f'[ "$code" = 200 ] || ok=0'
         )
@@ -69,7 +69,7 @@ while :; do
   fi
   ok=1
   {(chr(10) + "  ").join(polls)}
-  if [ $ok = 1 ]; then echo "healthy: {', '.join(check.label for check in checks)} answered 200"; exit 0; fi
+  if [ $ok = 1 ]; then echo {shlex.quote(f"healthy: {', '.join(check.label for check in checks)} answered 200")}; exit 0; fi
   if [ $SECONDS -ge $deadline ]; then why="not healthy within {timeout} s ($last)"; break; fi
   sleep 1
 done

@@ -52,6 +52,48 @@ def test_shipped_example_parses():
     assert inventory.defaults.user == "deploy"
 
 
+# Values of the wrong kind for where they land on a host (a unit file, a script), and ports that clash.
+KIND_ERRORS = [
+    ('[tracking]\nartifacts = "/srv/a\\nExecStartPre=+/bin/sh -c id"', "[tracking] artifacts must not contain control characters or line breaks"),
+    ('[tracking]\nartifacts = "/srv/a\\u202e"', "[tracking] artifacts must not contain control characters"),
+    ('[hosts.a]\naddress = "10.0.0.1"\n[hosts.a.tracking]\nartifacts = "/srv/mlflow/"', "[hosts.a.tracking] artifacts must be normalized"),
+    ('[tracking]\nartifacts = "/srv/../etc"', "[tracking] artifacts must be normalized"),
+    ('[tracking]\nartifacts = "/srv//mlflow"', "[tracking] artifacts must be normalized"),
+    ('[tracking]\nartifacts = "srv/mlflow"', "[tracking] artifacts must be an absolute path"),
+    ('[tracking]\nartifacts = "/"', "[tracking] artifacts must be an absolute path below /"),
+    ('[tracking]\nartifacts = "/srv/my artifacts"', "[tracking] artifacts may only use letters, digits"),
+    ('[tracking]\nartifacts = "/srv/%h"', "[tracking] artifacts may only use letters, digits"),
+    ('[hosts.a]\naddress = "10.0.0.1 -oProxyCommand=id"', "[hosts.a] address must be a host name"),
+    ('[hosts.a]\naddress = "host..example"', "[hosts.a] address must be a host name"),
+    ('[hosts.a]\naddress = "fe80::1%eth0"', "[hosts.a] address must be a host name"),
+    ('[hosts."a;b"]\naddress = "10.0.0.1"', "[hosts.a;b] the host name must be"),
+    ('[hosts."a\\nb"]\naddress = "10.0.0.1"', "[hosts] name 'a\\nb' must not contain control characters"),
+    ('[defaults]\nuser = "deploy -oProxyCommand=id"', "[defaults] user must be a user name"),
+    ('[hosts.a]\naddress = "10.0.0.1"\nuser = "-root"', "[hosts.a] user must be a user name"),
+    ("[defaults]\nport = 0", "[defaults] port must be a positive number up to 65535 (got 0)"),
+    ("[tracking]\nport = 65536", "[tracking] port must be a positive number up to 65535"),
+    ("[tracking]\nbackend_port = 70000", "[tracking] backend_port must be a positive number up to 65535"),
+    ("[models.wine]\nport = 65536", "[models.wine] port must be a positive number up to 65535"),
+    ('[tracking]\nallowed_hosts = ["ok.example.com:443", "evil.example.com,other"]', "[tracking] allowed_hosts must be HOST or HOST:PORT"),
+    ('[tracking]\nallowed_hosts = ["ok.example.com:99999"]', "[tracking] allowed_hosts must end in a port"),
+    ('[tracking]\nallowed_hosts = ["$(id)"]', "[tracking] allowed_hosts must be HOST or HOST:PORT"),
+    ('[tracking]\nmlflow_version = "3.17.2; rm -rf /"', '[tracking] mlflow_version must be a version'),
+    ('[tracking]\npsycopg2_version = " 2.9.13"', "[tracking] psycopg2_version must be a version without spaces"),
+    ('[tracking]\nbackup_schedule = "daily\\nExecStartPre=+/bin/sh"', "[tracking] backup_schedule must not contain control characters"),
+    ('[tracking]\nbackup_schedule = "*-*-* 25:00"', "[tracking] backup_schedule must be an OnCalendar expression systemd accepts"),
+    ('[tracking]\nbackup_schedule = "nightly"', "[tracking] backup_schedule must be an OnCalendar expression systemd accepts"),
+    ('[models."wine\\n"]\nport = 5002', "[models] name 'wine\\n' must not contain control characters"),
+    ('[models."wine.v2"]\nport = 5002', "[models.wine.v2] the model name must be 1 to 64 letters"),
+    ('[hosts.a]\naddress = "10.0.0.1"\n[hosts.a.models."-wine"]\nport = 5002', "[hosts.a.models.-wine] the model name must be"),
+    ('[hosts.a]\naddress = "10.0.0.1"\n[hosts.a.models.wine]\nprot = 5002', "unknown key 'prot' in [hosts.a.models.wine]"),
+    ('[models.wine]\n[models.iris]\n[hosts.a]\naddress = "10.0.0.1"\nroles = ["models"]', "[hosts.a] model iris and model wine both use port 5001"),
+    ('[hosts.a]\naddress = "10.0.0.1"\nroles = ["models"]\n[hosts.a.models.wine]\nport = 5002\n[hosts.a.models.iris]\nport = 5002',
+     "[hosts.a] model iris and model wine both use port 5002"),
+    ('[models.wine]\nport = 5000\n[hosts.a]\naddress = "10.0.0.1"\nroles = ["tracking", "models"]', "[hosts.a] the tracking port and model wine both use port 5000"),
+    ('[models]\nport = 5050\n[hosts.a]\naddress = "10.0.0.1"', "[hosts.a] the tracking backend_port and model model both use port 5050"),
+]
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -71,7 +113,8 @@ def test_shipped_example_parses():
         ("[tracking]\nport = 5050", "port and backend_port must differ"),
         ("[tracking]\ntls = 'yes'", "[tracking] tls = 'yes' should be of type bool"),
         ("[tracking]\nauth_cache_seconds = -1", "[tracking] auth_cache_seconds must be 0 (no cache) or more"),
-    ],
+    ]
+    + KIND_ERRORS,
 )
 def test_errors_name_the_file_and_the_key(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -141,3 +184,52 @@ def test_secure_by_default_and_certificate_paths_relative_to_the_inventory(tmp_p
     assert inventory.tracking.tls_certificate == str(tmp_path / "certs" / "t.pem")
     plain = load_inventory(write(tmp_path, "[tracking]\ntls = false\nauth = false\nport = 5050"))
     assert not plain.tracking.tls and not plain.tracking.auth
+
+
+# The most unusual values each kind accepts (tests/unit/test_hostile_values.py renders files from them too).
+WIDEST_GOOD_VALUES = """
+[defaults]
+user = "deploy_1.x"
+[tracking]
+artifacts = "/srv/ml_flow/a.b@c+d-e"
+allowed_hosts = ["mlflow.example.com", "*.example.com:443", "10.0.0.7:*", "[::1]:5000"]
+mlflow_version = "3.17.2"
+psycopg2_version = "2.9.13.post1"
+backup_schedule = "Mon..Fri *-*-* 03:00:00 Europe/Berlin"
+[models.wine-v2]
+port = 5002
+[models.iris_1]
+port = 5003
+[hosts."prod-1_a.example"]
+address = "prod1.example.com"
+roles = ["tracking", "models"]
+[hosts.v6]
+address = "2001:db8::10"
+port = 2222
+roles = ["models"]
+"""
+
+
+def test_good_values_of_every_kind_are_accepted(tmp_path):
+    inventory = load_inventory(write(tmp_path, WIDEST_GOOD_VALUES))
+    assert inventory.tracking.backup_schedule == "Mon..Fri *-*-* 03:00:00 Europe/Berlin"
+    assert inventory.hosts["prod-1_a.example"].model("wine-v2").port == 5002
+    assert load_inventory(write(tmp_path, '[tracking]\nbackup_schedule = "daily"')).tracking.backup_schedule == "daily"
+
+
+def test_ports_only_clash_between_what_runs_on_the_same_host(tmp_path):
+    tracker = '[hosts.tracker]\naddress = "10.0.0.1"\nroles = ["tracking"]\n'
+    server = '[hosts.server]\naddress = "10.0.0.2"\nroles = ["models"]\n'
+    inventory = load_inventory(write(tmp_path, "[models.wine]\nport = 5000\n" + tracker + server))
+    assert inventory.hosts["server"].model("wine").port == 5000
+    # without tls MLflow itself listens on port: backend_port is not used
+    plain = load_inventory(write(tmp_path, tracker + "[hosts.tracker.tracking]\ntls = false\nport = 5001\nbackend_port = 5001"))
+    assert plain.hosts["tracker"].tracking.port == 5001
+
+
+def test_ad_hoc_hosts_are_checked_like_inventory_ones(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    for target, expected in [("root@10.0.0.5;id", "the address must be"), ("ro ot@10.0.0.5", "the user must be"), ("root@10.0.0.5:0", "the port must be")]:
+        with pytest.raises(InventoryError, match=expected):
+            select_hosts(inventory, [target], "tracking")
+    assert select_hosts(inventory, ["my_alias"], "tracking", ssh_aliases=["my_alias"])[0].address == "my_alias"

@@ -1,0 +1,102 @@
+"""What a value from hosts.toml or the command line may look like, checked before any host is contacted.
+
+These values end up in shell scripts, systemd units and nginx configs on the hosts: each check
+restricts a value to what its kind needs. Each raises ValueError with a phrase saying what the value
+must be; the caller adds where the value came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+
+from packaging.version import InvalidVersion, Version
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+WILDCARD_LABEL = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9*-]{0,61}[A-Za-z0-9*])?")
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+PATH_PART = re.compile(r"[A-Za-z0-9._@+-]+")
+# control characters, invisible format characters (bidi overrides...), line and paragraph separators
+UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+
+
+def check_printable(text: str) -> None:
+    bad = next((char for char in text if unicodedata.category(char) in UNPRINTABLE), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters or line breaks (found {bad!r})")
+
+
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError("must be 1 to 64 letters, digits, '-' and '_', starting with a letter or digit (it names a directory and a systemd unit)")
+
+
+def check_host_name(name: str) -> None:
+    """An inventory host's own name: it goes into certificates and the server's allowed Host headers."""
+    if not HOST_NAME.fullmatch(name):
+        raise ValueError("must be letters, digits, '.', '-' and '_', starting with a letter or digit")
+
+
+def check_address(address: str) -> None:
+    if "%" not in address:
+        try:
+            ipaddress.ip_address(address)
+            return
+        except ValueError:
+            pass
+    if len(address) > 253 or not all(HOST_LABEL.fullmatch(label) for label in address.split(".")):
+        raise ValueError("must be a host name (letters, digits, '-' and '_' between dots) or an IP address")
+
+
+def check_user_name(name: str) -> None:
+    if not USER_NAME.fullmatch(name):
+        raise ValueError("must be a user name: up to 32 letters, digits, '_', '.', '-', not starting with a digit, '.' or '-'")
+
+
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError("must be a positive number up to 65535")
+
+
+def check_remote_path(path: str) -> None:
+    """An absolute, normalized path on a host, in characters that need no quoting in a unit file or a script."""
+    if not path.startswith("/") or path == "/":
+        raise ValueError("must be an absolute path below /")
+    parts = path[1:].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError("must be normalized: no trailing slash, '//', '.' or '..'")
+    if not all(PATH_PART.fullmatch(part) for part in parts):
+        raise ValueError("may only use letters, digits and . _ @ + - between slashes (it lands in unit files and scripts)")
+
+
+def check_allowed_host(entry: str) -> None:
+    """A Host header MLflow accepts: HOST or HOST:PORT; HOST may use MLflow's * wildcards or be an [IPv6] address."""
+    host, port = entry, ""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError("must be HOST or HOST:PORT")
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("must hold an IPv6 address between [ and ]") from None
+    else:
+        if entry.count(":") == 1:
+            host, port = entry.split(":")
+        if not all(WILDCARD_LABEL.fullmatch(label) for label in host.split(".")):
+            raise ValueError("must be HOST or HOST:PORT, HOST a name (may use * wildcards) or an IP address")
+    if ":" in entry and not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+        raise ValueError("must end in a port (1 to 65535, or *) after ':'")
+
+
+def check_version(text: str) -> None:
+    try:
+        Version(text)
+    except InvalidVersion:
+        raise ValueError('must be a version, like "3.17.2"') from None
+    if text != text.strip():
+        raise ValueError('must be a version without spaces, like "3.17.2"')
