@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.requirements import RequirementError, parse_requirements_file
+
 SAMPLE_FILE = "serving_input_example.json"
 
 
@@ -36,8 +38,8 @@ class ModelArtifact:
 
     @property
     def requirements(self) -> list[str]:
-        """The pip requirements, one per line (the file MLflow writes ends without a newline)."""
-        return [line.strip() for line in self.read("requirements.txt").splitlines() if line.strip() and not line.startswith("#")]
+        """The pip requirements, one per line; RequirementError for any line that is not a plain requirement."""
+        return parse_requirements_file(self.read("requirements.txt"), f"{self.uri}: requirements.txt")
 
     @property
     def python_version(self) -> str:
@@ -116,7 +118,12 @@ def fetch(uri: str, tracking_uri: str) -> ModelArtifact:
         raise ModelError(f"{uri} is not an MLflow model (no MLmodel file): does the run log a model under that path?")
     if not run_id:
         run_id = _run_id_of(local)
-    return ModelArtifact(uri=uri, run_id=run_id, local_dir=local, digest=content_digest(local))
+    artifact = ModelArtifact(uri=uri, run_id=run_id, local_dir=local, digest=content_digest(local))
+    try:
+        artifact.requirements  # options, URLs and paths are refused here, before any host is contacted
+    except RequirementError as error:
+        raise ModelError(str(error)) from None
+    return artifact
 
 
 def _run_id_of(model_dir: Path) -> str:

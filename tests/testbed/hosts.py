@@ -19,7 +19,8 @@ SSH_READY_TIMEOUT = 30
 CLEAN_STOP_TIMEOUT = 30
 KILL_TIMEOUT = 10
 # Per-host overlays over one shared cache each: a shared read-write bind fights over apt's lock.
-SHARED_CACHES = {"apt-archives": "/var/cache/apt/archives", "pip": "/root/.cache/pip"}
+# pip's is where the deploys' unprivileged build user keeps it (tasks.ops.pyenv.PIP_CACHE).
+SHARED_CACHES = {"apt-archives": "/var/cache/apt/archives", "pip": "/var/cache/mlflow-build/pip"}
 # Popen objects of the nspawn processes this Python process started: dropping one while it runs warns.
 _started_here: dict[int, subprocess.Popen] = {}
 
@@ -122,6 +123,8 @@ class TestHost:
             "systemd-nspawn", "--boot", f"--directory={self.root}", f"--machine={self.name}",
             "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{self.name}",
             "--console=read-only", "--resolv-conf=copy-host",
+            # as on a server, root may set the host's firewall (nftables): it acts on this host's own network namespace
+            "--capability=CAP_NET_ADMIN",
         ]
         for cache, target in SHARED_CACHES.items():
             argv.append(f"--overlay={self.state_dir / 'cache' / cache}:{self.dir / f'{cache}-upper'}:{target}")
@@ -215,7 +218,18 @@ def harvest(upper: Path, shared: Path) -> None:
         target = shared / relative
         if target.exists():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _open_directories(shared, relative.parent)
         staging = target.with_name(f".{target.name}.{upper.parent.name}.harvest")
         shutil.copy2(source, staging)
+        staging.chmod(0o644)  # pip writes its cache 0600: the build user of every other host must read it
         os.replace(staging, target)
+
+
+def _open_directories(shared: Path, relative: Path) -> None:
+    """Make the shared cache's directories writable by any user of the hosts: their build user adds files too."""
+    directory = shared
+    for part in relative.parts:
+        directory = directory / part
+        if not directory.is_dir():
+            directory.mkdir()
+            directory.chmod(0o777)
