@@ -69,6 +69,11 @@ def show_error(report: HostReport) -> None:
         console.print(f"[bold red]{kind:>12}[/] [bold]{escape(report.host)}[/] {escape(report.error)}")
 
 
+def show_warning(text: str) -> None:
+    with _lock:
+        console.print(f"[bold yellow]{'warning':>12}[/] {escape(text)}")
+
+
 def show_note(report: HostReport, note: str) -> None:
     report.notes.append(note)
     with _lock:

@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from tasks.frontdoor import pem_fingerprint
 from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, recap, transcript, write_inventory
 
 pytestmark = pytest.mark.integration
@@ -91,6 +92,23 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def handshake(host, options: str) -> subprocess.CompletedProcess:
+    """openssl s_client on the host against the front door; `DEFAULT@SECLEVEL=0` lets the client offer what the server must refuse."""
+    return host.run(f"openssl s_client -connect 127.0.0.1:5000 {options} </dev/null 2>&1", check=False, timeout=60)
+
+
+def test_tls_takes_only_modern_protocols_and_ciphers_and_sends_hsts(door):
+    host = door[0]
+    assert handshake(host, "-tls1_1 -cipher DEFAULT@SECLEVEL=0").returncode != 0
+    assert handshake(host, "-tls1_2 -cipher AES256-GCM-SHA384").returncode != 0  # no forward secrecy
+    modern = handshake(host, "-tls1_2 -cipher ECDHE-RSA-AES128-GCM-SHA256")
+    assert modern.returncode == 0 and "Cipher is ECDHE-RSA-AES128-GCM-SHA256" in modern.stdout
+    assert "session ticket" not in modern.stdout.lower()
+    assert "TLSv1.3" in handshake(host, "-tls1_3").stdout
+    headers = host.run(f"curl -sk -o /dev/null -D - 'https://127.0.0.1:5000{API}'").stdout.lower()
+    assert headers.startswith("http/1.1 401") and "strict-transport-security: max-age=63072000" in headers
+
+
 def test_no_or_wrong_credentials_get_401_and_nothing_else(door):
     host, _, home, _ = door
     cafile = certificate_path(home, host)
@@ -156,6 +174,27 @@ def test_generated_secrets_are_in_no_output_process_or_readable_file(door, infra
     assert (admin.user, admin.group, admin.mode) == ("root", "root", 0o600)
 
 
+def host_fingerprint(host) -> str:
+    return host.run("openssl x509 -in /etc/ssl/certs/mlflow-tracking.pem -noout -fingerprint -sha256").stdout.strip().partition("=")[2]
+
+
+def test_a_self_signed_certificate_that_expires_within_30_days_is_renewed(door):
+    host, run, home, _ = door
+    host.run(f"umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 5 -subj /CN=mlt9 -addext subjectAltName=IP:{host.address} "
+             "-keyout /etc/ssl/private/mlflow-tracking.key -out /etc/ssl/certs/mlflow-tracking.pem 2>/dev/null && systemctl reload nginx")
+    expiring = host_fingerprint(host)
+    renewed = run("setup-tracking")
+    assert renewed.returncode == 0, renewed.stdout[-3000:]
+    assert "(within 30 days): renew" in renewed.stdout
+    fingerprint = host_fingerprint(host)
+    assert fingerprint != expiring and f"sha256 fingerprint {fingerprint}, saved to {certificate_path(home, host)}" in renewed.stdout
+    assert host.run(f"openssl x509 -in /etc/ssl/certs/mlflow-tracking.pem -noout -checkend {800 * 86400}", check=False).returncode == 0
+    assert pem_fingerprint(certificate_path(home, host).read_text()) == fingerprint
+    assert request(f"https://{host.address}:5000/health", cafile=certificate_path(home, host))[0] == 200  # nginx serves the new one
+    again = run("setup-tracking")
+    assert recap(again, "mlt9")["changed"] == 0, again.stdout
+
+
 def test_a_certificate_from_hosts_toml_replaces_the_self_signed_one(door, infra, tmp_path):
     host, run, _, _ = door
     certificate, key = tmp_path / "tracking.pem", tmp_path / "tracking.key"
@@ -167,12 +206,13 @@ def test_a_certificate_from_hosts_toml_replaces_the_self_signed_one(door, infra,
     result = run("setup-tracking", tls_certificate=str(certificate), tls_key=str(key))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "self-signed" not in result.stdout
+    assert f"tls_certificate {certificate} expires on" in result.stdout  # 30 days: time to renew it
     assert request(f"https://{host.address}:5000/health", cafile=certificate)[0] == 200
     key_text = key.read_text()
     assert infra(host).file("/etc/ssl/private/mlflow-tracking.key").content_string == key_text
     body = "".join(key_text.splitlines()[1:-1])
     assert not any(body[:64] in output for output in transcript)
-    assert host.run("ls /tmp | grep -c mlflow-fab-tls", check=False).stdout.strip() == "0"
+    assert host.run("ls /tmp | grep -c mlflow-fab-", check=False).stdout.strip() == "0"
     again = run("setup-tracking", tls_certificate=str(certificate), tls_key=str(key))
     assert recap(again, "mlt9")["changed"] == 0, again.stdout
 
