@@ -6,9 +6,9 @@ The work is done by /usr/local/sbin/mlflow-backup and mlflow-restore, which setu
 
 from __future__ import annotations
 
-import io
 import os
 import shlex
+from contextlib import nullcontext
 from pathlib import Path
 
 from fabric import task
@@ -17,10 +17,10 @@ from invoke.exceptions import Exit
 from tasks import cli
 from tasks.fleet import finish, run_on_hosts
 from tasks.ops.health import gate_script
-from tasks.ops.remote import HostError, Remote
+from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
-from tasks.tracking import BACKUP_SCRIPT, RESTORE_SCRIPT, UNIT, TrackingTarget
+from tasks.tracking import BACKUP_SCRIPT, INSTALLED_ENV, RESTORE_SCRIPT, UNIT, TrackingTarget, reset_admin_password_script
 
 
 def download_directory(path: str) -> str:
@@ -53,38 +53,40 @@ def backup_on(remote: Remote, report: HostReport, download: str = "") -> None:
 
 
 def download_backup(remote: Remote, report: HostReport, path: str, directory: str) -> None:
-    """Copy a backup on the host to DIRECTORY/HOST-NAME on the laptop, through a copy only the SSH user can read."""
+    """Copy a backup on the host to DIRECTORY/HOST-NAME on the laptop (0600), through a copy in a private directory."""
     target = Path(directory) / f"{remote.host.name}-{Path(path).name}"
-    readable = f"/tmp/{Path(path).name}"
-    copy = remote.run_script(f"install -m 0600 -o {shlex.quote(remote.connection.user)} {shlex.quote(path)} {readable}", step="download")
-    if copy.exited != 0:
-        raise HostError("download", copy.stdout[-500:])
-    try:
-        remote.connection.get(readable, str(target))
-    except OSError as error:
-        raise HostError("download", f"copying {readable} to {target}: {error}") from None
-    finally:
-        remote.run_script(f"rm -f {readable}", step="download")
+    with remote.private_directory() as private:
+        readable = f"{private}/{Path(path).name}"
+        copy = remote.run_script(f"install -m 0600 -o {shlex.quote(remote.connection.user)} {shlex.quote(path)} {readable}", step="download")
+        if copy.exited != 0:
+            raise HostError("download", copy.stdout[-500:])
+        try:
+            with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as local_file:
+                remote.connection.sftp().getfo(readable, local_file)
+        except OSError as error:
+            raise HostError("download", f"copying {readable} to {target}: {error}") from None
     show_note(report, f"downloaded to {target}")
 
 
 def restore_on(remote: Remote, report: HostReport, source: str) -> None:
     """Upload a local backup (or use a path on the host), let mlflow-restore check it before it touches anything."""
     local = Path(source).expanduser()
-    host_path = source
-    if local.is_file():
-        host_path = f"/tmp/mlflow-restore-{local.name}"
-        remote.put(io.BytesIO(local.read_bytes()), host_path)
+    host_path = private_path(local.name) if local.is_file() else source
     target = TrackingTarget(remote.host, remote.connection.host)
     settings = target.settings
     restore = Step.change("restore", f"{source} -> database mlflow and {settings.artifacts}",
                           f"test -x {RESTORE_SCRIPT} || {{ echo 'missing {RESTORE_SCRIPT}: run fab setup-tracking first'; exit 2; }}\n"
-                          f"{RESTORE_SCRIPT} {shlex.quote(host_path)}" + (f"\nrm -f {shlex.quote(host_path)}" if local.is_file() else ""))
+                          f"{RESTORE_SCRIPT} {shlex.quote(host_path)}")
     gate = Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API",
                        gate_script(UNIT, target.server_port, target.health_checks, settings.health_timeout, after_restart=True))
-    report.steps += [restore, gate]
-    if not apply(remote, [restore, gate], lambda step: show_step(report, step)) and local.is_file():
-        remote.run_script(f"rm -f {shlex.quote(host_path)}", step="restore")
+    steps = [restore]
+    if settings.auth:
+        # the backup may come from another host: its admin password hash is not this host's secrets file's
+        steps.append(Step.change("auth admin password", "set it from this host's secrets file", reset_admin_password_script(INSTALLED_ENV)))
+    steps.append(gate)
+    report.steps += steps
+    with remote.private_upload(local, host_path) if local.is_file() else nullcontext():
+        apply(remote, steps, lambda step: show_step(report, step))
 
 
 @task(help={"download": "also copy the backup to this directory on the laptop"})

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import io
 import shlex
+from contextlib import nullcontext
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks import releases as rel
+from tasks import firewall, releases as rel
 from tasks.inventory import ModelSettings
 from tasks.model_source import ModelArtifact, manifest
 from tasks.ops import facts as f
@@ -23,7 +24,7 @@ from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_health
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
 from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.platform import check_platform
-from tasks.ops.remote import HostError, Remote
+from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
@@ -96,7 +97,7 @@ class ModelHost:
         )
         return [
             f.os_release(),
-            f.installed_packages(PACKAGES),
+            f.installed_packages(PACKAGES + firewall.PACKAGES),
             f.user_exists(MODEL_USER),
             *[f.path_stat(path) for path, *_ in self.directories()],
             f.Fact("python", "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'"),
@@ -120,7 +121,7 @@ class ModelHost:
             (ENVS_ROOT, "root", "root", "755"),
             (rel.MODELS_ROOT, "root", "root", "755"),
             (self.dir, "root", "root", "755"),
-            (self.releases_dir, "root", "root", "755"),
+            (self.releases_dir, "root", MODEL_USER, "750"),
         ]
 
     def gate(self, after_restart: bool) -> Step:
@@ -153,10 +154,16 @@ def port_conflict(name: str, port: int, ports_fact: str) -> str:
     return ""
 
 
+def model_ports(port: int, ports_fact: str) -> list[int]:
+    """This model's port and every port configured for a model on the host."""
+    values = (line.partition(":PORT=")[2].strip() for line in ports_fact.splitlines())
+    return sorted({port, *(int(value) for value in values if value.isdigit())})
+
+
 def env_spec(settings: ModelSettings, artifact: ModelArtifact, host_python: str) -> EnvSpec:
     """The model's requirements on the host's Python (venv) or on the model's own Python (conda)."""
     python = artifact.python_version if settings.env_manager == "conda" else host_python
-    return EnvSpec(settings.env_manager, tuple(artifact.requirements), python=python)
+    return EnvSpec(settings.env_manager, tuple(artifact.requirements), python=python, allow_source_builds=settings.allow_source_builds)
 
 
 @dataclass
@@ -185,7 +192,8 @@ class DeployPlan:
         return any(step.changed for step in self.switch)
 
 
-def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str]) -> DeployPlan:
+def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
+                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()) -> DeployPlan:
     """The release this host will serve (an existing one when the digest is already there) and the steps to get there."""
     settings = model.settings
     releases = rel.parse_releases(facts.get("releases", ""))
@@ -201,7 +209,8 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str])
 
     spec = env_spec(settings, deployment.artifact, facts.get("python", ""))
     env_path = spec.path(ENVS_ROOT, "model")
-    plan.stage.append(ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", ""))))
+    plan.stage.append(ensure_packages(PACKAGES + firewall_policy.packages, f.parse_installed(facts.get("packages", ""))))
+    plan.stage += firewall.steps(firewall_policy, model_ports(settings.port, facts.get("ports", "")), facts)
     plan.stage.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
     plan.stage += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
     markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
@@ -214,12 +223,12 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str])
         staging = f"{model.releases_dir}/.{release}.tmp"
         script = "\n".join(
             [
-                f"rm -rf {staging} && mkdir -p {staging}",
+                f"rm -rf {staging} && mkdir -m 700 {staging}",
                 f"tar -xzf {upload_path(release)} -C {staging} --no-same-owner",
-                f"rm -f {upload_path(release)}",
                 write_file_script(f"{staging}/manifest.json", manifest_text, "root", "root", "644"),
                 f"ln -sfn {env_path} {staging}/env",
-                f"chmod -R a+rX {staging}",
+                # the model is data: root and the model service read it, nobody else
+                f"chown -R root:{MODEL_USER} {staging} && chmod -R u=rwX,g=rX,o= {staging}",
                 f"mv -T {staging} {model.releases_dir}/{release}",
             ]
         )
@@ -290,7 +299,7 @@ def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current
 
 
 def upload_path(release: str) -> str:
-    return f"/tmp/mlflow-fab-{release}.tgz"
+    return private_path(f"{release}.tgz")
 
 
 def python_mismatch(artifact: ModelArtifact, host_python: str) -> str:
@@ -305,8 +314,10 @@ class HostDeploy:
     preflight (facts, lock, stage: touches no service), switch (restart + gate, rolled back on failure), finish."""
 
     def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, deployment: Deployment | None = None,
-                 tarball: bytes = b"", rollback_to: str = "", break_lock: bool = False):
+                 tarball: bytes = b"", rollback_to: str = "", break_lock: bool = False,
+                 firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()):
         self.remote, self.report = remote, report
+        self.firewall = firewall_policy
         self.model = ModelHost(remote, name)
         self.lock, self.break_lock = lock, break_lock
         self.deployment, self.tarball, self.rollback_to = deployment, tarball, rollback_to
@@ -323,13 +334,14 @@ class HostDeploy:
         show_step(self.report, step)
 
     def _gather(self) -> dict[str, str]:
-        facts = f.gather(self.remote, self.model.facts())
+        wanted = self.model.facts() + (firewall.facts(self.firewall) if self.deployment else [])
+        facts = f.gather(self.remote, wanted)
         if self.deployment and not facts.get("python") and not self.report.check:
             # The env's name depends on the host's Python: install it first on a fresh host, then look again.
             packages = ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))
             if not apply(self.remote, [packages], self._show):
                 raise HostError("packages", packages.output[-500:] or "apt-get failed")
-            facts = f.gather(self.remote, self.model.facts())
+            facts = f.gather(self.remote, wanted)
         return facts
 
     def preflight(self) -> None:
@@ -339,7 +351,7 @@ class HostDeploy:
         if platform.failed:
             self.plan.stage.append(platform)
         elif self.deployment:
-            self.plan = plan_deploy(self.model, self.deployment, facts)
+            self.plan = plan_deploy(self.model, self.deployment, facts, self.firewall)
             warning = python_mismatch(self.deployment.artifact, facts.get("python", ""))
             if warning:
                 show_note(self.report, warning)
@@ -357,9 +369,10 @@ class HostDeploy:
             self.outcome = "unchanged"
             return
         self._acquire_lock()
-        if self.plan.stage and any(step.changed and step.name.startswith("release ") for step in self.plan.stage):
-            self.remote.put(io.BytesIO(self.tarball), upload_path(self.plan.release))
-        if not apply(self.remote, self.plan.stage, self._show):
+        uploads = any(step.changed and step.name.startswith("release ") for step in self.plan.stage)
+        with self.remote.private_upload(self.tarball, upload_path(self.plan.release)) if uploads else nullcontext():
+            staged = apply(self.remote, self.plan.stage, self._show)
+        if not staged:
             self.outcome = "failed"
             return
         self.outcome = "staged"

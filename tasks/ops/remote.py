@@ -6,41 +6,35 @@ Connection and privilege problems become HostError with what to do, never a bare
 from __future__ import annotations
 
 import io
-
+import secrets
 import shlex
 import socket
-import threading
-from pathlib import Path
+import stat
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 import paramiko
 from fabric import Config, Connection
 from invoke.exceptions import AuthFailure
 
 from tasks.inventory import Host
+from tasks.ops.known_hosts import HostKeyRefused, KnownHosts, KnownHostsPolicy, key_fingerprint
 
 DEFAULT_CONNECT_TIMEOUT = 10
 # A host that vanishes mid-command (power loss) is noticed within ~20 s instead of TCP's ~15 minutes.
 KEEPALIVE_SECONDS = 5
 DEAD_AFTER_MS = 15000
 SUDO_PASSWORD_REQUIRED = "a password is required"
+# Secrets and data cross between the laptop and root on a host only through a directory of this name: made fresh by
+# SFTP mkdir for each transfer (0700, the SSH user's, refused when the name exists, like mktemp -d), removed after it.
+PRIVATE_DIRECTORY = f"/tmp/mlflow-fab-{secrets.token_hex(8)}"
+UPLOAD_CHUNK = 1 << 20
 
 
-_known_hosts_lock = threading.Lock()
-
-
-class AcceptNewHostKey(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's StrictHostKeyChecking=accept-new: remember a host seen for the first time; a changed key
-    still fails (paramiko raises BadHostKeyException before any policy is asked)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def missing_host_key(self, client, hostname, key):
-        with _known_hosts_lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            keys = paramiko.HostKeys(str(self.path)) if self.path.exists() else paramiko.HostKeys()
-            keys.add(hostname, key.get_name(), key)
-            keys.save(str(self.path))
+def private_path(name: str) -> str:
+    """Where an upload lands on every host during this run (the directory exists only while it is used)."""
+    return f"{PRIVATE_DIRECTORY}/{name}"
 
 
 class HostError(Exception):
@@ -63,18 +57,22 @@ def open_connection(host: Host, config: Config) -> Connection:
         connection = Connection(host.name, user=user, connect_kwargs=connect_kwargs, config=config)
     else:
         connection = Connection(host.address, user=host.user, port=host.port, connect_kwargs=connect_kwargs, config=config)
-    check_host_keys(connection, host)
     return connection
 
 
-def check_host_keys(connection: Connection, host: Host) -> None:
+def check_host_keys(connection: Connection, host: Host, target: str) -> KnownHostsPolicy:
     """Unlike Fabric's default (accept anything), know the host's key: from known_hosts, or learned once when
     accept_new_host_keys is set."""
-    known_hosts = Path(host.known_hosts).expanduser()
-    if known_hosts.exists():
-        connection.client.load_host_keys(str(known_hosts))
-    policy = AcceptNewHostKey(known_hosts) if host.accept_new_host_keys else paramiko.RejectPolicy()
+    path = Path(host.known_hosts).expanduser()
+    try:
+        known = KnownHosts.read(path)
+    except OSError as error:
+        raise HostError("connect", f"cannot read {host.known_hosts} ({error.strerror}): fix the file or known_hosts in hosts.toml",
+                        unreachable=True) from None
+    known.load_into(connection.client.get_host_keys())
+    policy = KnownHostsPolicy(known, host.accept_new_host_keys, target, host.known_hosts)
     connection.client.set_missing_host_key_policy(policy)
+    return policy
 
 
 class Remote:
@@ -93,13 +91,16 @@ class Remote:
     def connect(self) -> None:
         if self.connection.is_connected:
             return
+        policy = check_host_keys(self.connection, self.host, self.target)
         try:
             self.connection.open()
             self._detect_dead_peer()
         except paramiko.BadHostKeyException as error:
+            if policy.known.is_revoked(error.key):
+                raise HostError("connect", policy.revoked_message(error.key), unreachable=True) from None
             raise HostError(
                 "connect",
-                f"the host key of {self.target} CHANGED (now {error.key.get_name()} {error.key.get_fingerprint().hex()}): "
+                f"the host key of {self.target} CHANGED (now {key_fingerprint(error.key)}): "
                 f"refusing to connect. If the server was really reinstalled, remove the old key with "
                 f"ssh-keygen -f {self.host.known_hosts} -R {self.connection.host} and connect again",
                 unreachable=True,
@@ -123,14 +124,9 @@ class Remote:
             raise HostError(
                 "connect", f"cannot connect to {self.target} ({error}): is the host up, is sshd listening on that port?", unreachable=True
             ) from None
+        except HostKeyRefused as error:
+            raise HostError("connect", str(error), unreachable=True) from None
         except paramiko.SSHException as error:
-            if "not found in known_hosts" in str(error):
-                raise HostError(
-                    "connect",
-                    f"{self.target} is not in {self.host.known_hosts}: check its key and add it "
-                    f"(ssh-keyscan, or ssh once), or set accept_new_host_keys = true in hosts.toml to trust it on first use",
-                    unreachable=True,
-                ) from None
             raise HostError("connect", f"SSH to {self.target} failed: {error}", unreachable=True) from None
 
     def _detect_dead_peer(self) -> None:
@@ -170,23 +166,52 @@ class Remote:
             )
         return result
 
-    def put(self, data, path: str) -> None:
-        """Upload a file-like object by SFTP as the SSH user (root work on it goes through run_script)."""
+    @contextmanager
+    def private_directory(self, path: str = PRIVATE_DIRECTORY) -> Iterator[str]:
+        """A fresh directory only the SSH user can enter, removed with what it holds afterwards, also on failure."""
         self.connect()
         try:
-            self.connection.put(data, remote=path)
+            sftp = self.connection.sftp()
+            sftp.mkdir(path, 0o700)
+            made = sftp.lstat(path)
+            if not stat.S_ISDIR(made.st_mode) or stat.S_IMODE(made.st_mode) != 0o700:
+                raise OSError(f"it came out as {stat.filemode(made.st_mode)}")
         except (paramiko.SSHException, OSError, EOFError) as error:
-            raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
+            raise HostError("upload", f"cannot make the private directory {path} on {self.target}: {error}",
+                            unreachable=isinstance(error, EOFError)) from None
+        try:
+            yield path
+        finally:
+            self._remove_private_directory(sftp, path)
 
-    def put_private(self, data: bytes, path: str) -> None:
-        """Upload a secret by SFTP into a file made 0600 before anything is written to it."""
-        self.connect()
+    def _remove_private_directory(self, sftp, path: str) -> None:
+        if not self.connection.is_connected:
+            return  # a host that went away keeps it, readable by no one but the SSH user
         try:
-            with self.connection.sftp().open(path, "w") as remote_file:
-                remote_file.chmod(0o600)
-                remote_file.write(data)
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
+            for name in sftp.listdir(path):
+                sftp.remove(f"{path}/{name}")
+            sftp.rmdir(path)
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+
+    @contextmanager
+    def private_upload(self, data: bytes | Path, path: str) -> Iterator[str]:
+        """Upload a secret or data (bytes, or a local file streamed) for root to use while the block runs: into a fresh
+        private directory (PATH's parent), as a file made 0600 before any byte is written; both are gone afterwards."""
+        with self.private_directory(str(PurePosixPath(path).parent)):
+            try:
+                with self.connection.sftp().open(path, "wx") as remote_file:
+                    remote_file.chmod(0o600)
+                    remote_file.set_pipelined(True)
+                    if isinstance(data, Path):
+                        with data.open("rb") as local_file:
+                            while chunk := local_file.read(UPLOAD_CHUNK):
+                                remote_file.write(chunk)
+                    else:
+                        remote_file.write(data)
+            except (paramiko.SSHException, OSError, EOFError) as error:
+                raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
+            yield path
 
     def close(self) -> None:
         self.connection.close()
