@@ -1,4 +1,5 @@
-"""`fab tracking-user --add NAME`: a user of the tracking server, with its credentials written on this machine.
+"""`fab tracking-user --add/--reset-password/--remove NAME`: the users of the tracking server, whose
+credentials are written on this machine.
 
 Runbook this replaces: `curl -u admin:PASSWORD -X POST .../users/create` (the admin password now in the
 shell history), then a new user's password pasted into a chat message.
@@ -7,82 +8,197 @@ shell history), then a new user's password pasted into a chat message.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
+import shlex
 from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
 
 from tasks import cli
+from tasks.credentials import commit, owner, write_pending
 from tasks.fleet import finish, run_on_hosts
-from tasks.frontdoor import ADMIN_CURL
-from tasks.ops.remote import Remote
+from tasks.frontdoor import ADMIN, ADMIN_CURL
+from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
 from tasks.report import HostReport, console, show_step
 from tasks.tracking import TrackingTarget
 
 USERS_API = "/api/2.0/mlflow/users"
+DEFAULT_CREDENTIALS = "~/.mlflow/credentials"
+# The host script prints this once the server took the new password: from then on it must not be lost.
+PASSWORD_SET = "@@password-set"
+
+
+def users_api_preamble(target: TrackingTarget) -> str:
+    """`call METHOD BODY ENDPOINT` as the admin, whose credentials come from a root-only file; BODY `@-` is stdin."""
+    base = f"http://127.0.0.1:{target.server_port}{USERS_API}"
+    return f"""[ -f {ADMIN_CURL} ] || {{ echo "no tracking server with auth on this host: run fab setup-tracking first"; exit 2; }}
+response=$(mktemp); trap 'rm -f "$response"' EXIT
+call() {{ curl -s -o "$response" -w '%{{http_code}}' -K {ADMIN_CURL} -H 'Content-Type: application/json' -X "$1" --data-binary "$2" "{base}/$3"; }}
+refused() {{ echo "$1: the server answered $code: $(head -c 300 "$response")"; exit 1; }}"""
 
 
 def create_user_script(target: TrackingTarget, name: str, admin: bool) -> str:
-    """The new user's JSON body (with its password) comes on stdin; the admin's credentials from a root-only file."""
-    base = f"http://127.0.0.1:{target.server_port}{USERS_API}"
-    curl = f"curl -s -o \"$response\" -w '%{{http_code}}' -K {ADMIN_CURL} -H 'Content-Type: application/json'"
+    """The new user's JSON body (with its password) comes on stdin."""
     make_admin = ""
     if admin:
-        body = json.dumps({"username": name, "is_admin": True})
-        make_admin = f"""code=$({curl} -X PATCH --data-binary '{body}' {base}/update-admin)
-[ "$code" = 200 ] || {{ echo "making {name} an admin: the server answered $code: $(head -c 300 "$response")"; exit 1; }}"""
-    return f"""[ -f {ADMIN_CURL} ] || {{ echo "no tracking server with auth on this host: run fab setup-tracking first"; exit 2; }}
-response=$(mktemp); trap 'rm -f "$response"' EXIT
-code=$({curl} --data-binary @- {base}/create)
-if grep -q RESOURCE_ALREADY_EXISTS "$response"; then echo "user {name} exists already on this server: nothing was changed"; exit 1; fi
-[ "$code" = 200 ] || {{ echo "the server answered $code: $(head -c 300 "$response")"; exit 1; }}
-{make_admin}
-echo created"""
+        body = shlex.quote(json.dumps({"username": name, "is_admin": True}))
+        make_admin = f"""code=$(call PATCH {body} update-admin)
+[ "$code" = 200 ] || refused "making {name} an admin\""""
+    return f"""{users_api_preamble(target)}
+code=$(call POST @- create)
+if grep -q RESOURCE_ALREADY_EXISTS "$response"; then echo "user {name} exists already on this server: nothing was changed (fab tracking-user --reset-password {name} gives it a new password)"; exit 1; fi
+[ "$code" = 200 ] || refused "creating {name}"
+echo {PASSWORD_SET}
+{make_admin}"""
 
 
-def add_on(remote: Remote, report: HostReport, name: str, password: str, admin: bool) -> None:
+def reset_password_script(target: TrackingTarget, name: str) -> str:
+    """The new password comes on stdin, inside the JSON body."""
+    return f"""{users_api_preamble(target)}
+code=$(call PATCH @- update-password)
+if grep -q RESOURCE_DOES_NOT_EXIST "$response"; then echo "no user {name} on this server: nothing was changed (fab tracking-user --add {name} makes it)"; exit 1; fi
+[ "$code" = 200 ] || refused "setting the password of {name}"
+echo {PASSWORD_SET}"""
+
+
+def remove_user_script(target: TrackingTarget, name: str) -> str:
+    body = shlex.quote(json.dumps({"username": name}))
+    return f"""{users_api_preamble(target)}
+code=$(call DELETE {body} delete)
+if grep -q RESOURCE_DOES_NOT_EXIST "$response"; then echo "absent"; exit 0; fi
+[ "$code" = 200 ] || refused "removing {name}"
+echo removed"""
+
+
+def set_password_on(remote: Remote, report: HostReport, action: str, name: str, password: str, admin: bool, outcomes: dict[str, str]) -> None:
+    """Create the user or give it a new password; outcomes[host] says whether the server took the password."""
+    target = auth_target(remote, report)
+    if not target:
+        return
+    script = create_user_script(target, name, admin) if action == "add" else reset_password_script(target, name)
+    remote.connect()
+    try:
+        result = remote.run_script(script, step="tracking user", stdin=json.dumps({"username": name, "password": password}))
+    except HostError as error:
+        if error.unreachable:
+            outcomes[remote.host.name] = "unknown"
+        raise
+    outcomes[remote.host.name] = "set" if PASSWORD_SET in result.stdout else "not set"
+    output = result.stdout.replace(PASSWORD_SET, "").strip()
+    if result.exited != 0:
+        step = Step.failure("tracking user", output[-600:])
+    elif action == "add":
+        step = Step.change("tracking user", f"{name} is now {'an admin' if admin else 'a user'}", "")
+    else:
+        step = Step.change("tracking user", f"{name} has a new password", "")
+    record(report, step)
+
+
+def remove_on(remote: Remote, report: HostReport, name: str) -> None:
+    target = auth_target(remote, report)
+    if not target:
+        return
+    result = remote.run_script(remove_user_script(target, name), step="tracking user")
+    output = result.stdout.strip()
+    if result.exited != 0:
+        step = Step.failure("tracking user", output[-600:])
+    elif output.endswith("absent"):
+        step = Step.ok("tracking user", f"no user {name} on this server")
+    else:
+        step = Step.change("tracking user", f"{name} removed: its credentials get 401", "")
+    record(report, step)
+
+
+def auth_target(remote: Remote, report: HostReport) -> TrackingTarget | None:
+    """The host's tracking server, or None (reported as failed) when it has no sign-in and so no users."""
     target = TrackingTarget(remote.host, remote.connection.host)
     if not target.settings.auth:
-        step = Step.failure("tracking user", "auth is off for this server (auth = false in hosts.toml): there are no users to add")
-    else:
-        body = json.dumps({"username": name, "password": password})
-        result = remote.run_script(create_user_script(target, name, admin), step="tracking user", stdin=body)
-        kind = "an admin" if admin else "a user"
-        step = Step.change("tracking user", f"{name} is now {kind}", "") if result.exited == 0 else Step.failure("tracking user", result.stdout.strip()[-600:])
+        record(report, Step.failure("tracking user", "auth is off for this server (auth = false in hosts.toml): it has no users"))
+        return None
+    return target
+
+
+def record(report: HostReport, step: Step) -> None:
     report.steps.append(step)
     show_step(report, step)
 
 
-def write_credentials(path: Path, name: str, password: str) -> None:
-    """~/.mlflow/credentials, the file the MLflow client reads when MLFLOW_TRACKING_USERNAME/PASSWORD are unset."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(f"[mlflow]\nmlflow_tracking_username = {name}\nmlflow_tracking_password = {password}\n")
+def chosen_action(add: str, reset_password: str, remove: str, admin: bool) -> tuple[str, str]:
+    """(action, name) from the flags; bad input exits with 2 before any host is touched."""
+    given = [(action, name) for action, name in (("add", add), ("reset-password", reset_password), ("remove", remove)) if name]
+    if len(given) != 1:
+        raise Exit("error: give exactly one of --add NAME, --reset-password NAME, --remove NAME", code=2)
+    action, name = given[0]
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        raise Exit(f"error: user name {name!r}: use letters, digits and _ . @ - only", code=2)
+    if admin and action != "add":
+        raise Exit("error: --admin goes with --add only", code=2)
+    if name == ADMIN and action != "add":
+        raise Exit(f"error: {ADMIN} is the tracking server's own admin: its password is generated on each host (tracking.env) "
+                   f"and setup-tracking puts it back when the server refuses it; it can't be {'removed' if action == 'remove' else 'reset here'}", code=2)
+    return action, name
+
+
+def check_credentials_file(path: Path, name: str, action: str) -> None:
+    """Never overwrite someone else's credentials: only --reset-password replaces a file, and only that user's."""
+    if not path.exists():
+        return
+    holder = owner(path)
+    if action == "reset-password" and holder == name:
+        return
+    held = f"the credentials of {holder}" if holder else "no credentials we can read"
+    raise Exit(f"error: {path} exists already and holds {held}: pass --credentials PATH for {name}", code=2)
+
+
+def settle(pending: Path, path: Path, name: str, outcomes: dict[str, str], host_names: list[str]) -> None:
+    """Move the new credentials in place when any host took (or may have taken) the password; else drop them."""
+    took = [host for host in host_names if outcomes.get(host) == "set"]
+    unknown = [host for host in host_names if outcomes.get(host) == "unknown"]
+    if not took and not unknown:
+        pending.unlink()
+        return
+    try:
+        commit(pending, path)
+    except OSError as error:
+        console.print(f"[bold red]error[/]: moving the new credentials of {name} to {path} failed ({error.strerror}): they are in {pending}")
+        return
+    default = path == Path(DEFAULT_CREDENTIALS).expanduser()
+    console.print(f"credentials of {name} written to {path} (mode 0600): the MLflow client reads them"
+                  + ("" if default else " from ~/.mlflow/credentials, or export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD from it"))
+    missing = [host for host in host_names if host not in took]
+    if missing:
+        lost = f" (the connection to {', '.join(unknown)} was lost: the password may or may not be set there)" if unknown else ""
+        again = f"fab tracking-user --reset-password {name}" + ("" if default else f" --credentials {path}")
+        console.print(f"[bold red]warning[/]: the password in {path} works on {', '.join(took) or 'no host for certain'}, "
+                      f"not on {', '.join(missing)}{lost}: fix what failed there, then `{again}` gives {name} one new password everywhere")
 
 
 @task(help={
     "add": "the user name to create",
-    "admin": "make the user an admin of the tracking server",
-    "credentials": "where to write the user's credentials (default ~/.mlflow/credentials)",
+    "reset-password": "give this user a new password (written to --credentials, which may hold this user's old one)",
+    "remove": "remove this user from the tracking server (the admin can't be removed)",
+    "admin": "with --add: make the user an admin of the tracking server",
+    "credentials": f"where to write the user's credentials (default {DEFAULT_CREDENTIALS})",
 })
-def tracking_user(c, add, admin=False, credentials="~/.mlflow/credentials"):
-    """Create a user on the tracking server and write its credentials for the MLflow client on this machine."""
-    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", add):
-        raise Exit(f"error: user name {add!r}: use letters, digits and _ . @ - only", code=2)
-    path = Path(credentials).expanduser()
-    if path.exists():
-        raise Exit(f"error: {path} exists already and holds someone's credentials: pass --credentials PATH for the new user", code=2)
+def tracking_user(c, add="", reset_password="", remove="", admin=False, credentials=DEFAULT_CREDENTIALS):
+    """Create a user of the tracking server, give one a new password, or remove one; credentials are written on this machine."""
+    action, name = chosen_action(add, reset_password, remove, admin)
     hosts = cli.hosts_for(c, role="tracking")
+    if action == "remove":
+        finish(run_on_hosts(c.config, hosts, lambda remote, report: remove_on(remote, report, name)))
+        return
+    path = Path(credentials).expanduser()
+    check_credentials_file(path, name, action)
     password = secrets.token_urlsafe(24)
-    reports = run_on_hosts(c.config, hosts, lambda remote, report: add_on(remote, report, add, password, admin))
-    if not any(report.failed for report in reports):
-        write_credentials(path, add, password)
-        console.print(f"credentials of {add} written to {path} (mode 0600): the MLflow client reads them"
-                      + ("" if path == Path("~/.mlflow/credentials").expanduser() else
-                         " from ~/.mlflow/credentials, or export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD from it"))
+    try:
+        pending = write_pending(path, name, password)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        raise Exit(f"error: --credentials {credentials}: cannot write there ({error.strerror or error}{where}): nothing was changed", code=2) from None
+    outcomes: dict[str, str] = {}
+    reports = run_on_hosts(c.config, hosts, lambda remote, report: set_password_on(remote, report, action, name, password, admin, outcomes))
+    settle(pending, path, name, outcomes, [host.name for host in hosts])
     finish(reports)
