@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import timed_fab
 
-from tests.integration.fabrun import PLAIN_HTTP, host_entry, write_inventory
+from tests.integration.fabrun import PLAIN_HTTP, PLAIN_LB, host_entry, write_inventory
 from tests.integration.load import LoadGenerator
 from tests.integration.test_rolling import ROW
 from tests.testbed import Testbed
@@ -36,7 +36,7 @@ def main() -> None:
     try:
         entries = {"mlt6": host_entry(hosts["mlt6"], ["tracking"]), "mlt7": host_entry(hosts["mlt7"], ["lb"])}
         entries |= {name: host_entry(hosts[name], ["models"]) for name in NAMES[2:]}
-        inventory = write_inventory(Path(tempfile.mkdtemp()) / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP})
+        inventory = write_inventory(Path(tempfile.mkdtemp()) / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP}, lb=PLAIN_LB)
         timed_fab(inventory, "setup-tracking")
         timed_fab(inventory, "setup-lb")
         tracking_uri = f"http://{hosts['mlt6'].address}:5000"

@@ -37,9 +37,12 @@ for pid in $old_workers; do
 done"""
 
 
-def config_step(path: str, content: str, current: FileState) -> Step:
+def config_step(path: str, content: str, current: FileState, reload_for: str = "") -> Step:
+    """reload_for: why nginx must reload even when this config is unchanged (e.g. a new certificate)."""
     name = f"file {path}"
     if current.exists and current.content == content:
+        if reload_for:
+            return Step.change(name, f"{reload_for}: validate with nginx -t, reload", f"nginx -t -q\n{reload_script()}")
         return Step.ok(name, "up to date")
     summary = "create, validate, start nginx" if not current.exists else "update, validate with nginx -t, reload"
     return Step.change(name, summary, install_config_script(path, content), unified_diff(path, current.content, content))

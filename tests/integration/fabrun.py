@@ -14,6 +14,8 @@ FAB = Path(sys.executable).with_name("fab")
 
 # Tests of everything but the front door talk to MLflow directly; hosts.toml must ask for that explicitly.
 PLAIN_HTTP = {"tls": False, "auth": False}
+# The same for the balancer in front of the models, and model ports open to every address.
+PLAIN_LB = {"tls": False, "auth": False, "firewall": False}
 
 # Every line `fab` printed in this test session: the secrets test greps it.
 transcript: list[str] = []
@@ -44,7 +46,8 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
         time.sleep(interval)
 
 
-def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = None, accept_new_host_keys: bool = True) -> Path:
+def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = None, accept_new_host_keys: bool = True,
+                    lb: dict | None = None) -> Path:
     """hosts.toml from plain dicts (json.dumps of str, int, bool and lists is valid TOML).
 
     Host keys are learned on first use into a known_hosts file beside it: every fresh test host has new keys.
@@ -55,6 +58,8 @@ def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = 
         f"accept_new_host_keys = {json.dumps(accept_new_host_keys)}",
         "[tracking]",
         *(f"{key} = {json.dumps(value)}" for key, value in (tracking or {}).items()),
+        "[lb]",
+        *(f"{key} = {json.dumps(value)}" for key, value in (lb or {}).items()),
     ]
     for name, table in hosts.items():
         lines.append(f"[hosts.{name}]")
