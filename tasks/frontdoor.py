@@ -13,10 +13,12 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import certificates, signin_guard
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
 from tasks.ops.nginx import config_step, reload_script
+from tasks.ops.remote import private_path
 from tasks.ops.steps import Step
 from tasks.templates import render
 
@@ -32,6 +34,16 @@ AUTH_SCHEMA = "auth"
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A front door's certificate and key on the host, and the user's PEM files on the laptop (empty: self-signed)."""
+
+    certificate: str
+    key: str
+    user_certificate: str = ""
+    user_key: str = ""
+
+
+@dataclass(frozen=True)
 class FrontDoor:
     host: Host
     address: str
@@ -40,6 +52,10 @@ class FrontDoor:
     @property
     def settings(self) -> TrackingSettings:
         return self.host.tracking
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(CERTIFICATE, KEY, self.settings.tls_certificate, self.settings.tls_key)
 
     def names(self) -> list[str]:
         """subjectAltName entries of a self-signed certificate: every name clients may use."""
@@ -58,15 +74,21 @@ class FrontDoor:
 
     def nginx_config(self) -> str:
         s = self.settings
-        return render("nginx-mlflow-tracking.conf.j2", port=s.port, backend_port=s.backend_port, certificate=CERTIFICATE, key=KEY)
+        return render("nginx-mlflow-tracking.conf.j2", port=s.port, backend_port=s.backend_port, certificate=CERTIFICATE, key=KEY,
+                      **signin_guard.nginx_values(s))
 
     def auth_config(self) -> str:
         return render("basic_auth.ini.j2", admin=ADMIN, schema=AUTH_SCHEMA, cache_seconds=self.settings.auth_cache_seconds)
 
 
+def tls_fact(files: TlsFiles) -> f.Fact:
+    return f.Fact("tls", f"sha256sum {files.certificate} {files.key}; openssl x509 -in {files.certificate} -noout -fingerprint -sha256; "
+                         + certificates.expiry_command(files.certificate))
+
+
 def facts() -> list[f.Fact]:
     return [
-        f.Fact("tls", f"sha256sum {CERTIFICATE} {KEY}; openssl x509 -in {CERTIFICATE} -noout -fingerprint -sha256"),
+        tls_fact(TlsFiles(CERTIFICATE, KEY)),
         f.file_content(NGINX_CONFIG),
         f.file_content(AUTH_CONFIG),
         f.path_stat(ADMIN_CURL),
@@ -87,40 +109,46 @@ def remote_digests(tls_fact: str) -> dict[str, str]:
 def self_signed_script(door: FrontDoor) -> str:
     subject = shlex.quote(f"/CN={door.host.name if '@' not in door.host.name else door.address}")
     names = shlex.quote("subjectAltName=" + ",".join(door.names()))
+    certificate, key = door.tls.certificate, door.tls.key
     return f"""umask 077
 openssl req -x509 -newkey rsa:3072 -sha256 -days 825 -nodes -subj {subject} -addext {names} \\
-  -keyout {KEY}.new -out {CERTIFICATE}.new 2>&1 | grep -v '^[.+*-]*$' || true
-chmod 600 {KEY}.new && chmod 644 {CERTIFICATE}.new
-mv {KEY}.new {KEY} && mv {CERTIFICATE}.new {CERTIFICATE}
-openssl x509 -in {CERTIFICATE} -noout -fingerprint -sha256"""
+  -keyout {key}.new -out {certificate}.new 2>&1 | grep -v '^[.+*-]*$' || true
+chmod 600 {key}.new && chmod 644 {certificate}.new
+mv {key}.new {key} && mv {certificate}.new {certificate}
+openssl x509 -in {certificate} -noout -fingerprint -sha256"""
 
 
 def key_upload_path() -> str:
-    """Where the user's private key lands by SFTP (0600, never on a command line) before it is moved in place."""
-    return "/tmp/mlflow-fab-tls.key"
+    """Where the user's private key lands by SFTP (a private directory, never a command line) before it is installed."""
+    return private_path("tls.key")
 
 
 def certificate_steps(door: FrontDoor, tls_fact: str) -> list[Step]:
-    """The user's certificate and key when hosts.toml names them, else a self-signed one made once on the host."""
-    s = door.settings
+    """The user's certificate and key when hosts.toml names them, else a self-signed one made on the host (again when it
+    expires within RENEW_WITHIN: the new fingerprint is printed and saved on the laptop)."""
+    s = door.tls
     on_host = remote_digests(tls_fact)
-    if not s.tls_certificate:
-        if CERTIFICATE in on_host and KEY in on_host:
-            return [Step.ok("tls certificate", f"{CERTIFICATE} (sha256 fingerprint {fingerprint(tls_fact)})")]
+    if not s.user_certificate:
+        if s.certificate in on_host and s.key in on_host:
+            expires = certificates.not_after(tls_fact)
+            if certificates.renewal_due(tls_fact):
+                return [Step.change("tls certificate", f"self-signed, expires {expires} (within {certificates.RENEW_WITHIN.days} days): "
+                                                       f"renew for {', '.join(door.names())}", self_signed_script(door))]
+            return [Step.ok("tls certificate", f"{s.certificate} (sha256 fingerprint {fingerprint(tls_fact)}, expires {expires})")]
         return [Step.change("tls certificate", f"self-signed for {', '.join(door.names())}, generated on the host", self_signed_script(door))]
-    certificate = Path(s.tls_certificate).read_bytes()
+    certificate = Path(s.user_certificate).read_bytes()
     steps = []
-    if on_host.get(CERTIFICATE) == hashlib.sha256(certificate).hexdigest():
-        steps.append(Step.ok("tls certificate", f"{CERTIFICATE} from {s.tls_certificate}"))
+    if on_host.get(s.certificate) == hashlib.sha256(certificate).hexdigest():
+        steps.append(Step.ok("tls certificate", f"{s.certificate} from {s.user_certificate}"))
     else:
-        steps.append(Step.change("tls certificate", f"install {s.tls_certificate} as {CERTIFICATE}",
-                                 ensure_file(CERTIFICATE, certificate.decode(), f.FileState(False)).script))
-    if on_host.get(KEY) == hashlib.sha256(Path(s.tls_key).read_bytes()).hexdigest():
-        steps.append(Step.ok("tls key", f"{KEY} (never shown)"))
+        steps.append(Step.change("tls certificate", f"install {s.user_certificate} as {s.certificate}",
+                                 ensure_file(s.certificate, certificate.decode(), f.FileState(False)).script))
+    if on_host.get(s.key) == hashlib.sha256(Path(s.user_key).read_bytes()).hexdigest():
+        steps.append(Step.ok("tls key", f"{s.key} (never shown)"))
     else:
         upload = key_upload_path()
-        steps.append(Step.change("tls key", f"install {s.tls_key} as {KEY} (uploaded by SFTP, never shown)",
-                                 f"install -o root -g root -m 600 {upload} {KEY}\nrm -f {upload}"))
+        steps.append(Step.change("tls key", f"install {s.user_key} as {s.key} (uploaded by SFTP, never shown)",
+                                 f"install -o root -g root -m 600 {upload} {s.key}"))
     return steps
 
 
@@ -147,10 +175,7 @@ def steps(door: FrontDoor, facts: dict[str, str]) -> list[Step]:
 def nginx_step(door: FrontDoor, facts: dict[str, str], certificate_changed: bool) -> Step:
     """After the server is up: nginx validated and reloaded when its config or the certificate changed."""
     current = f.parse_file(facts.get(f"file:{NGINX_CONFIG}", ""))
-    step = config_step(NGINX_CONFIG, door.nginx_config(), current)
-    if step.changed or not certificate_changed:
-        return step
-    return Step.change(f"file {NGINX_CONFIG}", "certificate changed: validate with nginx -t, reload", f"nginx -t -q\n{reload_script()}")
+    return config_step(NGINX_CONFIG, door.nginx_config(), current, "certificate changed" if certificate_changed else "")
 
 
 def remove_nginx_step(facts: dict[str, str]) -> Step:
@@ -171,14 +196,14 @@ def pem_fingerprint(pem: str) -> str:
     return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
 
 
-def learn_certificate(remote, address: str, port: int, steps_done: list[Step], tls_fact: str) -> tuple[Path, str]:
+def learn_certificate(remote, address: str, port: int, steps_done: list[Step], tls_fact: str, certificate: str = CERTIFICATE) -> tuple[Path, str]:
     """Save the host's self-signed certificate on the laptop (fetched only when new); return its path and fingerprint."""
     made = next((step for step in steps_done if step.name == "tls certificate" and step.changed), None)
     remote_fingerprint = fingerprint(made.output if made else tls_fact)
     path = laptop_certificate_path(address, port)
     if path.exists() and pem_fingerprint(path.read_text()) == remote_fingerprint:
         return path, remote_fingerprint
-    pem = remote.run_script(f"cat {CERTIFICATE}", step="tls certificate").stdout
+    pem = remote.run_script(f"cat {certificate}", step="tls certificate").stdout
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(pem)
     return path, pem_fingerprint(pem)

@@ -12,6 +12,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.oncalendar import check_calendar
+from tasks.requirements import RequirementError, check_packages
+from tasks.values import (check_address, check_allowed_host, check_host_name, check_model_name, check_port,
+                          check_printable, check_remote_path, check_user_name, check_version)
+
 KNOWN_ROLES = ("tracking", "models", "lb")
 
 
@@ -35,7 +40,9 @@ class TrackingSettings:
     workers: int = 2
     mlflow_version: str = "3.17.2"
     psycopg2_version: str = "2.9.13"
-    extra_packages: list[str] = field(default_factory=list)
+    extra_packages: list[str] = field(default_factory=list)  # plain PEP 508 requirements only
+    # pip installs binary wheels only; true lets it build sdists, running their build code (as the build user).
+    allow_source_builds: bool = False
     env_manager: str = "venv"
     artifacts: str = "/var/lib/mlflow/artifacts"
     job_runner: bool = False
@@ -53,6 +60,14 @@ class TrackingSettings:
     auth: bool = True
     # Each server worker remembers a verified user this long instead of hashing the password (~0.4 s) on every request; 0: never.
     auth_cache_seconds: int = 60
+    # With tls and auth: fail2ban bans an address from `port` for signin_ban_seconds after signin_max_failures
+    # wrong passwords within signin_window_seconds, and nginx lets one address run at most
+    # parallel_requests_per_address requests at once (the rest get 429), so a flood can't queue up ahead of the ban.
+    signin_guard: bool = True
+    signin_max_failures: int = 10
+    signin_window_seconds: int = 600
+    signin_ban_seconds: int = 600
+    parallel_requests_per_address: int = 16
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,22 @@ class ModelSettings:
     keep_releases: int = 5
     env_manager: str = "venv"
     health_timeout: int = 120
+    # the model's requirements come as binary wheels only; true lets pip build sdists (their code runs as the build user)
+    allow_source_builds: bool = False
+
+
+@dataclass(frozen=True)
+class LbSettings:
+    """The balancer in front of the model hosts, for inventories with lb hosts."""
+
+    # nginx terminates TLS on every model port; false serves plain HTTP, for networks you trust.
+    tls: bool = True
+    tls_certificate: str = ""  # PEM files on the laptop; empty: a self-signed certificate made on each lb host
+    tls_key: str = ""
+    # Every request needs a user made by `fab model-user`; false lets anyone who reaches the port get predictions.
+    auth: bool = True
+    # Model hosts accept the model ports only from the lb hosts (and themselves); false removes that firewall.
+    firewall: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +120,7 @@ class Inventory:
     tracking: TrackingSettings
     hosts: dict[str, Host]
     models: dict[str, ModelSettings] = field(default_factory=dict)
+    lb: LbSettings = field(default_factory=LbSettings)
 
     def with_role(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if role in host.roles]
@@ -102,6 +134,12 @@ class Inventory:
             if not port_text.isdigit():
                 raise InventoryError(f"-H {target}: port {port_text!r} is not a number")
             port = int(port_text)
+        checks = [("address", address, check_address), ("port", port, check_port)] + ([("user", user, check_user_name)] if user else [])
+        for what, value, check in checks:
+            try:
+                check(value)
+            except ValueError as error:
+                raise InventoryError(f"-H {target!r}: the {what} {error}") from None
         return Host(
             name=target,
             address=address,
@@ -137,8 +175,54 @@ def _matches(value, annotation) -> bool:
     return isinstance(value, annotation)
 
 
+def _check_schedule(schedule: str) -> None:
+    if schedule:  # empty: no backup timer
+        check_calendar(schedule)
+
+
+# What each string or port of a table must look like (ports of every kind share the key "port").
+VALUE_CHECKS = {
+    "user": check_user_name,
+    "address": check_address,
+    "port": check_port,
+    "backend_port": check_port,
+    "artifacts": check_remote_path,
+    "allowed_hosts": check_allowed_host,
+    "mlflow_version": check_version,
+    "psycopg2_version": check_version,
+    "backup_schedule": _check_schedule,
+}
+
+
+def _check_value(key: str, value, where: str, path: Path) -> None:
+    check = VALUE_CHECKS.get(key)
+    for item in (value if isinstance(value, list) else [value]) if check else ():
+        try:
+            check(item)
+        except ValueError as error:
+            raise InventoryError(f"{path}: [{where}] {key} {error} (got {item!r})") from None
+
+
+def _check_printable(table: dict, where: str, path: Path) -> None:
+    """No control character or line break in any key or string of the file: one could add a line to a unit file."""
+    for key, value in table.items():
+        label = f"[{where}] {key}" if where else f"[{key}]"
+        try:
+            check_printable(key)
+        except ValueError as error:
+            raise InventoryError(f"{path}: {f'[{where}] ' if where else ''}name {key!r} {error}") from None
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                _check_printable(item, f"{where}.{key}" if where else key, path)
+            elif isinstance(item, str):
+                try:
+                    check_printable(item)
+                except ValueError as error:
+                    raise InventoryError(f"{path}: {label} {error} (got {item!r})") from None
+
+
 def _check_table(table: dict, schema: type, where: str, path: Path) -> dict:
-    """Validate keys and types of a TOML table against a dataclass; return the known values."""
+    """Validate keys, types and values of a TOML table against a dataclass; return the known values."""
     hints = typing.get_type_hints(schema)
     known = [f.name for f in dataclasses.fields(schema) if f.name not in ("name", "ad_hoc")]
     values = {}
@@ -151,6 +235,7 @@ def _check_table(table: dict, schema: type, where: str, path: Path) -> dict:
             raise InventoryError(
                 f"{path}: [{where}] {key} = {value!r} should be of type {_type_name(hints[key])}"
             )
+        _check_value(key, value, where, path)
         values[key] = tuple(value) if isinstance(value, list) and key == "roles" else value
     return values
 
@@ -160,13 +245,23 @@ def _tracking_settings(base: TrackingSettings, table: dict, where: str, path: Pa
     settings = dataclasses.replace(base, **values)
     if settings.env_manager not in ("venv", "conda"):
         raise InventoryError(f'{path}: [{where}] env_manager must be "venv" or "conda", not {settings.env_manager!r}')
-    for key in ("port", "workers", "health_timeout", "backup_keep", "backend_port"):
+    for key in ("workers", "health_timeout", "backup_keep",
+                "signin_max_failures", "signin_window_seconds", "signin_ban_seconds", "parallel_requests_per_address"):
         if getattr(settings, key) < 1:
             raise InventoryError(f"{path}: [{where}] {key} must be a positive number")
     if settings.auth_cache_seconds < 0:
         raise InventoryError(f"{path}: [{where}] auth_cache_seconds must be 0 (no cache) or more")
+    try:
+        check_packages(settings.extra_packages, f"{path}: [{where}] extra_packages")
+    except RequirementError as error:
+        raise InventoryError(str(error)) from None
     if settings.tls and settings.port == settings.backend_port:
         raise InventoryError(f"{path}: [{where}] port and backend_port must differ: nginx listens on one, MLflow on the other")
+    return _with_local_pem_files(settings, where, path)
+
+
+def _with_local_pem_files(settings, where: str, path: Path):
+    """tls_certificate and tls_key: both or neither, files on this machine, made absolute."""
     if bool(settings.tls_certificate) != bool(settings.tls_key):
         raise InventoryError(f"{path}: [{where}] tls_certificate and tls_key go together: give both, or neither for a self-signed certificate")
     for key in ("tls_certificate", "tls_key"):
@@ -189,6 +284,10 @@ def _model_settings(base: dict[str, ModelSettings], table: dict, where: str, pat
     models = {name: dataclasses.replace(settings, **values) for name, settings in base.items()}
     for name, model_table in table.items():
         if isinstance(model_table, dict):
+            try:
+                check_model_name(name)
+            except ValueError as error:
+                raise InventoryError(f"{path}: [{where}.{name}] the model name {error}") from None
             start = models.get(name, models[""])
             model_values = _check_table(model_table, ModelSettings, f"{where}.{name}", path)
             models[name] = dataclasses.replace(start, **model_values)
@@ -196,10 +295,32 @@ def _model_settings(base: dict[str, ModelSettings], table: dict, where: str, pat
         label = f"{where}.{name}" if name else where
         if settings.env_manager not in ("venv", "conda"):
             raise InventoryError(f'{path}: [{label}] env_manager must be "venv" or "conda", not {settings.env_manager!r}')
-        for key in ("port", "workers", "keep_releases", "health_timeout"):
+        for key in ("workers", "keep_releases", "health_timeout"):
             if getattr(settings, key) < 1:
                 raise InventoryError(f"{path}: [{label}] {key} must be a positive number")
     return models
+
+
+def _ports_in_use(host: Host) -> list[tuple[str, int]]:
+    """(who, port) for everything listening on the host, by its roles (all of them when it has none)."""
+    roles = host.roles or KNOWN_ROLES
+    ports = []
+    if "tracking" in roles:
+        ports.append(("the tracking port", host.tracking.port))
+        if host.tracking.tls:
+            ports.append(("the tracking backend_port", host.tracking.backend_port))
+    if "models" in roles or "lb" in roles:
+        names = sorted(name for name in host.models if name) or [""]
+        ports += [(f"model {name or 'model'}", host.model(name).port) for name in names]
+    return ports
+
+
+def _check_distinct_ports(host: Host, path: Path) -> None:
+    seen: dict[int, str] = {}
+    for who, port in _ports_in_use(host):
+        if port in seen:
+            raise InventoryError(f"{path}: [hosts.{host.name}] {seen[port]} and {who} both use port {port}: give each its own port")
+        seen[port] = who
 
 
 def load_inventory(path: str | Path) -> Inventory:
@@ -213,22 +334,28 @@ def load_inventory(path: str | Path) -> Inventory:
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: {error}") from None
 
-    sections = ("defaults", "tracking", "models", "hosts")
+    sections = ("defaults", "tracking", "models", "lb", "hosts")
     for key, value in data.items():
         if key not in sections:
             raise InventoryError(f"{path}: unknown section [{key}] (known: {', '.join(sections)})")
         if not isinstance(value, dict):
             raise InventoryError(f"{path}: {key} must be a table ([{key}])")
+    _check_printable(data, "", path)
 
     defaults = ConnectionSettings(**_check_table(data.get("defaults", {}), ConnectionSettings, "defaults", path))
     tracking = _tracking_settings(TrackingSettings(), data.get("tracking", {}), "tracking", path)
     models = _model_settings({"": ModelSettings()}, data.get("models", {}), "models", path)
+    lb = _with_local_pem_files(LbSettings(**_check_table(data.get("lb", {}), LbSettings, "lb", path)), "lb", path)
 
     hosts = {}
     for name, table in data.get("hosts", {}).items():
         where = f"hosts.{name}"
         if not isinstance(table, dict):
             raise InventoryError(f"{path}: [{where}] must be a table")
+        try:
+            check_host_name(name)
+        except ValueError as error:
+            raise InventoryError(f"{path}: [{where}] the host name {error}") from None
         values = _check_table(table, Host, where, path)
         if "address" not in values:
             raise InventoryError(f"{path}: [{where}] needs an address")
@@ -242,7 +369,8 @@ def load_inventory(path: str | Path) -> Inventory:
         values.update(connection)
         values["tracking"] = _tracking_settings(tracking, host_tracking, f"{where}.tracking", path)
         hosts[name] = Host(name=name, **values)
-    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models)
+        _check_distinct_ports(hosts[name], path)
+    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models, lb=lb)
 
 
 def select_hosts(inventory: Inventory, targets: list[str], role: str | None, ssh_aliases=()) -> list[Host]:

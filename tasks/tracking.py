@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 import shlex
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from fabric import task
+from invoke.exceptions import Exit
 
-from tasks import cli, frontdoor
+from tasks import certificates, cli, frontdoor, signin_guard
 from tasks.fleet import finish, run_on_hosts
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
@@ -25,7 +27,7 @@ from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
-from tasks.report import HostReport, show_note, show_step
+from tasks.report import HostReport, show_note, show_step, show_warning
 from tasks.templates import render
 
 UNIT = "mlflow-tracking"
@@ -68,7 +70,7 @@ class TrackingTarget:
 
     @property
     def packages(self) -> list[str]:
-        return PACKAGES + (TLS_PACKAGES if self.settings.tls else [])
+        return PACKAGES + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings)
 
     @property
     def admin_curl_args(self) -> str:
@@ -82,7 +84,7 @@ class TrackingTarget:
     def env_spec(self) -> EnvSpec:
         s = self.settings
         packages = (f"mlflow{'[auth]' if s.auth else ''}=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}", *s.extra_packages)
-        return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "")
+        return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "", allow_source_builds=s.allow_source_builds)
 
     @property
     def env_path(self) -> str:
@@ -123,6 +125,7 @@ class TrackingTarget:
             f.path_stat(ENV_FILE),
             f.Fact("env_keys", f"sed -n 's/=.*//p' {ENV_FILE}"),
             *frontdoor.facts(),
+            *signin_guard.facts(),
             f.Fact("env_marker", f"cat {self.env_path}/.complete"),
             f.Fact("running_marker", f"cat \"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)/.complete\""),
             f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
@@ -234,7 +237,7 @@ def secrets_step(target: TrackingTarget, facts: dict[str, str]) -> Step:
 
 
 def reset_admin_password_script(env_path: str) -> str:
-    """A new secrets file on a host whose auth tables survived: the stored admin password must follow it."""
+    """The stored admin password follows the secrets file: after a new secrets file, a restore, or a refused admin.curl."""
     return f"""cd /
 if [ -n "$(runuser -u postgres -- psql -tAX -d mlflow -c "select to_regclass('{frontdoor.AUTH_SCHEMA}.users')")" ]; then
 runuser -u {SERVICE_USER} -- env MLFLOW_AUTH_CONFIG_PATH={frontdoor.AUTH_CONFIG} {env_path}/bin/python - <<'PY'
@@ -245,9 +248,23 @@ store = SqlAlchemyStore()
 store.init_db(read_auth_config().database_uri)
 if store.has_user("{frontdoor.ADMIN}"):
     store.update_user("{frontdoor.ADMIN}", password=values["MLFLOW_AUTH_ADMIN_PASSWORD"])
-    print("admin password set from the new secrets file")
+    print("admin password set from the secrets file")
 PY
 fi"""
+
+
+def admin_password_steps(target: TrackingTarget, probe: str, new_secret: bool) -> list[Step]:
+    """The admin password in the auth tables must be the secrets file's (admin.curl, which the API probe uses).
+
+    A new secrets file, a restore from another host, or an earlier run cut off before this step leave them different.
+    """
+    reset = reset_admin_password_script(target.env_path)
+    if new_secret:
+        return [Step.change("auth admin password", "follow the new secrets file", reset)]
+    api = target.health_checks[-1].label
+    if dict(line.rsplit(" ", 1) for line in probe.splitlines() if " " in line).get(api) == "401":
+        return [Step.change("auth admin password", "the server refuses the admin credential (401): set it from the secrets file", reset)]
+    return []
 
 
 def set_role_password_script() -> str:
@@ -292,8 +309,8 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
 
     env_step = ensure_env(target.env_spec, target.env_path, facts.get("env_marker", ""))
     steps.append(env_step)
-    if s.auth and new_secret and facts.get("auth_schema"):
-        steps.append(Step.change("auth admin password", "follow the new secrets file", reset_admin_password_script(target.env_path)))
+    if s.auth and facts.get("auth_schema"):
+        steps += admin_password_steps(target, facts.get("probe", ""), new_secret)
     unit_step = ensure_file(UNIT_PATH, target.unit(node_name), f.parse_file(facts.get(f"file:{UNIT_PATH}", "")))
     steps.append(unit_step)
     steps.append(ensure_file(PROFILE, target.profile(), f.parse_file(facts.get(f"file:{PROFILE}", ""))))
@@ -311,6 +328,7 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     if s.tls:
         certificate_changed = any(step.changed for step in door_steps if step.name.startswith("tls "))
         steps.append(frontdoor.nginx_step(door, facts, certificate_changed))
+    steps += signin_guard.steps(s, facts)
 
     if restart.changed or not probe_healthy(facts.get("probe", ""), target.health_checks):
         gate = gate_script(UNIT, target.server_port, target.health_checks, s.health_timeout, after_restart=restart.changed)
@@ -342,6 +360,10 @@ def backup_steps(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
         steps.append(Step.change("backup timer", "no backup_schedule: remove the timer",
                                  f"systemctl disable --now --quiet mlflow-backup.timer || true\nrm -f {BACKUP_TIMER} {BACKUP_UNIT}\nsystemctl daemon-reload"))
     return steps
+
+
+# The env the installed unit starts, as a shell expression for a script on the host.
+INSTALLED_ENV = f"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)"
 
 
 def running_env_path(unit: str) -> str:
@@ -389,9 +411,9 @@ def converge(remote: Remote, report: HostReport) -> None:
             show_step(report, step)
         return
     key = next((step for step in steps if step.name == "tls key" and step.changed), None)
-    if key:
-        remote.put_private(Path(target.settings.tls_key).read_bytes(), frontdoor.key_upload_path())
-    if apply(remote, steps, lambda step: show_step(report, step)):
+    with remote.private_upload(Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else nullcontext():
+        applied = apply(remote, steps, lambda step: show_step(report, step))
+    if applied:
         exports = f"MLFLOW_TRACKING_URI={target.url}"
         if target.settings.tls and not target.settings.tls_certificate:
             path, fingerprint = frontdoor.learn_certificate(remote, target.address, target.settings.port, steps, facts.get("tls", ""))
@@ -402,8 +424,20 @@ def converge(remote: Remote, report: HostReport) -> None:
             show_note(report, f"sign-in required: `fab tracking-user --add NAME` makes a user and writes its credentials on this machine")
 
 
+def check_user_certificates(hosts: list[Host]) -> None:
+    """Before any connection: an expired certificate from hosts.toml stops the run, one that expires soon gets a warning."""
+    for path in sorted({host.tracking.tls_certificate for host in hosts if host.tracking.tls and host.tracking.tls_certificate}):
+        try:
+            warning = certificates.user_certificate_warning(path)
+        except certificates.CertificateError as error:
+            raise Exit(f"error: {error}", code=2) from None
+        if warning:
+            show_warning(warning)
+
+
 @task(help={"check": "show what would change, with diffs, and change nothing"})
 def setup_tracking(c, check=False):
     """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, TLS and sign-in, health gate."""
     hosts = cli.hosts_for(c, role="tracking")
+    check_user_certificates(hosts)
     finish(run_on_hosts(c.config, hosts, converge, check=check))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 
 import pytest
@@ -39,9 +40,28 @@ def fleet(module_hosts, tmp_path_factory):
             path.write_text(path.read_text() + "[models]\n" + "".join(f"{k} = {v}\n" for k, v in model_settings.items()))
         return path
 
+    for name in ("mlt3", "mlt4"):
+        watch_pip_users(hosts[name])
     setup = fab(inventory(), "setup-tracking")
     assert setup.returncode == 0, setup.stdout[-3000:]
     return hosts, inventory, f"http://{hosts['mlt3'].address}:5000"
+
+
+PIP_USERS = "/root/pip-users"
+
+
+def watch_pip_users(host) -> None:
+    """Note, every 0.2 s, the user of each process building a Python env (pip, venv's ensurepip), until stopped."""
+    loop = (
+        f"while :; do ps -C pip,python3 -o user:32=,args= | grep -E 'pip install|-m venv|-m ensurepip' >> {PIP_USERS}; sleep 0.2; done"
+    )
+    pid = host.run(f"nohup setsid sh -c {shlex.quote(loop)} >/dev/null 2>&1 </dev/null & echo $!").stdout.strip()
+    host.run(f"echo {pid} > {PIP_USERS}.pid")
+
+
+def pip_users(host) -> set[str]:
+    host.run(f"kill $(cat {PIP_USERS}.pid)")
+    return {line.split()[0] for line in host.run(f"cat {PIP_USERS}").stdout.splitlines()}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +116,68 @@ def test_same_run_again_is_a_no_op(fleet, first_run_id, first_deploy):
     for name in MODEL_HOSTS:
         assert recap(again, name)["changed"] == 0
         assert main_pid(hosts[name]) == pids[name]
+
+
+def test_envs_are_built_by_the_unprivileged_build_user_and_belong_to_root(fleet, first_deploy):
+    hosts, _, _ = fleet
+    # setup-tracking built the tracking env on mlt3, the first deploy the model's env on mlt4
+    for name in ("mlt3", "mlt4"):
+        assert pip_users(hosts[name]) == {"mlflow-build"}
+        envs = hosts[name].run("ls -d /opt/mlflow/envs/*/").stdout.split()
+        assert envs
+        for env in envs:
+            assert hosts[name].run(f"stat -c '%U %G %a' {env}").stdout.split() == ["root", "root", "755"]
+            assert hosts[name].run(f"find {env} ! -user root -o -perm /022 ! -type l | head -3").stdout == ""
+        assert hosts[name].run("stat -c '%U' /var/cache/mlflow-build/pip").stdout.strip() == "mlflow-build"
+        assert hosts[name].run("getent passwd mlflow-build | cut -d: -f7").stdout.strip() == "/usr/sbin/nologin"
+
+
+def model_with_requirements(tracking_uri, tmp_path, requirements: str):
+    """A logged wine model, downloaded and given another requirements.txt (a model author can log any file)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    run_id = log_wine_model(tracking_uri, alpha=0.3)
+    model = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "download"))
+    edited = shutil.copytree(model, tmp_path / "edited")
+    (edited / "requirements.txt").write_text(requirements)
+    return edited
+
+
+def model_hosts_state(hosts) -> dict[str, str]:
+    listing = f"ls {MODEL_DIR}/releases /opt/mlflow/envs /run/lock/mlflow-fab; readlink {MODEL_DIR}/current"
+    return {name: hosts[name].run(listing, check=False).stdout for name in MODEL_HOSTS}
+
+
+def test_hostile_requirements_are_refused_before_any_host_is_touched(fleet, first_deploy, tmp_path):
+    hosts, inventory, tracking_uri = fleet
+    model = model_with_requirements(tracking_uri, tmp_path, "\n".join([
+        "mlflow==3.17.2", "--index-url=http://127.0.0.1:9/simple", "-r /etc/shadow",
+        "evil @ https://127.0.0.1:9/evil-1.0-py3-none-any.whl", "./evil", 'evil; os.system("id")',
+    ]))
+    before = model_hosts_state(hosts)
+    result = fab(inventory(), "deploy-model", "--model-uri", str(model))
+    assert result.returncode == 2, result.stdout[-3000:]
+    assert "nothing was changed" in result.stderr
+    for line in ("line 2: '--index-url=http://127.0.0.1:9/simple' is a pip option", "line 3: '-r /etc/shadow' is a pip option",
+                 "line 4: 'evil @ https://127.0.0.1:9/evil-1.0-py3-none-any.whl' is a URL", "line 5: './evil' is not a PEP 508",
+                 "line 6: 'evil; os.system(\"id\")' is not a PEP 508"):
+        assert line in result.stderr
+    assert "line 1" not in result.stderr
+    assert model_hosts_state(hosts) == before
+
+
+def test_a_source_only_requirement_needs_allow_source_builds(fleet, first_deploy, tmp_path):
+    hosts, inventory, tracking_uri = fleet
+    model = model_with_requirements(tracking_uri, tmp_path, "docopt==0.6.2")  # published only as an sdist
+    before = model_hosts_state(hosts)
+    result = fab(inventory(), "deploy-model", "--model-uri", str(model))
+    assert result.returncode == 1
+    assert "No matching distribution found for docopt==0.6.2" in result.stdout
+    assert "allow_source_builds = true" in result.stdout
+    assert model_hosts_state(hosts) == before  # the half-built env is gone, no release, no lock
+    for name in MODEL_HOSTS:
+        assert len(predict_from(hosts["mlt3"], name)) == 2
 
 
 def test_check_lists_the_plan_and_changes_nothing(fleet, first_deploy):

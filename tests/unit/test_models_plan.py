@@ -8,6 +8,7 @@ import pytest
 from tasks.inventory import Host, ModelSettings
 from tasks.model_source import ModelArtifact, ModelError, content_digest, model_uri
 from tasks.models import CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch, render_unit
+from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.releases import history_entry
 from tasks.templates import render
 
@@ -81,7 +82,8 @@ def test_new_model_same_requirements_reuses_the_env(artifact, tmp_path):
     assert changed(plan.stage) == [f"release {release}"]
     assert changed(plan.switch) == ["switch current", "restart mlflow-model@wine", "health gate"]
     upload = next(step for step in plan.stage if step.name == f"release {release}")
-    assert f"tar -xzf /tmp/mlflow-fab-{release}.tgz" in upload.script and "mv -T" in upload.script
+    assert f"tar -xzf {PRIVATE_DIRECTORY}/{release}.tgz" in upload.script and "mv -T" in upload.script
+    assert "a+r" not in upload.script and "chmod -R u=rwX,g=rX,o= " in upload.script
 
 
 def test_an_older_digest_still_on_the_host_is_switched_to_without_upload(artifact):

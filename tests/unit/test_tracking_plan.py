@@ -2,8 +2,9 @@ import base64
 
 import pytest
 
-from tasks import frontdoor, tracking
+from tasks import certificates, frontdoor, signin_guard, tracking
 from tasks.inventory import Host, TrackingSettings
+from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.ops.steps import apply_script
 from tasks.ops.platform import check_platform
 from tasks.tracking import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, plan
@@ -32,7 +33,7 @@ def converged_facts(t: TrackingTarget):
         f"stat:{ENV_FILE}": "root mlflow 640",
         "env_keys": "\n".join(tracking.SECRET_KEYS + tracking.AUTH_SECRET_KEYS),
         f"stat:{frontdoor.ADMIN_CURL}": "root root 600",
-        "tls": f"abc {frontdoor.CERTIFICATE}\ndef {frontdoor.KEY}\nsha256 Fingerprint=AB:CD",
+        "tls": f"abc {frontdoor.CERTIFICATE}\ndef {frontdoor.KEY}\nsha256 Fingerprint=AB:CD\nnotAfter=Mar  4 10:00:00 2029 GMT\n{certificates.NOT_DUE}",
         f"file:{frontdoor.NGINX_CONFIG}": file_fact(frontdoor.FrontDoor(t.host, t.address).nginx_config()),
         f"file:{frontdoor.AUTH_CONFIG}": file_fact(frontdoor.FrontDoor(t.host, t.address).auth_config(), group="mlflow", mode="640"),
         "auth_schema": "auth",
@@ -42,6 +43,9 @@ def converged_facts(t: TrackingTarget):
         f"file:{PROFILE}": file_fact(t.profile()),
         f"service:{UNIT}": "ActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=4242\nNRestarts=0",
         "probe": "\n".join(f"{check.label} 200" for check in t.health_checks),
+        f"file:{signin_guard.JAIL_PATH}": file_fact(signin_guard.jail_config(t.settings, ssh_log=False)),
+        f"file:{signin_guard.FILTER_PATH}": file_fact(signin_guard.filter_config()),
+        "signin_guard": "jail running",
     }
     for path, owner, group, mode in t.directories():
         facts[f"stat:{path}"] = f"{owner} {group} {mode}"
@@ -117,6 +121,17 @@ def test_lost_secret_file_is_regenerated_and_the_role_password_reset():
     del facts[f"stat:{ENV_FILE}"]
     names = changed(plan(t, facts))
     assert names == [f"secrets {ENV_FILE}", "database role mlflow", "auth admin password", f"restart {UNIT}", "health gate"]
+
+
+def test_a_refused_admin_credential_is_set_from_the_secrets_file_without_a_restart():
+    """A backup of another host restored here holds that host's admin password hash: the API answers admin.curl 401."""
+    t = target()
+    facts = converged_facts(t)
+    facts["probe"] = "\n".join(f"{check.label} {'200' if check.path == '/health' else '401'}" for check in t.health_checks)
+    steps = plan(t, facts)
+    assert changed(steps) == ["auth admin password", "health gate"]
+    reset = next(step for step in steps if step.name == "auth admin password")
+    assert "refuses the admin credential (401)" in reset.summary and "MLFLOW_AUTH_ADMIN_PASSWORD" in reset.script
 
 
 def test_secret_never_on_a_command_line():
@@ -231,6 +246,6 @@ def test_the_users_key_travels_by_sftp_never_in_a_script(tmp_path):
     steps = frontdoor.certificate_steps(door, "")
     assert [step.name for step in steps if step.changed] == ["tls certificate", "tls key"]
     assert all("SECRETKEY" not in step.script and base64.b64encode(key.read_bytes()).decode() not in step.script for step in steps)
-    assert frontdoor.key_upload_path() in steps[1].script
+    assert frontdoor.key_upload_path() in steps[1].script and frontdoor.key_upload_path().startswith(PRIVATE_DIRECTORY + "/")
     same = f"{hashlib.sha256(certificate.read_bytes()).hexdigest()} {frontdoor.CERTIFICATE}\n{hashlib.sha256(key.read_bytes()).hexdigest()} {frontdoor.KEY}"
     assert not any(step.changed for step in frontdoor.certificate_steps(door, same))
