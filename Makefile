@@ -1,5 +1,5 @@
 # make demo: a sandbox host with a tracking server, a logged run and a deployed model.
-# make test: the whole suite (unit tests, then integration tests on real throwaway hosts).
+# make test: the whole suite (unit tests and integration tests on real throwaway hosts), two test modules at a time.
 # Both need root on a Debian/Ubuntu machine (systemd-nspawn test hosts).
 
 PYTHON ?= python3
@@ -34,7 +34,7 @@ demo-down: venv
 	$(PY) -m tests.testbed down demo1
 
 test: system-deps venv
-	$(PY) -m pytest tests -v -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	$(PY) -m pytest tests -v -p no:cacheprovider -n 2 --dist loadfile --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -25,9 +25,16 @@ def testbed():
     except TestbedError as error:
         pytest.fail(f"cannot prepare the test hosts: {error}", pytrace=False)
     yield tb
-    # MLFAB_KEEP_NETWORK=1: several test runs share the testbed at once; none removes the network under another.
-    if not tb.running_hosts() and not os.environ.get("MLFAB_KEEP_NETWORK"):
+    # Under pytest-xdist a worker leaves the network to the controller (pytest_sessionfinish): the other worker may still use it.
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        teardown_unless_in_use(tb)
+
+
+def teardown_unless_in_use(tb: Testbed) -> None:
+    """Remove the network unless a host still runs (a demo) or MLFAB_KEEP_NETWORK=1 says other test runs share it."""
+    if tb.network_prepared() and not tb.running_hosts() and not os.environ.get("MLFAB_KEEP_NETWORK"):
         tb.teardown()
+
 
 
 @pytest.fixture(scope="session")

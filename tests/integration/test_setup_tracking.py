@@ -1,7 +1,7 @@
 """setup-tracking on fresh testbed hosts: converge, idempotence, check mode, recovery, secrets, bad paths.
 
-The tests share one converged tracking host (mlt1) and use mlt2 as "another host on the network";
-they run in file order, each leaving mlt1 serving as the inventory describes.
+The tests share one converged tracking host (mlt24) and use mlt25 as "another host on the network";
+they run in file order, each leaving mlt24 serving as the inventory describes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ UNIT = "mlflow-tracking"
 
 @pytest.fixture(scope="module")
 def hosts(module_hosts):
-    return tuple(module_hosts("mlt1", "mlt2"))
+    return tuple(module_hosts("mlt24", "mlt25"))
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def inventory(hosts, tmp_path_factory, testbed):
         return write_inventory(
             path,
             {
-                "mlt1": host_entry(tracking, ["tracking"]),
-                "mlt2": host_entry(other, ["models"]),
+                "mlt24": host_entry(tracking, ["tracking"]),
+                "mlt25": host_entry(other, ["models"]),
                 "wrongkey": host_entry(other, identity=str(testbed.wrong_identity)),
                 "needpw": host_entry(other, user="needpw"),
                 "refused": {"address": "127.0.0.1", "port": 1, "user": "deploy"},
@@ -63,7 +63,7 @@ def http_status(host, path, host_header, target="127.0.0.1:5000") -> str:
 
 def test_first_run_converges_and_prints_the_url(first_run, hosts):
     assert first_run.returncode == 0, first_run.stdout[-3000:]
-    counts = recap(first_run, "mlt1")
+    counts = recap(first_run, "mlt24")
     assert counts["changed"] > 5 and counts["failed"] == 0
     assert f"http://{hosts[0].address}:5000" in first_run.stdout
 
@@ -88,8 +88,8 @@ def test_host_state(first_run, hosts, infra):
 
 def test_api_answers_another_host_through_the_host_name(first_run, hosts):
     tracking, other = hosts
-    assert http_status(other, API, "mlt1:5000", target="mlt1:5000") == "200"
-    assert http_status(other, API, "evil.example:5000", target="mlt1:5000") == "403"
+    assert http_status(other, API, "mlt24:5000", target="mlt24:5000") == "200"
+    assert http_status(other, API, "evil.example:5000", target="mlt24:5000") == "403"
 
 
 def test_laptop_logs_a_run_with_metrics(first_run, hosts):
@@ -114,7 +114,7 @@ def test_second_run_changes_nothing_and_keeps_the_process(first_run, inventory, 
     before = main_pid(hosts[0])
     result = fab(inventory(), "setup-tracking")
     assert result.returncode == 0
-    assert recap(result, "mlt1")["changed"] == 0
+    assert recap(result, "mlt24")["changed"] == 0
     assert main_pid(hosts[0]) == before
 
 
@@ -131,12 +131,12 @@ def test_check_shows_the_unit_diff_and_changes_nothing(first_run, inventory, hos
     assert main_pid(hosts[0]) == pid_before
 
     applied = fab(inventory(workers=3), "setup-tracking")
-    assert applied.returncode == 0 and recap(applied, "mlt1")["changed"] == 4  # unit, reload, restart, gate
+    assert applied.returncode == 0 and recap(applied, "mlt24")["changed"] == 4  # unit, reload, restart, gate
     restarted_pid = main_pid(hosts[0])
     assert restarted_pid != pid_before
     assert "--workers 3" in hosts[0].run(f"cat {unit_path}").stdout
     again = fab(inventory(workers=3), "setup-tracking")
-    assert recap(again, "mlt1")["changed"] == 0 and main_pid(hosts[0]) == restarted_pid
+    assert recap(again, "mlt24")["changed"] == 0 and main_pid(hosts[0]) == restarted_pid
     inventory()  # back to the module's settings for the tests that follow
 
 
@@ -176,9 +176,9 @@ def test_the_password_stays_secret(first_run, hosts):
 
 
 def test_bad_hosts_are_reported_and_the_others_go_on(first_run, inventory):
-    result = fab(inventory(), "-H", "mlt1,wrongkey,needpw,refused", "setup-tracking")
+    result = fab(inventory(), "-H", "mlt24,wrongkey,needpw,refused", "setup-tracking")
     assert result.returncode == 1
-    assert recap(result, "mlt1")["failed"] == 0
+    assert recap(result, "mlt24")["failed"] == 0
     out = result.stdout
     assert "wrongkey connect: SSH login as deploy was refused" in out and "check the key" in out
     assert "needpw" in out and "wants a password: rerun with --prompt-for-sudo-password" in out
@@ -197,7 +197,7 @@ def test_a_host_that_is_not_debian_is_refused_untouched(first_run, inventory, ho
     other = hosts[1]
     other.run("cp /etc/os-release /root/os-release && rm /etc/os-release && printf 'ID=fedora\\nPRETTY_NAME=\"Fedora Linux 41\"\\n' > /etc/os-release")
     try:
-        result = fab(inventory(), "-H", "mlt2", "setup-tracking")
+        result = fab(inventory(), "-H", "mlt25", "setup-tracking")
     finally:
         other.run("cp /root/os-release /etc/os-release")
     assert result.returncode == 1
@@ -213,7 +213,7 @@ def test_failing_health_gate_exits_with_the_journal(first_run, inventory, hosts)
     try:
         result = fab(inventory(port=5055), "setup-tracking")
         assert result.returncode == 1
-        assert recap(result, "mlt1")["failed"] == 1
+        assert recap(result, "mlt24")["failed"] == 1
         assert "health gate failed: mlflow-tracking is inactive" in result.stdout
         assert "last 50 lines of journalctl -u mlflow-tracking" in result.stdout
         assert "Address already in use" in result.stdout
@@ -225,7 +225,7 @@ def test_failing_health_gate_exits_with_the_journal(first_run, inventory, hosts)
 
 
 def test_an_unknown_host_key_is_refused_unless_the_inventory_opts_in(first_run, hosts, tmp_path):
-    strict = write_inventory(tmp_path / "hosts.toml", {"mlt1": host_entry(hosts[0], ["tracking"])}, accept_new_host_keys=False)
+    strict = write_inventory(tmp_path / "hosts.toml", {"mlt24": host_entry(hosts[0], ["tracking"])}, accept_new_host_keys=False)
     result = fab(strict, "status")
     assert result.returncode == 1
     assert f"{hosts[0].address}:22 is not in" in result.stdout and "accept_new_host_keys = true" in result.stdout
@@ -233,7 +233,7 @@ def test_an_unknown_host_key_is_refused_unless_the_inventory_opts_in(first_run, 
 
 
 def test_a_changed_host_key_is_always_refused(first_run, hosts, tmp_path):
-    inventory = write_inventory(tmp_path / "hosts.toml", {"mlt1": host_entry(hosts[0], ["tracking"])}, accept_new_host_keys=True)
+    inventory = write_inventory(tmp_path / "hosts.toml", {"mlt24": host_entry(hosts[0], ["tracking"])}, accept_new_host_keys=True)
     other_key = hosts[1].run("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
     (tmp_path / "known_hosts").write_text(f"{hosts[0].address} {' '.join(other_key)}\n")
     result = fab(inventory, "status")

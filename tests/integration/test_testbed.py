@@ -83,13 +83,13 @@ def test_new_connections_to_this_machine_are_refused(mlt1):
 
 
 def test_power_loss_keeps_the_disk_and_leaves_nothing_behind(testbed, start_host):
-    host = start_host("mlt3")
+    host = start_host("mlt10")
     host.run("echo survived > /var/tmp/marker && sync")
     host.poweroff_hard()
     assert not host.is_running()
     assert not host.has_leftovers()
-    rebooted = start_host("mlt3", fresh=False)
+    rebooted = start_host("mlt10", fresh=False)
     assert rebooted.run("cat /var/tmp/marker").stdout.strip() == "survived"
     rebooted.stop()
     assert not rebooted.has_leftovers()
-    assert "mlt3" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "mlt10" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

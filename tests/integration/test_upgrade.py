@@ -1,4 +1,4 @@
-"""upgrade-tracking on a real host (mlt9): 3.16.1 -> 3.17.2 with runs in it, and an upgrade that can't install."""
+"""upgrade-tracking on a real host (mlt11): 3.16.1 -> 3.17.2 with runs in it, and an upgrade that can't install."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ OLD, NEW = "3.16.1", "3.17.2"
 
 @pytest.fixture(scope="module")
 def tracking(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt9")
+    (host,) = module_hosts("mlt11")
     path = tmp_path_factory.mktemp("upgrade") / "hosts.toml"
 
     def inventory(version):
-        return write_inventory(path, {"mlt9": host_entry(host, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP, "mlflow_version": version})
+        return write_inventory(path, {"mlt11": host_entry(host, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP, "mlflow_version": version})
 
     result = fab(inventory(OLD), "setup-tracking")
     assert result.returncode == 0, result.stdout[-3000:]
@@ -58,7 +58,7 @@ def test_upgrade_keeps_the_runs_and_the_server_healthy(tracking, tmp_path):
     result = fab(inventory(NEW), "upgrade-tracking", "--download", str(tmp_path))
     assert result.returncode == 0, result.stdout[-4000:]
     assert "schema before:" in result.stdout and "backup" in result.stdout
-    (downloaded,) = tmp_path.glob("mlt9-mlflow-backup-*.tar")
+    (downloaded,) = tmp_path.glob("mlt11-mlflow-backup-*.tar")
     with tarfile.open(downloaded) as archive:
         assert {"manifest.json", "SHA256SUMS", "mlflow.dump", "artifacts.tar.gz"} <= set(archive.getnames())
     assert server_version(host) == NEW
@@ -66,7 +66,7 @@ def test_upgrade_keeps_the_runs_and_the_server_healthy(tracking, tmp_path):
     assert kept.info.run_name == "survivor" and kept.data.metrics["accuracy"] == 0.93
     assert host.run("ls /opt/mlflow/envs | grep -c tracking-").stdout.strip() == "1"
     again = fab(inventory(NEW), "setup-tracking")
-    assert again.returncode == 0 and "mlt9 ok=" in again.stdout and "changed=0" in again.stdout
+    assert again.returncode == 0 and "mlt11 ok=" in again.stdout and "changed=0" in again.stdout
 
 
 def test_setup_tracking_refuses_to_change_the_version_behind_upgrade_tracking(tracking):
