@@ -22,7 +22,9 @@ transcript: list[str] = []
 
 
 def fab(inventory: Path, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "FABRIC_INVENTORY": str(inventory), "COLUMNS": "200", **(env or {})}
+    # mlflow.set_tracking_uri() in a test exports MLFLOW_TRACKING_URI into this process: no test's fab inherits another's
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    environment = {**inherited, "FABRIC_INVENTORY": str(inventory), "COLUMNS": "200", **(env or {})}
     result = subprocess.run([str(FAB), *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
     transcript.append(result.stdout + result.stderr)
     print(result.stdout, result.stderr)
