@@ -84,7 +84,10 @@ def restore_on(remote: Remote, report: HostReport, source: str) -> None:
                           f"{RESTORE_SCRIPT} {shlex.quote(host_path)}")
     report.steps.append(restore)
     with remote.private_upload(local, host_path) if local.is_file() else nullcontext():
-        apply(remote, [restore], lambda step: show_step(report, step))
+        restored = apply(remote, [restore], lambda step: show_step(report, step))
+    if restored:  # what it kept, closed and backed up on the way
+        for line in restore.output.splitlines():
+            show_note(report, line)
 
 
 @task(help={"download": "also copy the backup to this directory on the laptop"})
