@@ -32,7 +32,7 @@ def migrate_script(env_path: str) -> str:
     return (
         f"systemctl stop {UNIT}\n"
         f"cd /\n{postgres.close_connections(DATABASE)}\n"
-        f"runuser -u postgres -- dropdb --if-exists --force {COPY}\n"
+        f"{postgres.drop_if_exists(COPY)}\n"
         f"runuser -u postgres -- createdb -O mlflow -T {DATABASE} {COPY}\n"
         f"echo 'database {DATABASE} copied to {COPY} with the server stopped: a rollback goes back to it'\n"
         f"set -a; . {ENV_FILE}; set +a\n"
@@ -134,7 +134,7 @@ if [ "$({SCHEMA} 2>/dev/null)" != {schema_before!r} ]; then
   runuser -u postgres -- dropdb --force {DATABASE}_failed_upgrade
 else
   echo "the schema is unchanged: starting the old server on the database as it is"
-  runuser -u postgres -- dropdb --if-exists --force {COPY}
+  {postgres.drop_if_exists(COPY)}
 fi
 systemctl restart {UNIT}"""
 
@@ -146,6 +146,9 @@ def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: 
         Step.change("health gate", "the old server serves again", gate),
     ]
     apply(remote, steps, lambda each: show_step(report, each))
+    if not steps[0].failed:  # which database the old server got back
+        for line in steps[0].output.splitlines():
+            show_note(report, line)
     return steps
 
 

@@ -42,6 +42,11 @@ SQL
 }}"""
 
 
+def drop_if_exists(name: str) -> str:
+    """Drop a database, closing its connections; quiet when it does not exist."""
+    return f"runuser -u postgres -- env PGOPTIONS='-c client_min_messages=warning' dropdb --if-exists --force {name}"
+
+
 DATABASE_EXISTS = f"""database_exists() {{ [ "$({PSQL} -c "select 1 from pg_database where datname = '$1'")" = 1 ]; }}"""
 
 # What a root script needs to define before it calls swap_databases and database_exists.

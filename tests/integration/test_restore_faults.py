@@ -174,3 +174,48 @@ def test_a_leftover_of_an_interrupted_restore_and_an_open_psql_session_do_not_st
     assert host.run(f"cd / && runuser -u postgres -- psql -tAX -d {kept[0]} -c 'select count(*) from left_behind'").stdout.strip() == "0"
     assert host.run(f"cat {ARTIFACTS}.replaced-*/left-behind").stdout.strip() == "kept"
     assert host.run(f"ls -d {ARTIFACTS}.replaced", check=False).returncode != 0  # what this restore replaced went after its gate
+
+
+# ---- upgrade-tracking on a second host (mlt20): a rollback after the migration keeps what was logged during the env build ----
+
+OLD, NEW = "3.16.1", "3.17.2"  # 3.17 adds two schema revisions
+
+
+@pytest.fixture(scope="module")
+def old_tracking(module_hosts, tmp_path_factory):
+    (host,) = module_hosts("mlt20")
+    inventory = write_inventory(tmp_path_factory.mktemp("upgrade-rollback") / "hosts.toml", {"mlt20": host_entry(host, ["tracking"])},
+                                tracking={"workers": 1, **PLAIN_HTTP, "mlflow_version": OLD})
+    result = fab(inventory, "setup-tracking")
+    assert result.returncode == 0, result.stdout[-3000:]
+    return host, inventory, f"http://{host.address}:5000"
+
+
+def test_an_upgrade_rolled_back_after_its_migration_keeps_the_runs_logged_while_its_env_was_built(old_tracking):
+    import subprocess
+
+    from tests.integration.fabrun import FAB, REPO
+
+    host, inventory, uri = old_tracking
+    log_run(uri, "before-upgrade", b"old")
+    # the new server can't start: its unit names another env than the one this drop-in lets through
+    old_env = host.run("grep -o '/opt/mlflow/envs/tracking-[0-9a-f]*' /etc/systemd/system/mlflow-tracking.service").stdout.strip()
+    host.run("mkdir -p /etc/systemd/system/mlflow-tracking.service.d && printf '[Service]\\nExecStartPre=/bin/grep -q %s "
+             "/etc/systemd/system/mlflow-tracking.service\\n' " + old_env + " > /etc/systemd/system/mlflow-tracking.service.d/only-old-env.conf "
+             "&& systemctl daemon-reload")
+    upgrade = subprocess.Popen([str(FAB), "upgrade-tracking", "--mlflow-version", NEW], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**__import__("os").environ, "FABRIC_INVENTORY": str(inventory), "COLUMNS": "200"})
+    try:
+        wait_for(lambda: host.run(f"ls {BACKUPS}/mlflow-backup-*.tar 2>/dev/null | wc -l").stdout.strip() == "1", 300, "the upgrade's backup")
+        log_run(uri, "during-build", b"logged after the backup, before the stop")
+        output, _ = upgrade.communicate(timeout=900)
+    finally:
+        upgrade.kill()
+        host.run("rm -rf /etc/systemd/system/mlflow-tracking.service.d && systemctl daemon-reload")
+    print(output)
+    said_text = " ".join(output.split())
+    assert upgrade.returncode == 1
+    assert "the migration changed the schema: mlflow_before_upgrade, copied with the server stopped, takes its place" in said_text
+    assert host.run("curl -s http://127.0.0.1:5000/version").stdout.strip() == OLD
+    assert run_names(uri) == {"before-upgrade", "during-build"}
+    assert host.run("cd / && runuser -u postgres -- psql -tAX -c \"select datname from pg_database where datname like 'mlflow%'\"").stdout.split() == ["mlflow"]

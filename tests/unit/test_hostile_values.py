@@ -88,7 +88,8 @@ def test_hostile_model_names_are_refused_on_the_command_line(payload):
 PRELUDE = r"""PATH=/nonexistent
 cd() { :; }
 command_not_found_handle() {
-  printf '%s\x1f' "$@" >> "$SANDBOX/argv"; printf '\x1e' >> "$SANDBOX/argv"
+  # one write per command: the commands of a pipeline run at once
+  local record; record=$(printf '%s\x1f' "$@"); printf '%s\x1e' "$record" >> "$SANDBOX/argv"
   case "$1" in mktemp) printf '%s\n' "$SANDBOX/work" ;; curl) printf 200 ;; mountpoint) return 1 ;; esac
   return 0
 }
