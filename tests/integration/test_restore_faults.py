@@ -159,11 +159,13 @@ def test_a_leftover_of_an_interrupted_restore_and_an_open_psql_session_do_not_st
     host.run("cd / && runuser -u postgres -- createdb -O mlflow mlflow_replaced && "
              "runuser -u postgres -- psql -q -d mlflow_replaced -c 'create table left_behind (x int)'")
     host.run(f"mkdir {ARTIFACTS}.replaced && echo kept > {ARTIFACTS}.replaced/left-behind")
-    host.run("setsid sh -c 'sleep 600 | runuser -u postgres -- psql -d mlflow' </dev/null >/dev/null 2>&1 &")
-    wait_for(lambda: host.run("cd / && runuser -u postgres -- psql -tAX -c \"select count(*) from pg_stat_activity where datname = 'mlflow' "
-                              "and application_name = 'psql'\"").stdout.strip() == "1", 30, "the psql session")
-
-    result = fab(inventory, "restore-tracking", "--from", str(archive))
+    session = host.run("setsid sh -c 'sleep 600 | runuser -u postgres -- psql -d mlflow' </dev/null >/dev/null 2>&1 & echo $!").stdout.strip()
+    try:
+        wait_for(lambda: host.run("cd / && runuser -u postgres -- psql -tAX -c \"select count(*) from pg_stat_activity where datname = 'mlflow' "
+                                  "and application_name = 'psql'\"").stdout.strip() == "1", 30, "the psql session")
+        result = fab(inventory, "restore-tracking", "--from", str(archive))
+    finally:
+        host.run(f"kill -- -{session}", check=False)  # its sleep outlives the closed connection
     assert result.returncode == 0, result.stdout[-4000:]
     assert "database mlflow_replaced, left by an earlier restore that did not finish, is kept as mlflow_replaced_" in said(result)
     assert f"{ARTIFACTS}.replaced, left by an earlier restore that did not finish, is kept as {ARTIFACTS}.replaced-" in said(result)
