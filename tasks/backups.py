@@ -16,11 +16,11 @@ from invoke.exceptions import Exit
 
 from tasks import cli
 from tasks.fleet import finish, run_on_hosts
-from tasks.ops.health import gate_script
+from tasks.ops import facts as f
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
-from tasks.tracking import BACKUP_SCRIPT, INSTALLED_ENV, RESTORE_SCRIPT, UNIT, TrackingTarget, reset_admin_password_script
+from tasks.tracking import BACKUP_SCRIPT, RESTORE_SCRIPT, TrackingTarget
 
 
 def download_directory(path: str) -> str:
@@ -69,24 +69,25 @@ def download_backup(remote: Remote, report: HostReport, path: str, directory: st
 
 
 def restore_on(remote: Remote, report: HostReport, source: str) -> None:
-    """Upload a local backup (or use a path on the host), let mlflow-restore check it before it touches anything."""
+    """Upload a local backup (or use a path on the host); mlflow-restore checks it, swaps, gates, and puts the old state back on failure."""
     local = Path(source).expanduser()
     host_path = private_path(local.name) if local.is_file() else source
-    target = TrackingTarget(remote.host, remote.connection.host)
-    settings = target.settings
-    restore = Step.change("restore", f"{source} -> database mlflow and {settings.artifacts}",
-                          f"test -x {RESTORE_SCRIPT} || {{ echo 'missing {RESTORE_SCRIPT}: run fab setup-tracking first'; exit 2; }}\n"
+    settings = remote.host.tracking
+    # the script holds the rollback and the gate: one from before them would restore without either
+    wanted = TrackingTarget(remote.host, remote.connection.host).backup_files()[RESTORE_SCRIPT][0]
+    if f.parse_file(f.gather(remote, [f.file_content(RESTORE_SCRIPT)]).get(f"file:{RESTORE_SCRIPT}", "")).content != wanted:
+        stale = Step.failure("restore", f"{RESTORE_SCRIPT} is missing or not this fabfile's: run fab setup-tracking first; nothing was changed")
+        report.steps.append(stale)
+        show_step(report, stale)
+        return
+    restore = Step.change("restore", f"{source} -> database mlflow and {settings.artifacts}, then a health gate of up to {settings.health_timeout} s",
                           f"{RESTORE_SCRIPT} {shlex.quote(host_path)}")
-    gate = Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API",
-                       gate_script(UNIT, target.server_port, target.health_checks, settings.health_timeout, after_restart=True))
-    steps = [restore]
-    if settings.auth:
-        # the backup may come from another host: its admin password hash is not this host's secrets file's
-        steps.append(Step.change("auth admin password", "set it from this host's secrets file", reset_admin_password_script(INSTALLED_ENV)))
-    steps.append(gate)
-    report.steps += steps
+    report.steps.append(restore)
     with remote.private_upload(local, host_path) if local.is_file() else nullcontext():
-        apply(remote, steps, lambda step: show_step(report, step))
+        restored = apply(remote, [restore], lambda step: show_step(report, step))
+    if restored:  # what it kept, closed and backed up on the way
+        for line in restore.output.splitlines():
+            show_note(report, line)
 
 
 @task(help={"download": "also copy the backup to this directory on the laptop"})
@@ -99,7 +100,7 @@ def backup_tracking(c, download=""):
 
 @task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})
 def restore_tracking(c, from_=""):
-    """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first."""
+    """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first, and comes back on any failure."""
     if not from_:
         raise Exit("error: give --from FILE (a backup from fab backup-tracking --download, or a path on the host)", code=2)
     hosts = cli.hosts_for(c, role="tracking")

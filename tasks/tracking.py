@@ -15,10 +15,11 @@ from pathlib import Path
 from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import certificates, cli, frontdoor, signin_guard
+from tasks import certificates, cli, frontdoor, signin_guard, tracking_schema
 from tasks.fleet import finish, run_on_hosts
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
+from tasks.ops import postgres
 from tasks.ops.platform import check_platform
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
@@ -156,9 +157,17 @@ class TrackingTarget:
         """path -> (content, mode) of the backup and restore scripts, and of the timer when a schedule is set."""
         s = self.settings
         values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT, user=SERVICE_USER)
+        restore = dict(
+            unit_path=UNIT_PATH, env_file=ENV_FILE, backup_script=BACKUP_SCRIPT, installed_env=INSTALLED_ENV,
+            env_version=tracking_schema.ENV_VERSION, version_check=tracking_schema.VERSION_CHECK.strip(), migrate=tracking_schema.MIGRATE,
+            database_functions=postgres.FUNCTIONS,
+            gate=gate_script(UNIT, self.server_port, self.health_checks, s.health_timeout, after_restart=True),
+            # a backup from another host holds that host's admin password hash: the gate signs in with this host's
+            admin_reset=reset_admin_password_script('"$env"') if s.auth else "",
+        )
         files = {
             BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755"),
-            RESTORE_SCRIPT: (render("mlflow-restore.sh.j2", **values), "755"),
+            RESTORE_SCRIPT: (render("mlflow-restore.sh.j2", **values, **restore), "755"),
         }
         if s.backup_schedule:
             files[BACKUP_UNIT] = (render("mlflow-backup.service.j2", keep=s.backup_keep), "644")

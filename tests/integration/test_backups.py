@@ -220,7 +220,10 @@ def test_setup_tracking_resets_the_admin_after_a_restore_by_hand_onto_a_rebuilt_
     _, host_b, run = secure_pair
     archive, _ = backup_of_a
     host_b.run("base64 -d > /root/from-mlt8.tar", input=base64.b64encode(archive.read_bytes()).decode())
-    host_b.run("/usr/local/sbin/mlflow-restore /root/from-mlt8.tar")
+    # by hand without mlflow-restore (which sets the admin password itself): the dump straight into a new database
+    host_b.run("cd /root && tar -xf from-mlt8.tar mlflow.dump && systemctl stop mlflow-tracking && cd / && "
+               "runuser -u postgres -- dropdb --force mlflow && runuser -u postgres -- createdb -O mlflow mlflow && "
+               "runuser -u postgres -- pg_restore --no-owner --role=mlflow -d mlflow < /root/mlflow.dump && systemctl start mlflow-tracking")
     assert wait_for(lambda: as_admin(host_b) in ("200", "401") and as_admin(host_b), 180, "mlt18 after the restore") == "401"
 
     fixed = run("-H", "mlt18", "setup-tracking")

@@ -22,7 +22,7 @@ from tasks.model_tasks import checked_name
 from tasks.ops.files import ensure_directory
 from tasks.ops.health import gate_script, probe_command
 from tasks.templates import render
-from tasks.tracking import BACKUP_SCRIPT, BACKUP_TIMER, BACKUP_UNIT, RESTORE_SCRIPT, TrackingTarget
+from tasks.tracking import BACKUP_DIR, BACKUP_SCRIPT, BACKUP_TIMER, BACKUP_UNIT, INSTALLED_ENV, RESTORE_SCRIPT, TrackingTarget
 from tests.unit.test_inventory import WIDEST_GOOD_VALUES
 
 PAYLOADS = [
@@ -84,12 +84,13 @@ def test_hostile_model_names_are_refused_on_the_command_line(payload):
     assert checked_name("wine_v-2") == "wine_v-2"
 
 
-# Every command outside bash itself is recorded, not run; mktemp hands out the sandbox, curl answers 200.
+# Every command outside bash itself is recorded, not run; mktemp hands out the sandbox, curl answers 200, nothing is a mount point.
 PRELUDE = r"""PATH=/nonexistent
 cd() { :; }
 command_not_found_handle() {
-  printf '%s\x1f' "$@" >> "$SANDBOX/argv"; printf '\x1e' >> "$SANDBOX/argv"
-  case "$1" in mktemp) printf '%s\n' "$SANDBOX/work" ;; curl) printf 200 ;; esac
+  # one write per command: the commands of a pipeline run at once
+  local record; record=$(printf '%s\x1f' "$@"); printf '%s\x1e' "$record" >> "$SANDBOX/argv"
+  case "$1" in mktemp) printf '%s\n' "$SANDBOX/work" ;; curl) printf 200 ;; mountpoint) return 1 ;; esac
   return 0
 }
 curl() { command_not_found_handle curl "$@"; }
@@ -103,16 +104,19 @@ class Run:
     pwned: bool  # a payload's command ran: it wrote $PWNED, or touch was called
 
 
-def run_recorded(script: str, sandbox: Path, *args: str) -> Run:
-    """Check the script's syntax with bash -n, then run it with every external command recorded."""
+def run_recorded(script: str, sandbox: Path, *args: str, answers: str = "") -> Run:
+    """Check the script's syntax with bash -n, then run it with every external command recorded.
+
+    answers: bash functions defined after the prelude, e.g. a command that fails or prints something.
+    """
     (sandbox / "work").mkdir(parents=True, exist_ok=True)
-    (sandbox / "prelude.sh").write_text(PRELUDE)
+    (sandbox / "prelude.sh").write_text(PRELUDE + answers)
     (sandbox / "script.sh").write_text(script)
     syntax = subprocess.run(["/bin/bash", "-n", sandbox / "script.sh"], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr
     env = {"BASH_ENV": str(sandbox / "prelude.sh"), "SANDBOX": str(sandbox), "PWNED": str(sandbox / "pwned")}
     # bytes, decoded by hand: text mode would turn a payload's \r into \n
-    ran = subprocess.run(["/bin/bash", sandbox / "script.sh", *args], cwd=sandbox, env=env, capture_output=True, timeout=60)
+    ran = subprocess.run(["/bin/bash", sandbox / "script.sh", *args], cwd=sandbox, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     result = subprocess.CompletedProcess(ran.args, ran.returncode, ran.stdout.decode(), ran.stderr.decode())
     record = (sandbox / "argv").read_bytes().decode() if (sandbox / "argv").exists() else ""
     commands = [command.split("\x1f")[:-1] for command in record.split("\x1e")[:-1]]
@@ -127,7 +131,7 @@ def tracking_target(address: str = "10.0.0.5", **settings) -> TrackingTarget:
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_backup_script_gives_the_artifact_root_as_one_word(tmp_path, payload):
     artifacts = f"/srv/{payload}"
-    script = tracking_target(artifacts=artifacts).backup_files()[BACKUP_SCRIPT][0]
+    script = tracking_target(artifacts=artifacts).backup_files()[BACKUP_SCRIPT][0].replace(BACKUP_DIR, str(tmp_path))
     run = run_recorded(script, tmp_path)
     assert run.result.returncode == 0, run.result.stderr
     assert ["tar", "-C", artifacts, "-czf", f"{tmp_path}/work/artifacts.tar.gz", "."] in run.commands
@@ -135,20 +139,27 @@ def test_backup_script_gives_the_artifact_root_as_one_word(tmp_path, payload):
     assert not run.pwned
 
 
+def recordable_restore_script(target: TrackingTarget, sandbox: Path) -> str:
+    """mlflow-restore with its safety backup and the server env's python going through the recorder too; its lock in the sandbox."""
+    script = target.backup_files()[RESTORE_SCRIPT][0]
+    return (script.replace(BACKUP_SCRIPT, Path(BACKUP_SCRIPT).name).replace(INSTALLED_ENV, "/opt/mlflow/envs/tracking-0")
+            .replace('"$env/bin/python"', "python").replace(BACKUP_DIR, str(sandbox)))
+
+
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_restore_script_gives_the_artifact_root_as_one_word(tmp_path, payload):
     artifacts = f"/srv/{payload}"
-    script = tracking_target(artifacts=artifacts).backup_files()[RESTORE_SCRIPT][0]
-    # its safety backup goes through the recorder too, like every other command
-    script = script.replace(BACKUP_SCRIPT, Path(BACKUP_SCRIPT).name)
+    script = recordable_restore_script(tracking_target(artifacts=artifacts), tmp_path)
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "mlflow.dump").write_text("")
     (tmp_path / "backup.tar").write_text("")
     run = run_recorded(script, tmp_path, str(tmp_path / "backup.tar"))
     assert run.result.returncode == 0, run.result.stdout + run.result.stderr
     assert ["rm", "-rf", f"{artifacts}.restoring"] in run.commands
-    assert ["mv", artifacts, f"{artifacts}.replaced"] in run.commands
-    assert ["mv", f"{artifacts}.restoring", artifacts] in run.commands
+    assert ["mountpoint", "-q", artifacts] in run.commands
+    assert ["mv", "-T", artifacts, f"{artifacts}.replaced"] in run.commands
+    assert ["mv", "-T", f"{artifacts}.restoring", artifacts] in run.commands
+    assert ["rm", "-rf", f"{artifacts}.replaced"] in run.commands
     assert not run.pwned
 
 
