@@ -10,16 +10,15 @@ repeated on each balancer, then the password pasted into a chat message.
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
-import tempfile
+import shlex
 from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
 
 from tasks import cli
+from tasks.credentials import chosen_action, commit, write_pending
 from tasks.fleet import finish, run_on_hosts
 from tasks.lb import USERS
 from tasks.ops.remote import Remote
@@ -27,22 +26,22 @@ from tasks.ops.steps import Step
 from tasks.report import HostReport, console, show_step
 
 DEFAULT_CREDENTIALS = "~/.mlflow/model-users/{name}.curl"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
 def users_script(action: str, name: str) -> str:
     """Rewrite the users file without NAME, plus NAME's new hash unless removing; the password comes on stdin."""
+    user = shlex.quote(name)
     must = {
         "add": f'[ -z "$line" ] || {{ echo "user {name} exists already on this balancer: nothing was changed (--reset-password {name} gives a new password)"; exit 1; }}',
         "reset-password": f'[ -n "$line" ] || {{ echo "no user {name} on this balancer: nothing was changed (--add {name} makes one)"; exit 1; }}',
     }
     must["remove"] = must["reset-password"]
-    add_hash = "" if action == "remove" else f'hash=$(openssl passwd -6 -stdin)\nprintf "%s:%s\\n" {name} "$hash" >> "$new"'
+    add_hash = "" if action == "remove" else f'hash=$(openssl passwd -6 -stdin)\nprintf "%s:%s\\n" {user} "$hash" >> "$new"'
     return f"""[ -f {USERS} ] || {{ echo "this balancer has no users file: run fab setup-lb with [lb] auth = true first"; exit 2; }}
-line=$(awk -F: -v user={name} '$1 == user' {USERS})
+line=$(awk -F: -v user={user} '$1 == user' {USERS})
 {must[action]}
 new=$(mktemp {USERS}.XXXXXX); trap 'rm -f "$new"' EXIT
-awk -F: -v user={name} '$1 != user' {USERS} > "$new"
+awk -F: -v user={user} '$1 != user' {USERS} > "$new"
 {add_hash}
 chown root:www-data "$new" && chmod 640 "$new" && mv "$new" {USERS}"""
 
@@ -53,25 +52,6 @@ def change_on(remote: Remote, report: HostReport, action: str, name: str, passwo
     step = Step.change("model user", done, "") if result.exited == 0 else Step.failure("model user", result.stdout.strip()[-600:])
     report.steps.append(step)
     show_step(report, step)
-
-
-def write_pending(path: Path, name: str, password: str) -> Path:
-    """The new credentials beside PATH, 0600 from creation, before any host gets the password."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, pending = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    with os.fdopen(descriptor, "w") as file:
-        file.write(f'user = "{name}:{password}"\n')
-    return Path(pending)
-
-
-def chosen_action(add: str, reset_password: str, remove: str) -> tuple[str, str]:
-    given = [(action, name) for action, name in (("add", add), ("reset-password", reset_password), ("remove", remove)) if name]
-    if len(given) != 1:
-        raise Exit("error: give exactly one of --add NAME, --reset-password NAME, --remove NAME", code=2)
-    action, name = given[0]
-    if not NAME_PATTERN.fullmatch(name):
-        raise Exit(f"error: user name {name!r}: use letters, digits and _ . @ - only", code=2)
-    return action, name
 
 
 @task(help={
@@ -91,12 +71,12 @@ def model_user(c, add="", reset_password="", remove="", credentials=""):
         raise Exit(f"error: {path} exists already: pass --credentials PATH, or --reset-password {name}", code=2)
     hosts = cli.hosts_for(c, role="lb")
     password = secrets.token_urlsafe(24) if action != "remove" else ""
-    pending = write_pending(path, name, password) if password else None
+    pending = write_pending(path, f'user = "{name}:{password}"\n') if password else None
     reports = run_on_hosts(c.config, hosts, lambda remote, report: change_on(remote, report, action, name, password))
     accepted = [report.host for report in reports if not report.failed]
     refused = [report.host for report in reports if report.failed]
     if pending and accepted:
-        os.replace(pending, path)
+        commit(pending, path)
         console.print(f"credentials of {name} written to {path} (mode 0600): curl -K {path} https://LB:PORT/invocations ...")
         if refused:
             console.print(f"[red]{', '.join(refused)} did not take the new password: fix them, then "

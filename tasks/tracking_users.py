@@ -8,7 +8,6 @@ shell history), then a new user's password pasted into a chat message.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import shlex
 from pathlib import Path
@@ -16,8 +15,8 @@ from pathlib import Path
 from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import cli
-from tasks.credentials import commit, owner, write_pending
+from tasks import cli, credentials
+from tasks.credentials import commit, mlflow_credentials, owner, write_pending
 from tasks.fleet import finish, run_on_hosts
 from tasks.frontdoor import ADMIN, ADMIN_CURL
 from tasks.ops.remote import HostError, Remote
@@ -128,12 +127,7 @@ def record(report: HostReport, step: Step) -> None:
 
 def chosen_action(add: str, reset_password: str, remove: str, admin: bool) -> tuple[str, str]:
     """(action, name) from the flags; bad input exits with 2 before any host is touched."""
-    given = [(action, name) for action, name in (("add", add), ("reset-password", reset_password), ("remove", remove)) if name]
-    if len(given) != 1:
-        raise Exit("error: give exactly one of --add NAME, --reset-password NAME, --remove NAME", code=2)
-    action, name = given[0]
-    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
-        raise Exit(f"error: user name {name!r}: use letters, digits and _ . @ - only", code=2)
+    action, name = credentials.chosen_action(add, reset_password, remove)
     if admin and action != "add":
         raise Exit("error: --admin goes with --add only", code=2)
     if name == ADMIN and action != "add":
@@ -194,7 +188,7 @@ def tracking_user(c, add="", reset_password="", remove="", admin=False, credenti
     check_credentials_file(path, name, action)
     password = secrets.token_urlsafe(24)
     try:
-        pending = write_pending(path, name, password)
+        pending = write_pending(path, mlflow_credentials(name, password))
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
         raise Exit(f"error: --credentials {credentials}: cannot write there ({error.strerror or error}{where}): nothing was changed", code=2) from None

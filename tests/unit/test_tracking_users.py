@@ -61,7 +61,7 @@ def test_only_a_reset_of_the_same_user_replaces_a_credentials_file(tmp_path):
 
 def test_the_new_password_is_on_disk_0600_before_any_host_gets_it(tmp_path):
     path = tmp_path / "sub" / "credentials"
-    pending = credentials.write_pending(path, "alice", "s3cret")
+    pending = credentials.write_pending(path, credentials.mlflow_credentials("alice", "s3cret"))
     assert pending.parent == path.parent and not path.exists()
     assert oct(pending.stat().st_mode & 0o777) == "0o600"
     assert credentials.owner(pending) == "alice" and "s3cret" in pending.read_text()
@@ -75,7 +75,7 @@ def test_the_new_password_is_on_disk_0600_before_any_host_gets_it(tmp_path):
 ])
 def test_the_new_password_is_kept_when_any_host_may_have_taken_it(tmp_path, outcomes, kept, capsys):
     path = credentials_file(tmp_path / "credentials", "alice")
-    pending = credentials.write_pending(path, "alice", "new")
+    pending = credentials.write_pending(path, credentials.mlflow_credentials("alice", "new"))
     settle(pending, path, "alice", outcomes, ["a", "b"])
     assert not pending.exists()
     assert ("new" in path.read_text()) == kept and ("old" in path.read_text()) != kept
