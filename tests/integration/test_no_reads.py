@@ -24,7 +24,9 @@ WATCHED = ("/tmp", "/var/tmp", "/home", "/etc", "/opt", "/var/backups", "/var/li
 LOG = f"/home/{WATCHER}/reads"
 SENTINEL = "/run/read-everything-done"
 # Where only root (and a service) may read: uploads, downloads and work files, backups, keys, secrets, releases.
-PRIVATE_PLACES = re.compile(r"^(/tmp/|/var/tmp/|/home/|/var/backups/|/etc/ssl/private/|/etc/mlflow/|/opt/mlflow/models/[^/]+/releases/)")
+# In /tmp, the files our tasks make (mlflow-fab-*, mktemp's tmp.*): a Debian package's maintainer script leaves its own
+# there while apt runs (postgresql-common.XXXXXX, a config template), which is not ours to judge.
+PRIVATE_PLACES = re.compile(r"^(/tmp/(mlflow-fab-|tmp\.)|/var/tmp/|/home/|/var/backups/|/etc/ssl/private/|/etc/mlflow/|/opt/mlflow/models/[^/]+/releases/)")
 
 
 def start_watcher(host) -> str:
