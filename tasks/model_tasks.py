@@ -138,3 +138,37 @@ def setup_lb(c, check=False):
     hosts = cli.hosts_for(c, role="lb")
     inventory = cli.inventory(c)
     finish(run_on_hosts(c.config, hosts, lambda remote, report: converge_lb(remote, report, inventory), check=check))
+
+
+@task(help={
+    "name": "the model's service name (default: model)",
+    "input": "a request file (JSON; .csv is sent as text/csv), or - for stdin; default: the serving release's own sample",
+    "each": "ask every model host itself (over SSH, on 127.0.0.1) instead of the balancer",
+    "user": "with sign-in on the balancer: whose ~/.mlflow/model-users/NAME.curl to use (default: the only one)",
+})
+def predict(c, name="model", input="", each=False, user=""):
+    """Send one request to a deployed model; print the predictions and the host and release that answered."""
+    import sys
+
+    from tasks.fleet import guarded
+    from tasks.predict import PredictError, credentials_of, on_host, read_request, show_answers, via_balancer
+    from tasks.report import HostReport
+
+    name = checked_name(name)
+    inventory = cli.inventory(c)
+    hosts = cli.hosts_for(c, role="models")
+    balancers = [] if each else inventory.with_role("lb")
+    try:
+        request = read_request(input, sys.stdin)
+        auth = credentials_of(user) if balancers and inventory.lb.auth else None
+    except PredictError as error:
+        raise Exit(f"error: {error}; nothing was sent", code=2) from None
+    if balancers:
+        report = HostReport(balancers[0].name)
+        guarded(report, lambda: report.details.update(answer=via_balancer(c.config, balancers[0], inventory, name, request, auth)))
+        reports = [report]
+    else:
+        targets = hosts if each else hosts[:1]
+        reports = run_on_hosts(c.config, targets, lambda remote, report: report.details.update(answer=on_host(remote, name, request)))
+    show_answers(reports, name)
+    finish(reports)

@@ -6,8 +6,12 @@ from a local MLflow store (sqlite) on this machine: no tracking host is needed. 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -19,6 +23,9 @@ from tests.integration.test_rolling import ROW
 from tests.wine import log_wine_model
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTED_BLOCK = "<!-- tested: tests/integration/test_model_endpoints.py runs this block as it is -->"
 
 PORT = 5001
 FIREWALL_UNIT = "mlflow-fab-firewall.service"
@@ -102,6 +109,65 @@ def test_predictions_need_tls_and_a_user(endpoints):
     users = e.roots["mlt21"].file("/etc/nginx/mlflow-models.users")
     assert (users.user, users.group, users.mode) == ("root", "www-data", 0o640)
     assert users.content_string.startswith("alice:$6$") and credentials(e)[1] not in users.content_string
+
+
+def readme_block(language: str) -> str:
+    [block] = re.findall(re.escape(TESTED_BLOCK) + f"\n```{language}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return block
+
+
+def json_values(text: str) -> list:
+    """Every JSON value in text, also when curl printed them one after another on one line."""
+    decoder, values, index = json.JSONDecoder(), [], 0
+    while index < len(text.rstrip()):
+        value, index = decoder.raw_decode(text, index)
+        values.append(value)
+        while index < len(text) and text[index].isspace():
+            index += 1
+    return values
+
+
+def test_the_readme_client_examples_work_as_written(endpoints):
+    e = endpoints
+    certificate = e.home / ".mlflow" / "certs" / f"{e.hosts['mlt21'].address}_{PORT}.pem"
+    env = {**os.environ, "URL": url(e), "CERT": str(certificate), "USER_FILE": str(credentials_file(e))}
+    shell = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", readme_block("sh")], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert shell.returncode == 0, shell.stdout + shell.stderr
+    answers = json_values(shell.stdout)
+    assert len(answers) == 5 and all(len(answer["predictions"]) == 1 for answer in answers), shell.stdout
+    python = subprocess.run([sys.executable, "-c", readme_block("python")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert python.returncode == 0, python.stderr[-3000:]
+    assert len(json.loads(python.stdout)) == 3
+
+
+def test_a_guide_era_request_gets_the_errors_the_readme_names(endpoints):
+    e = endpoints
+    old = {"columns": ROW["dataframe_split"]["columns"], "data": ROW["dataframe_split"]["data"]}
+    certificate = e.home / ".mlflow" / "certs" / f"{e.hosts['mlt21'].address}_{PORT}.pem"
+    send = lambda content_type: requests.post(url(e), data=json.dumps(old), headers={"Content-Type": content_type},
+                                              auth=credentials(e), verify=str(certificate), timeout=30)
+    with_format = send("application/json; format=pandas-split")
+    assert with_format.status_code == 415 and "Unrecognized content type parameters: format" in with_format.text
+    bare = send("application/json")
+    assert bare.status_code == 400 and "exactly one of the input fields" in bare.text
+
+
+def test_fab_predict_names_the_host_and_the_release(endpoints, tmp_path):
+    e = endpoints
+    release = e.roots["mlt22"].run("basename $(readlink /opt/mlflow/models/model/current)").stdout.strip()
+    through = e.run("predict")
+    assert through.returncode == 0, through.stdout[-3000:]
+    assert f"HTTP 200 from release {release} on mlt22" in through.stdout and '"predictions"' in through.stdout
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(ROW))
+    each = e.run("predict", "--each", "--input", str(rows))
+    assert each.returncode == 0 and f"HTTP 200 from release {release} on mlt22" in each.stdout, each.stdout[-3000:]
+    rows.write_text("fixed acidity: 7")
+    bad = e.run("predict", "--input", str(rows))
+    assert bad.returncode == 2 and "not JSON" in bad.stdout + bad.stderr
+    nobody = e.run("predict", "--user", "bob")
+    assert nobody.returncode == 2 and "bob" in nobody.stdout + nobody.stderr
 
 
 def test_the_model_port_answers_only_the_balancer(endpoints):
