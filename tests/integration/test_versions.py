@@ -67,7 +67,7 @@ def test_the_secure_default_runs_on_the_oldest_version(hosts):
     tracking, _, _, run, home = hosts
     result = run(OLDEST_MLFLOW, "setup-tracking")
     assert result.returncode == 0, result.stdout[-4000:]
-    assert tracking.run("curl -s http://127.0.0.1:5050/version").stdout.strip() == OLDEST_MLFLOW
+    assert tracking.run("curl -s -K /etc/mlflow/admin.curl http://127.0.0.1:5050/version").stdout.strip() == OLDEST_MLFLOW
     added = run(OLDEST_MLFLOW, "tracking-user", "--add", "alice")
     assert added.returncode == 0, added.stdout[-2000:]
     user, password = credentials(home)
@@ -125,7 +125,7 @@ def test_an_upgrade_from_the_oldest_version_keeps_users_and_runs(hosts, monkeypa
 
     upgraded = run(DEFAULT, "upgrade-tracking")
     assert upgraded.returncode == 0, upgraded.stdout[-4000:]
-    assert tracking.run("curl -s http://127.0.0.1:5050/version").stdout.strip() == DEFAULT
+    assert tracking.run("curl -s -K /etc/mlflow/admin.curl http://127.0.0.1:5050/version").stdout.strip() == DEFAULT
     assert client.get_run(run_id).data.metrics == {"accuracy": 0.93}
     assert signed_in(tracking, home, user, "wrong") == 401
     again = run(DEFAULT, "setup-tracking")
