@@ -86,7 +86,7 @@ def test_a_setup_killed_after_it_wrote_tracking_env_is_repaired_by_the_next_run(
     tracking.run("rm /etc/mlflow/tracking.env")
     # a transaction holding role mlflow's row: the run's ALTER ROLE waits behind it
     blocker = "BEGIN; ALTER ROLE mlflow CONNECTION LIMIT -1; SELECT pg_sleep(900)"
-    tracking.run(f"cd / && nohup setsid runuser -u postgres -- psql -c {shlex.quote(blocker)} >/dev/null 2>&1 </dev/null &")
+    tracking.run(f"cd /; nohup setsid runuser -u postgres -- psql -c {shlex.quote(blocker)} >/dev/null 2>&1 </dev/null &")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
            "FABRIC_INVENTORY": str(inventory(OLDEST_MLFLOW)), "HOME": str(home), "COLUMNS": "200"}
     interrupted = subprocess.Popen([str(FAB), "setup-tracking"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
