@@ -33,19 +33,24 @@ def guarded(report: HostReport, work: Callable[[], None]) -> bool:
     """Run one host's work; a failure is reported on that host, never raised. False when it failed."""
     try:
         work()
-        return True
-    except HostError as error:
-        report.error, report.unreachable = str(error), error.unreachable
-    except Exception as error:  # an unexpected bug on one host must not hide the others' results
-        report.error = f"unexpected error: {type(error).__name__}: {error}"
+        return not report.timed_out
+    except Exception as error:
+        if report.timed_out:  # reported at its deadline: this is its abandoned work ending
+            return False
+        if isinstance(error, HostError):
+            report.error, report.unreachable = str(error), error.unreachable
+        else:  # an unexpected bug on one host must not hide the others' results
+            report.error = f"unexpected error: {type(error).__name__}: {error}"
     show_error(report)
     return False
 
 
-def timed_out(report: HostReport, seconds: float) -> None:
+def timed_out(report: HostReport, remote: Remote, seconds: float) -> None:
+    """The host's deadline passed: report it, and close its connection so its work sends no further command."""
     report.error = f"no answer within {seconds:.0f} s: the host stopped responding"
-    report.unreachable = True
+    report.unreachable = report.timed_out = True
     show_error(report)
+    remote.abandon()
 
 
 def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, timeout: float = HOST_TIMEOUT) -> list[HostReport]:
@@ -60,7 +65,7 @@ def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, t
             report.remote_commands = remote.commands_run
             remote.close()
 
-    in_parallel(jobs, run, timeout, lambda job: timed_out(job[1], timeout))
+    in_parallel(jobs, run, timeout, lambda job: timed_out(job[1], job[0], timeout))
     return [report for _, report in jobs]
 
 

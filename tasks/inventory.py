@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.oncalendar import check_calendar
 from tasks.requirements import RequirementError, check_packages
-from tasks.values import (check_address, check_allowed_host, check_host_name, check_model_name, check_port,
+from tasks.values import (check_address, check_allowed_host, check_host_name, check_mlflow_version, check_model_name, check_port,
                           check_printable, check_remote_path, check_user_name, check_version)
 
 KNOWN_ROLES = ("tracking", "models", "lb")
@@ -188,7 +188,7 @@ VALUE_CHECKS = {
     "backend_port": check_port,
     "artifacts": check_remote_path,
     "allowed_hosts": check_allowed_host,
-    "mlflow_version": check_version,
+    "mlflow_version": check_mlflow_version,
     "psycopg2_version": check_version,
     "backup_schedule": _check_schedule,
 }

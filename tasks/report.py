@@ -24,6 +24,7 @@ class HostReport:
     steps: list[Step] = field(default_factory=list)
     error: str = ""
     unreachable: bool = False
+    timed_out: bool = False  # its deadline passed: reported once, whatever its abandoned work raises later
     notes: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
     remote_commands: int = 0

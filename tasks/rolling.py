@@ -17,13 +17,14 @@ from rich.table import Table
 
 from tasks.inventory import Host, Inventory
 from tasks.models import HostDeploy
-from tasks.ops.lock import Lock
+from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
 from tasks import fleet
 from tasks.fleet import in_parallel
 from tasks.report import HostReport, console, show_note
 
 PREFLIGHT_TIMEOUT = 1800
+UNLOCK_TIMEOUT = 120
 SWITCH_MARGIN = 60
 
 
@@ -76,8 +77,33 @@ def guarded(deploy: HostDeploy, phase: Callable[[], None]) -> None:
 
 
 def timed_out(deploy: HostDeploy, seconds: float) -> None:
-    fleet.timed_out(deploy.report, seconds)
+    fleet.timed_out(deploy.report, deploy.remote, seconds)
     deploy.outcome = "unreachable"
+
+
+def release_abandoned_locks(config: Config, deploys: list[HostDeploy]) -> None:
+    """A host that timed out or lost its connection may still hold this deploy's lock: release it over a new connection,
+    or say which lock stays and how to remove it. Only a lock with this deploy's id is ever removed."""
+    released: set[str] = set()
+
+    def release(deploy: HostDeploy) -> None:
+        remote = Remote(deploy.remote.host, config.clone())
+        try:
+            remote.run_script(release_script(deploy.model.name, deploy.lock), step="unlock")
+            released.add(deploy.name)
+        except HostError:
+            pass
+        finally:
+            remote.close()
+
+    in_parallel(deploys, release, UNLOCK_TIMEOUT, lambda deploy: None)
+    for deploy in deploys:
+        path = lock_path(deploy.model.name)
+        if deploy.name in released:
+            show_note(deploy.report, f"this deploy's lock {path} released over a new connection")
+        else:
+            deploy.report.error += (f"; this deploy's lock {path} may still be held there (id {deploy.lock.id}): when "
+                                    f"{deploy.name} answers again, rerun with --break-lock, or run `rm -f {path}` on it")
 
 
 class Balancer:
@@ -153,7 +179,8 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
                 deploy.outcome = "untouched"
     finally:
         reachable = [d for d in deploys if d.outcome != "unreachable" and d.locked]
-        in_parallel(reachable, lambda d: guarded(d, d.finish), 120, lambda d: timed_out(d, 120))
+        in_parallel(reachable, lambda d: guarded(d, d.finish), UNLOCK_TIMEOUT, lambda d: timed_out(d, UNLOCK_TIMEOUT))
+        release_abandoned_locks(config, [d for d in deploys if d.outcome == "unreachable" and (d.locked or d.report.timed_out)])
         if balancer:
             balancer.close()
         for deploy in deploys:

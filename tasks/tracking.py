@@ -125,6 +125,8 @@ class TrackingTarget:
             *[f.path_stat(path) for path, *_ in self.directories()],
             f.path_stat(ENV_FILE),
             f.Fact("env_keys", f"sed -n 's/=.*//p' {ENV_FILE}"),
+            f.Fact("role_login", ROLE_LOGIN),
+            f.Fact("secrets_after_start", SECRETS_AFTER_START),
             *frontdoor.facts(),
             *signin_guard.facts(),
             f.Fact("env_marker", f"cat {self.env_path}/.complete"),
@@ -195,6 +197,12 @@ class TrackingTarget:
 
 
 SECRET_KEYS = ["MLFLOW_DB_PASSWORD", "MLFLOW_BACKEND_STORE_URI"]
+# Prints 1 when role mlflow signs in with the secrets file's password, as the server does (the password stays in the environment).
+ROLE_LOGIN = (f"password=$(sed -n 's/^MLFLOW_DB_PASSWORD=//p' {ENV_FILE}) && [ -n \"$password\" ] && "
+              "PGPASSWORD=\"$password\" psql -h 127.0.0.1 -U mlflow -d postgres -w -tAX -c 'select 1' 2>/dev/null")
+# Prints yes when the running server was started before the secrets file was last written: it still has the old secrets.
+SECRETS_AFTER_START = (f"started=$(systemctl show -p ExecMainStartTimestamp --value {UNIT}) && [ -n \"$started\" ] && "
+                       f"[ \"$(stat -c %Y {ENV_FILE})\" -gt \"$(date -d \"$started\" +%s)\" ] && echo yes")
 AUTH_SECRET_KEYS = ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"]
 
 
@@ -265,14 +273,19 @@ fi"""
 def admin_password_steps(target: TrackingTarget, probe: str, new_secret: bool) -> list[Step]:
     """The admin password in the auth tables must be the secrets file's (admin.curl, which the API probe uses).
 
-    A new secrets file, a restore from another host, or an earlier run cut off before this step leave them different.
+    A new secrets file, a restore from another host, or an earlier run cut off before this step leave them different:
+    whenever the API does not answer the admin credential with 200, the stored password is set again.
     """
     reset = reset_admin_password_script(target.env_path)
     if new_secret:
         return [Step.change("auth admin password", "follow the new secrets file", reset)]
     api = target.health_checks[-1].label
-    if dict(line.rsplit(" ", 1) for line in probe.splitlines() if " " in line).get(api) == "401":
+    code = dict(line.rsplit(" ", 1) for line in probe.splitlines() if " " in line).get(api, "")
+    if code == "401":
         return [Step.change("auth admin password", "the server refuses the admin credential (401): set it from the secrets file", reset)]
+    if code != "200":
+        return [Step.change("auth admin password", f"the API did not answer the admin credential ({code or 'no answer'}): "
+                                                   "set it from the secrets file", reset)]
     return []
 
 
@@ -303,10 +316,11 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     secrets = secrets_step(target, facts)
     steps.append(secrets)
     new_secret = not facts.get(f"stat:{ENV_FILE}")
-    if "role" in database and not new_secret:
-        steps.append(Step.ok("database role mlflow", "exists, password unchanged"))
+    if "role" in database and facts.get("role_login") == "1":
+        role = Step.ok("database role mlflow", "exists, signs in with the secrets file's password")
     else:
-        steps.append(Step.change("database role mlflow", "create and set its password from the secrets file", set_role_password_script()))
+        role = Step.change("database role mlflow", "create and set its password from the secrets file", set_role_password_script())
+    steps.append(role)
     if "database" in database:
         steps.append(Step.ok(f"database {DATABASE}", "exists"))
     else:
@@ -329,9 +343,11 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     steps.append(ensure_enabled(UNIT, service))
     if not s.tls:
         steps.append(frontdoor.remove_nginx_step(facts))
-    inputs = {"unit": unit_step, "secrets": secrets, "python env": env_step}
+    inputs = {"unit": unit_step, "secrets": secrets, "database role": role, "python env": env_step}
     inputs.update({"auth config": step for step in door_steps if step.name == f"file {frontdoor.AUTH_CONFIG}"})
     changed_inputs = [name for name, step in inputs.items() if step.changed]
+    if facts.get("secrets_after_start") == "yes" and "secrets" not in changed_inputs:
+        changed_inputs.append("secrets (since the server started)")
     restart = ensure_running(UNIT, service, changed_inputs)
     steps.append(restart)
     if s.tls:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from fabric import task
+from invoke.exceptions import Exit
 
 from tasks import cli
 from tasks.backups import backup_path, download_backup, download_directory
@@ -23,6 +24,7 @@ from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
 from tasks.tracking import BACKUP_SCRIPT, DATABASE, ENV_FILE, RESTORE_SCRIPT, UNIT, UNIT_PATH, TrackingTarget, installed_mlflow_version, running_env_path
 from tasks.tracking_schema import MIGRATE, SCHEMA
+from tasks.values import check_mlflow_version
 
 # A copy of the database made with the server stopped: what a rollback puts back once the schema changed.
 COPY = f"{DATABASE}_before_upgrade"
@@ -157,6 +159,11 @@ def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: 
             "check": "show the plan and change nothing"})
 def upgrade_tracking(c, mlflow_version="", download="", check=False):
     """Upgrade MLflow on the tracking hosts: backup, new env beside the old, db migration, health gate, rollback on failure."""
+    if mlflow_version:
+        try:
+            check_mlflow_version(mlflow_version)
+        except ValueError as error:
+            raise Exit(f"error: --mlflow-version {error} (got {mlflow_version!r})", code=2) from None
     hosts = cli.hosts_for(c, role="tracking")
     directory = download_directory(download) if download and not check else ""
     finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))

@@ -13,6 +13,9 @@ import unicodedata
 
 from packaging.version import InvalidVersion, Version
 
+# The first MLflow that reads the admin password from MLFLOW_AUTH_ADMIN_PASSWORD: older ones read it only from
+# basic_auth.ini (KeyError 'admin_password' without it), where this suite keeps no secret.
+OLDEST_MLFLOW = "3.16.1"
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -100,3 +103,10 @@ def check_version(text: str) -> None:
         raise ValueError('must be a version, like "3.17.2"') from None
     if text != text.strip():
         raise ValueError('must be a version without spaces, like "3.17.2"')
+
+
+def check_mlflow_version(text: str) -> None:
+    check_version(text)
+    if Version(text) < Version(OLDEST_MLFLOW):
+        raise ValueError(f'must be {OLDEST_MLFLOW} or newer: older MLflow reads the admin password only from basic_auth.ini, '
+                         f'and the tracking server would crash-loop with sign-in on (the oldest that works is "{OLDEST_MLFLOW}")')

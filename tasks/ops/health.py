@@ -6,6 +6,8 @@ import shlex
 from dataclasses import dataclass
 
 JOURNAL_LINES = 50
+# what a check prints instead of a status code when the file it needs is not on the host
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class HttpCheck:
     expect: str = ""
     # where to send it instead of http://127.0.0.1:PORT, e.g. the TLS front door
     base: str = ""
+    # a file on the host the request needs (a model's sample request): without it the check is skipped, not failed
+    needs_file: str = ""
 
     def curl(self, port: int, max_time: int = 5) -> str:
         """A command printing the status code, or `unexpected-body` when 200 lacks the expected text."""
@@ -27,9 +31,11 @@ class HttpCheck:
         url = shlex.quote(f"{self.base or f'http://127.0.0.1:{port}'}{self.path}")
         output = '"$body"' if self.expect else "/dev/null"
         command = f"curl -s -o {output} -w '%{{http_code}}' --max-time {max_time} {header}{self.curl_args} {url}"
-        if not self.expect:
-            return command
-        return f'c=$({command}); [ "$c" != 200 ] || grep -q {shlex.quote(self.expect)} "$body" || c=unexpected-body; echo "$c"'
+        if self.expect:
+            command = f'c=$({command}); [ "$c" != 200 ] || grep -q {shlex.quote(self.expect)} "$body" || c=unexpected-body; echo "$c"'
+        if self.needs_file:
+            command = f"if [ -e {shlex.quote(self.needs_file)} ]; then {command}; else echo {SKIPPED}; fi"
+        return command
 
     @property
     def label(self) -> str:
@@ -44,7 +50,7 @@ def probe_command(port: int, checks: list[HttpCheck]) -> str:
 
 def probe_healthy(text: str, checks: list[HttpCheck]) -> bool:
     codes = [line.rsplit(" ", 1)[-1] for line in text.splitlines() if line.strip()]
-    return len(codes) == len(checks) and all(code == "200" for code in codes)
+    return len(codes) == len(checks) and all(code in ("200", SKIPPED) for code in codes)
 
 
 def gate_script(unit: str, port: int, checks: list[HttpCheck], timeout: int, after_restart: bool) -> str:
@@ -55,7 +61,8 @@ def gate_script(unit: str, port: int, checks: list[HttpCheck], timeout: int, aft
             f"code=$({check.curl(port)} || true)\n"
             f'last={shlex.quote(check.label)}" answered $code"\n'
             f'if [ "$code" = 403 ]; then why="$last: the Host header is refused (see allowed_hosts)"; break; fi\n'
-            f'[ "$code" = 200 ] || ok=0'
+            f'case $code in 200) passed="$passed, "{shlex.quote(check.label + " answered 200")};; '
+            f'{SKIPPED}) passed="$passed, "{shlex.quote(f"{check.label} skipped (no {check.needs_file})")};; *) ok=0;; esac'
         )
     restarted = '|| [ "${restarts:-0}" -gt 0 ] ' if after_restart else ""
     return f"""deadline=$((SECONDS + {timeout}))
@@ -67,9 +74,9 @@ while :; do
   if [ "$state" = inactive ] || [ "$state" = failed ] {restarted}; then
     why="{unit} is $state after $restarts restart(s)"; break
   fi
-  ok=1
+  ok=1; passed=""
   {(chr(10) + "  ").join(polls)}
-  if [ $ok = 1 ]; then echo {shlex.quote(f"healthy: {', '.join(check.label for check in checks)} answered 200")}; exit 0; fi
+  if [ $ok = 1 ]; then echo "healthy: ${{passed#, }}"; exit 0; fi
   if [ $SECONDS -ge $deadline ]; then why="not healthy within {timeout} s ($last)"; break; fi
   sleep 1
 done

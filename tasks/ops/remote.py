@@ -82,6 +82,7 @@ class Remote:
         self.host = host
         self.connection = open_connection(host, config)
         self.commands_run = 0
+        self.abandoned = False
 
     @property
     def target(self) -> str:
@@ -89,6 +90,8 @@ class Remote:
         return f"{c.user}@{c.host}:{c.port}"
 
     def connect(self) -> None:
+        if self.abandoned:
+            raise HostError("deadline", f"gave up on {self.target} after its deadline: no further command is sent", unreachable=True)
         if self.connection.is_connected:
             return
         policy = check_host_keys(self.connection, self.host, self.target)
@@ -215,3 +218,8 @@ class Remote:
 
     def close(self) -> None:
         self.connection.close()
+
+    def abandon(self) -> None:
+        """Give up on this host after its deadline: the connection closes and the work still running here sends nothing more."""
+        self.abandoned = True
+        self.close()

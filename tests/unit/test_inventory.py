@@ -78,6 +78,8 @@ KIND_ERRORS = [
     ('[tracking]\nallowed_hosts = ["ok.example.com:99999"]', "[tracking] allowed_hosts must end in a port"),
     ('[tracking]\nallowed_hosts = ["$(id)"]', "[tracking] allowed_hosts must be HOST or HOST:PORT"),
     ('[tracking]\nmlflow_version = "3.17.2; rm -rf /"', '[tracking] mlflow_version must be a version'),
+    ('[tracking]\nmlflow_version = "3.10.1"', '[tracking] mlflow_version must be 3.16.1 or newer: older MLflow reads the admin password only'),
+    ('[hosts.a]\naddress = "10.0.0.1"\n[hosts.a.tracking]\nmlflow_version = "3.16.0"', '[hosts.a.tracking] mlflow_version must be 3.16.1 or newer'),
     ('[tracking]\npsycopg2_version = " 2.9.13"', "[tracking] psycopg2_version must be a version without spaces"),
     ('[tracking]\nbackup_schedule = "daily\\nExecStartPre=+/bin/sh"', "[tracking] backup_schedule must not contain control characters"),
     ('[tracking]\nbackup_schedule = "*-*-* 25:00"', "[tracking] backup_schedule must be an OnCalendar expression systemd accepts"),
@@ -215,6 +217,7 @@ def test_good_values_of_every_kind_are_accepted(tmp_path):
     assert inventory.tracking.backup_schedule == "Mon..Fri *-*-* 03:00:00 Europe/Berlin"
     assert inventory.hosts["prod-1_a.example"].model("wine-v2").port == 5002
     assert load_inventory(write(tmp_path, '[tracking]\nbackup_schedule = "daily"')).tracking.backup_schedule == "daily"
+    assert load_inventory(write(tmp_path, '[tracking]\nmlflow_version = "3.16.1"')).tracking.mlflow_version == "3.16.1"
 
 
 def test_ports_only_clash_between_what_runs_on_the_same_host(tmp_path):

@@ -1,5 +1,7 @@
 import base64
+import dataclasses
 import json
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,6 +10,7 @@ import pytest
 from tasks.inventory import Host, ModelSettings
 from tasks.model_source import ModelArtifact, ModelError, content_digest, model_uri
 from tasks.models import CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch, render_unit
+from tasks.ops.health import SKIPPED, gate_script, probe_healthy
 from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.releases import history_entry
 from tasks.templates import render
@@ -149,3 +152,33 @@ def test_tarball_holds_the_model_and_the_sample(artifact):
 
     names = tarfile.open(fileobj=io.BytesIO(Deployment("wine", artifact, sample='{"inputs": []}').tarball())).getnames()
     assert "model/MLmodel" in names and "sample.json" in names
+
+
+def run_gate(checks, tmp_path) -> tuple[str, list[str]]:
+    """The gate script with a fake curl (answers 200 with a prediction, records its arguments) and a running unit."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "curl").write_text('#!/bin/bash\necho "$*" >> "$CALLS"\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && echo \'{"predictions": [5]}\' > "$2"; shift; done\necho -n 200\n')
+    (bin_dir / "systemctl").write_text('#!/bin/bash\ncase "$*" in *ActiveState*) echo active;; *) echo 0;; esac\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.unlink(missing_ok=True)
+    script = gate_script("mlflow-model@wine", 5001, checks, 5, after_restart=True)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls)}
+    ran = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stdout
+    return ran.stdout, calls.read_text().splitlines()
+
+
+def test_a_release_without_a_sample_request_is_gated_on_ping_alone(tmp_path):
+    ping, invocations = model_host().health_checks
+    assert invocations.needs_file == "/opt/mlflow/models/wine/current/sample.json" and not ping.needs_file
+    sample = tmp_path / "sample.json"
+    checks = [ping, dataclasses.replace(invocations, needs_file=str(sample), curl_args=f"-X POST --data-binary @{sample}")]
+    output, calls = run_gate(checks, tmp_path)
+    assert f"/invocations skipped (no {sample})" in output and len(calls) == 1 and calls[0].endswith("/ping")
+    assert probe_healthy(f"/ping 200\n/invocations {SKIPPED}", checks)
+    sample.write_text('{"inputs": [[1]]}')
+    output, calls = run_gate(checks, tmp_path)
+    assert "/ping answered 200, /invocations answered 200" in output and f"--data-binary @{sample}" in calls[1]

@@ -29,6 +29,7 @@ def converged_facts(t: TrackingTarget):
         "packages": "\n".join(f"{name} ii " for name in t.packages),
         "postgresql": "active",
         "database": "role\ndatabase",
+        "role_login": "1",
         "user:mlflow": "998",
         f"stat:{ENV_FILE}": "root mlflow 640",
         "env_keys": "\n".join(tracking.SECRET_KEYS + tracking.AUTH_SECRET_KEYS),
@@ -104,23 +105,47 @@ def test_stopped_service_is_started_and_gated():
     t = target()
     facts = converged_facts(t) | {f"service:{UNIT}": "ActiveState=inactive\nUnitFileState=enabled\nMainPID=0"}
     facts["probe"] = "/health 000\n/api 000"
-    assert changed(plan(t, facts)) == [f"restart {UNIT}", "health gate"]
+    assert changed(plan(t, facts)) == ["auth admin password", f"restart {UNIT}", "health gate"]
 
 
 def test_unhealthy_but_running_server_is_gated_without_restart():
     t = target()
     facts = converged_facts(t) | {"probe": "/health 200\n/api 403"}
     steps = plan(t, facts)
-    assert changed(steps) == ["health gate"]
+    assert changed(steps) == ["auth admin password", "health gate"]
     assert "NRestarts" in steps[-1].script and '"${restarts:-0}" -gt 0' not in steps[-1].script
 
 
 def test_lost_secret_file_is_regenerated_and_the_role_password_reset():
     t = target()
-    facts = converged_facts(t)
+    facts = converged_facts(t) | {"role_login": ""}  # no secrets file: no password to sign in with
     del facts[f"stat:{ENV_FILE}"]
     names = changed(plan(t, facts))
     assert names == [f"secrets {ENV_FILE}", "database role mlflow", "auth admin password", f"restart {UNIT}", "health gate"]
+
+
+def test_a_role_whose_password_is_not_the_secrets_files_gets_it_and_the_server_restarts():
+    """An earlier run cut off after writing tracking.env left the role on the old password."""
+    t = target()
+    steps = plan(t, converged_facts(t) | {"role_login": ""})
+    assert changed(steps) == ["database role mlflow", f"restart {UNIT}", "health gate"]
+    assert next(step for step in steps if step.name == f"restart {UNIT}").summary == "because database role changed"
+
+
+def test_a_server_started_before_the_secrets_file_was_written_restarts():
+    t = target()
+    steps = plan(t, converged_facts(t) | {"secrets_after_start": "yes"})
+    assert changed(steps) == [f"restart {UNIT}", "health gate"]
+    assert next(step for step in steps if step.name == f"restart {UNIT}").summary == "because secrets (since the server started) changed"
+
+
+def test_a_server_that_does_not_answer_gets_the_admin_password_set_again():
+    """Whether the stored admin password is right can't be seen while the API doesn't answer: set it (it is idempotent)."""
+    t = target()
+    facts = converged_facts(t) | {f"service:{UNIT}": "ActiveState=activating\nUnitFileState=enabled\nMainPID=0"}
+    facts["probe"] = "\n".join(f"{check.label} {'000' if check.path == '/health' else '502'}" for check in t.health_checks)
+    reset = next(step for step in plan(t, facts) if step.name == "auth admin password")
+    assert reset.changed and "(502)" in reset.summary
 
 
 def test_a_refused_admin_credential_is_set_from_the_secrets_file_without_a_restart():
