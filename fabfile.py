@@ -4,7 +4,7 @@ from pathlib import Path
 
 from invoke import Collection
 
-from tasks import backups, logs, model_tasks, model_users, status, tracking, tracking_users, upgrade
+from tasks import backups, logs, model_tasks, model_users, project_tasks, status, tracking, tracking_users, upgrade
 
 ns = Collection()
 ns.add_task(tracking.setup_tracking)
@@ -16,6 +16,7 @@ ns.add_task(model_tasks.releases)
 ns.add_task(model_tasks.predict)
 ns.add_task(model_tasks.setup_lb)
 ns.add_task(model_users.model_user)
+ns.add_task(project_tasks.run_project)
 ns.add_task(logs.logs)
 ns.add_task(backups.backup_tracking)
 ns.add_task(backups.restore_tracking)

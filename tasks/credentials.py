@@ -30,14 +30,20 @@ def chosen_action(add: str, reset_password: str, remove: str) -> tuple[str, str]
     return action, name
 
 
-def owner(path: Path) -> str:
-    """The user name the credentials file holds; '' when it holds none or can't be read."""
+def read_credentials(path: Path) -> tuple[str, str]:
+    """(user, password) the MLflow credentials file holds; empty strings when it holds none or can't be read."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(path.read_text())
     except (OSError, UnicodeDecodeError, configparser.Error):
-        return ""
-    return parser.get(SECTION, "mlflow_tracking_username", fallback="").strip()
+        return "", ""
+    return (parser.get(SECTION, "mlflow_tracking_username", fallback="").strip(),
+            parser.get(SECTION, "mlflow_tracking_password", fallback="").strip())
+
+
+def owner(path: Path) -> str:
+    """The user name the credentials file holds; '' when it holds none or can't be read."""
+    return read_credentials(path)[0]
 
 
 def mlflow_credentials(name: str, password: str) -> str:

@@ -17,7 +17,7 @@ from tasks.requirements import RequirementError, check_packages
 from tasks.values import (check_address, check_allowed_host, check_host_name, check_mlflow_version, check_model_name, check_port,
                           check_printable, check_remote_path, check_user_name, check_version)
 
-KNOWN_ROLES = ("tracking", "models", "lb")
+KNOWN_ROLES = ("tracking", "models", "lb", "train")
 
 
 class InventoryError(Exception):
@@ -95,6 +95,15 @@ class LbSettings:
     firewall: bool = True
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How `fab run-project` builds a project's env on the train hosts."""
+
+    env_manager: str = "venv"
+    # the project's requirements come as binary wheels only; true lets pip build sdists (as the build user)
+    allow_source_builds: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class Host(ConnectionSettings):
     name: str
@@ -121,6 +130,7 @@ class Inventory:
     hosts: dict[str, Host]
     models: dict[str, ModelSettings] = field(default_factory=dict)
     lb: LbSettings = field(default_factory=LbSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
 
     def with_role(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if role in host.roles]
@@ -334,7 +344,7 @@ def load_inventory(path: str | Path) -> Inventory:
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: {error}") from None
 
-    sections = ("defaults", "tracking", "models", "lb", "hosts")
+    sections = ("defaults", "tracking", "models", "lb", "train", "hosts")
     for key, value in data.items():
         if key not in sections:
             raise InventoryError(f"{path}: unknown section [{key}] (known: {', '.join(sections)})")
@@ -346,6 +356,9 @@ def load_inventory(path: str | Path) -> Inventory:
     tracking = _tracking_settings(TrackingSettings(), data.get("tracking", {}), "tracking", path)
     models = _model_settings({"": ModelSettings()}, data.get("models", {}), "models", path)
     lb = _with_local_pem_files(LbSettings(**_check_table(data.get("lb", {}), LbSettings, "lb", path)), "lb", path)
+    train = TrainSettings(**_check_table(data.get("train", {}), TrainSettings, "train", path))
+    if train.env_manager not in ("venv", "conda"):
+        raise InventoryError(f'{path}: [train] env_manager must be "venv" or "conda", not {train.env_manager!r}')
 
     hosts = {}
     for name, table in data.get("hosts", {}).items():
@@ -370,7 +383,7 @@ def load_inventory(path: str | Path) -> Inventory:
         values["tracking"] = _tracking_settings(tracking, host_tracking, f"{where}.tracking", path)
         hosts[name] = Host(name=name, **values)
         _check_distinct_ports(hosts[name], path)
-    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models, lb=lb)
+    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models, lb=lb, train=train)
 
 
 def select_hosts(inventory: Inventory, targets: list[str], role: str | None, ssh_aliases=()) -> list[Host]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -12,6 +13,9 @@ from tasks.fleet import finish, run_on_hosts
 from tasks.ops.steps import Step
 from tasks.report import console
 from tasks.values import check_model_name
+
+# the transient units of `fab run-project` (tasks/training.py new_unit_name)
+RUN_UNIT = re.compile(r"mlflow-run-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
 
 
 class PrefixedLines(io.TextIOBase):
@@ -32,8 +36,12 @@ def unit_and_role(service: str) -> tuple[str, str]:
     if service == "tracking":
         return "mlflow-tracking", "tracking"
     kind, _, name = service.partition(":")
+    if kind == "run":
+        if not RUN_UNIT.fullmatch(name):
+            raise Exit(f"error: --service {service!r}: give the unit run-project printed, run:mlflow-run-...", code=2)
+        return name, "train"
     if kind != "model":
-        raise Exit(f"error: --service {service!r}: use tracking or model:NAME", code=2)
+        raise Exit(f"error: --service {service!r}: use tracking, model:NAME or run:UNIT", code=2)
     try:
         check_model_name(name)
     except ValueError as error:
@@ -41,7 +49,7 @@ def unit_and_role(service: str) -> tuple[str, str]:
     return f"mlflow-model@{name}", "models"
 
 
-@task(help={"service": "tracking (default) or model:NAME", "number": "lines per host (default 100)", "follow": "keep printing new lines until Ctrl-C"})
+@task(help={"service": "tracking (default), model:NAME or run:UNIT (a run-project run)", "number": "lines per host (default 100)", "follow": "keep printing new lines until Ctrl-C"})
 def logs(c, service="tracking", number=100, follow=False):
     """The journal of the tracking server or of a model service, from every host that runs it (or -H)."""
     unit, role = unit_and_role(service)

@@ -1,4 +1,4 @@
-"""`make demo`: a sandbox host, an MLflow tracking server on it, a logged run, a deployed model, a prediction.
+"""`make demo`: a sandbox host, an MLflow tracking server on it, a run trained there, a deployed model, a prediction.
 
     python -m tests.testbed.demo        (make demo-down removes the sandbox)
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.frontdoor import laptop_certificate_path
 from tests.testbed import Testbed
-from tests.wine import log_wine_model
+from tasks.project_tasks import run_id_in
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = REPO / ".sandbox"
@@ -28,10 +28,18 @@ SAMPLE = {
 }
 
 
-def fab(inventory: Path, *args: str) -> None:
+def fab(inventory: Path, *args: str) -> str:
+    """Run fab as a user would, its output shown as it comes; return that output."""
     print(f"\n$ FABRIC_INVENTORY={inventory.relative_to(REPO)} fab {' '.join(args)}", flush=True)
     env = {**os.environ, "FABRIC_INVENTORY": str(inventory)}
-    subprocess.run([str(Path(sys.executable).with_name("fab")), *args], cwd=REPO, env=env, check=True)
+    process = subprocess.Popen([str(Path(sys.executable).with_name("fab")), *args], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    if process.wait() != 0:
+        raise SystemExit(f"fab {args[0]} failed (exit {process.returncode})")
+    return "".join(lines)
 
 
 def main() -> None:
@@ -50,7 +58,7 @@ def main() -> None:
         "# The demo sandbox (make demo); make demo-down removes the host.\n"
         f'[defaults]\nknown_hosts = "{known_hosts}"\naccept_new_host_keys = true\n\n'
         f'[hosts.{HOST}]\naddress = "{host.address}"\nuser = "{host.user}"\nidentity = "{host.identity}"\n'
-        'roles = ["tracking", "models"]\n\n[tracking]\nworkers = 1\n'
+        'roles = ["tracking", "models", "train"]\n\n[tracking]\nworkers = 1\n'
     )
     fab(inventory, "setup-tracking")
     if not credentials.exists():
@@ -61,9 +69,9 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_PASSWORD"] = values["mlflow_tracking_password"]
     os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(laptop_certificate_path(host.address, 5000))
     tracking_uri = f"https://{host.address}:5000"
-    print(f"\nlogging the wine-quality ElasticNet to {tracking_uri} as user demo", flush=True)
-    run_id = log_wine_model(tracking_uri)
-    print(f"run {run_id}")
+    trained = fab(inventory, "run-project", "examples/wine", "-P", "alpha=0.5", "-P", "l1_ratio=0.5",
+                  "--experiment", "wine-quality", "--credentials", str(credentials))
+    run_id = run_id_in(trained)
     fab(inventory, "deploy-model", "--run-id", run_id, "--name", "wine")
     request = urllib.request.Request(
         f"http://{host.address}:5001/invocations", data=json.dumps(SAMPLE).encode(), headers={"Content-Type": "application/json"}
