@@ -1,4 +1,4 @@
-"""`fab run-project` on real hosts: mlt40 runs the tracking server (TLS and sign-in, as by default), mlt41 trains.
+"""`fab run-project` on real hosts: mlt40 runs the tracking server (TLS and sign-in, as by default), mlt41 trains and serves.
 
 The laptop's home is a temporary directory holding the tracking user's credentials and the learned
 certificate. Tests run in file order; the env built by the first run is reused by the others.
@@ -46,7 +46,7 @@ class Training:
 def training(module_hosts, tmp_path_factory):
     hosts = module_hosts("mlt40", "mlt41")
     home = tmp_path_factory.mktemp("laptop")
-    entries = {"mlt40": host_entry(hosts[0], ["tracking"]), "mlt41": host_entry(hosts[1], ["train"])}
+    entries = {"mlt40": host_entry(hosts[0], ["tracking"]), "mlt41": host_entry(hosts[1], ["train", "models"])}
     t = Training(hosts, home, write_inventory(home / "hosts.toml", entries, tracking={"workers": 1}))
     setup = t.run("setup-tracking")
     assert setup.returncode == 0, setup.stdout[-4000:]
@@ -77,6 +77,15 @@ def test_the_example_project_trains_on_the_host_and_logs_a_model(training, infra
     assert host.file("/var/lib/mlflow-train/runs").listdir() == []  # the unpacked copy went with the run
     # the run wrote to the journal as the unprivileged user
     assert "ElasticNet(alpha=0.4" in host.run(f"journalctl _UID={host.user('mlflow-train').uid} -o cat --no-pager").stdout
+    t.trained = run_id_of(done.stdout)
+
+
+def test_the_trained_run_deploys_and_predicts(training):
+    t = training
+    deploy = t.run("deploy-model", "--run-id", t.trained)
+    assert deploy.returncode == 0, deploy.stdout[-4000:]
+    predicted = t.run("predict")
+    assert predicted.returncode == 0 and '"predictions"' in predicted.stdout, predicted.stdout[-3000:]
 
 
 def test_bad_input_stops_before_anything_runs(training, infra, tmp_path):
