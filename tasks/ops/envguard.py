@@ -27,7 +27,7 @@ def pin_path(model: str) -> str:
 def pinned_build_script(spec: EnvSpec, path: str, model: str) -> str:
     """Pin the env for this model's deploy, then build it unless it is complete (another deploy may have built it)."""
     name = Path(path).name
-    return render("env-pinned-build.sh.j2", lock_dir=LOCK_DIR, guard=GUARD, pins=PINS, pin=pin_path(model), name=name, path=path,
+    return render("env-pinned-build.sh.j2", guard=GUARD, pins=PINS, pin=pin_path(model), name=name, path=path,
                   text=spec.text, build_lock=f"{LOCK_DIR}/env-{name}.lock", build="\n".join(build_commands(spec, path)))
 
 
@@ -37,5 +37,5 @@ def unpin_script(model: str) -> str:
 
 def prune_script(envs_root: str, models_root: str, prefix: str) -> str:
     """Remove the envs named prefix* that no release of any model links to and no deploy has pinned; print what went."""
-    return render("env-prune.sh.j2", lock_dir=LOCK_DIR, guard=GUARD, pins=PINS, envs_root=envs_root, models_root=models_root,
+    return render("env-prune.sh.j2", guard=GUARD, pins=PINS, envs_root=envs_root, models_root=models_root,
                   prefix=prefix, wait=PRUNE_WAIT)
