@@ -17,6 +17,7 @@ from tasks.templates import render
 
 GUARD = f"{LOCK_DIR}/envs.lock"
 PINS = f"{LOCK_DIR}/env-pins"
+BUILD_LOCKS = f"{LOCK_DIR}/env-builds"  # one flock file per env name, so only one deploy builds an env at a time
 PRUNE_WAIT = 60
 
 
@@ -28,7 +29,7 @@ def pinned_build_script(spec: EnvSpec, path: str, model: str) -> str:
     """Pin the env for this model's deploy, then build it unless it is complete (another deploy may have built it)."""
     name = Path(path).name
     return render("env-pinned-build.sh.j2", guard=GUARD, pins=PINS, pin=pin_path(model), name=name, path=path,
-                  text=spec.text, build_lock=f"{LOCK_DIR}/env-{name}.lock", build="\n".join(build_commands(spec, path)))
+                  text=spec.text, build_locks=BUILD_LOCKS, build_lock=f"{BUILD_LOCKS}/{name}.lock", build="\n".join(build_commands(spec, path)))
 
 
 def unpin_script(model: str) -> str:

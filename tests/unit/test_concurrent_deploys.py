@@ -138,6 +138,7 @@ def guard(tmp_path, monkeypatch):
     monkeypatch.setattr(envguard, "LOCK_DIR", str(locks))
     monkeypatch.setattr(envguard, "GUARD", str(locks / "envs.lock"))
     monkeypatch.setattr(envguard, "PINS", str(locks / "env-pins"))
+    monkeypatch.setattr(envguard, "BUILD_LOCKS", str(locks / "env-builds"))
     return tmp_path
 
 
