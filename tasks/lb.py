@@ -1,4 +1,5 @@
-"""nginx in front of the model hosts: one upstream and one port per model, drained host by host during deploys.
+"""nginx in front of the model hosts: one upstream and one port per model, each model in its own config file,
+drained host by host during deploys (a drain rewrites only its own model's file).
 
 Runbook this replaces: apt-get install nginx; write an upstream per model; `nginx -t`; reload;
 comment a server out before touching its host, reload again, and hope nothing was in flight.
@@ -13,8 +14,8 @@ from pathlib import Path
 from tasks.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_upload_path, learn_certificate, tls_fact
 from tasks.inventory import Inventory, LbSettings
 from tasks.ops import facts as f
-from tasks.ops.files import ensure_secret_file
-from tasks.ops.nginx import config_step, install_config_script
+from tasks.ops.files import ensure_secret_file, unified_diff
+from tasks.ops.nginx import install_config_script, install_configs_script, reload_step
 from tasks.ops.platform import check_platform
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
@@ -23,7 +24,9 @@ from tasks.ops.systemd import ensure_enabled
 from tasks.report import HostReport, show_note, show_step
 from tasks.templates import render
 
-CONFIG = "/etc/nginx/conf.d/mlflow-models.conf"
+CONFIG_DIR = "/etc/nginx/conf.d"
+# Where setup-lb once wrote every model in one file; it now writes one file per model and removes this one.
+SINGLE_CONFIG = f"{CONFIG_DIR}/mlflow-models.conf"
 CERTIFICATE = "/etc/ssl/certs/mlflow-models.pem"
 KEY = "/etc/ssl/private/mlflow-models.key"
 # `name:$6$...` lines (SHA-512 crypt) written by `fab model-user`; nginx's workers (www-data) read it.
@@ -62,30 +65,63 @@ def model_names(inventory: Inventory) -> list[str]:
     return sorted(name for name in inventory.models if name) or ["model"]
 
 
-def upstreams(inventory: Inventory, drained: frozenset[tuple[str, str]] = frozenset()) -> list[Upstream]:
-    """drained holds (model name, host name) pairs to mark down."""
-    hosts = inventory.with_role("models")
-    return [
-        Upstream(
-            name,
-            inventory.models.get(name, inventory.models[""]).port,
-            tuple(Server(h.name, h.address, h.model(name).port, (name, h.name) in drained) for h in hosts),
-        )
-        for name in model_names(inventory)
-    ]
+def not_fronted(inventory: Inventory, name: str) -> str:
+    """Why a deploy of model `name` can't be drained on the balancer ('' when it can, or when there is no balancer)."""
+    if not inventory.with_role("lb") or name in model_names(inventory):
+        return ""
+    return (f"the balancer (lb hosts {', '.join(host.name for host in inventory.with_role('lb'))}) does not front model {name!r}, "
+            f"only {', '.join(model_names(inventory))}: add [models.{name}] with its own port to {inventory.path}, "
+            "run `fab setup-lb`, then deploy")
 
 
-def render_config(models: list[Upstream], lb: LbSettings) -> str:
-    return render("nginx-mlflow-models.conf.j2", models=models, tls=lb.tls, auth=lb.auth, certificate=CERTIFICATE, key=KEY, users=USERS)
+def config_path(model: str) -> str:
+    return f"{CONFIG_DIR}/mlflow-model-{model}.conf"
 
 
-def lb_facts() -> list[f.Fact]:
-    return [f.os_release(), f.installed_packages(PACKAGES), f.file_content(CONFIG), f.service_state("nginx"),
+def upstream(inventory: Inventory, name: str, drained: frozenset[str] = frozenset()) -> Upstream:
+    """Model `name` over every models host, each on its own port for the model; drained holds host names to mark down."""
+    return Upstream(
+        name,
+        inventory.models.get(name, inventory.models[""]).port,
+        tuple(Server(h.name, h.address, h.model(name).port, h.name in drained) for h in inventory.with_role("models")),
+    )
+
+
+def upstreams(inventory: Inventory) -> list[Upstream]:
+    return [upstream(inventory, name) for name in model_names(inventory)]
+
+
+def render_config(model: Upstream, lb: LbSettings) -> str:
+    return render("nginx-mlflow-model.conf.j2", model=model, tls=lb.tls, auth=lb.auth, certificate=CERTIFICATE, key=KEY, users=USERS)
+
+
+def lb_facts(models: list[Upstream]) -> list[f.Fact]:
+    return [f.os_release(), f.installed_packages(PACKAGES), *[f.file_content(config_path(model.name)) for model in models],
+            f.Fact("model_configs", f"ls -1 {config_path('*')}"), f.path_stat(SINGLE_CONFIG), f.service_state("nginx"),
             tls_fact(TlsFiles(CERTIFICATE, KEY)), f.path_stat(USERS)]
 
 
+def configs_step(models: list[Upstream], lb: LbSettings, facts: dict[str, str], reload_for: str = "") -> Step:
+    """Every model's own file, the files of models no longer in the inventory and the old single file removed:
+    written together, validated with one `nginx -t`, reloaded once."""
+    wanted = {config_path(model.name): render_config(model, lb) for model in models}
+    current = {path: f.parse_file(facts.get(f"file:{path}", "")) for path in wanted}
+    writes = {path: content for path, content in wanted.items() if not (current[path].exists and current[path].content == content)}
+    stale = [path for path in facts.get("model_configs", "").split() if path not in wanted]
+    stale += [SINGLE_CONFIG] if facts.get(f"stat:{SINGLE_CONFIG}") else []
+    if not writes and not stale:
+        return reload_step("nginx config", reload_for) if reload_for else Step.ok("nginx config", f"{', '.join(wanted)} up to date")
+    summary = "; ".join(part for part in (
+        f"write {', '.join(writes)}" if writes else "",
+        f"remove {', '.join(stale)} (no longer in the inventory, or the single file of earlier versions)" if stale else "",
+    ) if part) + ", validate with nginx -t, reload"
+    diff = "".join(unified_diff(path, current[path].content, content) for path, content in writes.items())
+    script = install_configs_script({**writes, **dict.fromkeys(stale)})
+    return Step.change("nginx config", summary, script, diff)
+
+
 def plan_lb(door: BalancerDoor, models: list[Upstream], facts: dict[str, str]) -> list[Step]:
-    """Packages, the certificate (tls), the users file (auth), then the config, validated and reloaded."""
+    """Packages, the certificate (tls), the users file (auth), then the configs, validated and reloaded."""
     lb = door.lb
     steps = [ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))]
     tls_steps = certificate_steps(door, facts.get("tls", "")) if lb.tls else []
@@ -93,8 +129,7 @@ def plan_lb(door: BalancerDoor, models: list[Upstream], facts: dict[str, str]) -
     if lb.auth:
         steps.append(ensure_secret_file(USERS, "www-data", facts.get(f"stat:{USERS}", ""), f"install -o root -g www-data -m 640 /dev/null {USERS}"))
     new_certificate = any(step.changed for step in tls_steps)
-    steps.append(config_step(CONFIG, render_config(models, lb), f.parse_file(facts.get(f"file:{CONFIG}", "")),
-                             "certificate changed" if new_certificate else ""))
+    steps.append(configs_step(models, lb, facts, "certificate changed" if new_certificate else ""))
     steps.append(ensure_enabled("nginx", f.parse_properties(facts.get("service:nginx", ""))))
     return steps
 
@@ -102,9 +137,9 @@ def plan_lb(door: BalancerDoor, models: list[Upstream], facts: dict[str, str]) -
 def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> None:
     lb = inventory.lb
     door = BalancerDoor(remote.host, remote.connection.host, lb=lb)
-    facts = f.gather(remote, lb_facts())
-    steps = [check_platform(facts.get("os", ""))]
     models = upstreams(inventory)
+    facts = f.gather(remote, lb_facts(models))
+    steps = [check_platform(facts.get("os", ""))]
     if not steps[0].failed:
         steps += plan_lb(door, models, facts)
     report.steps += steps
@@ -126,10 +161,11 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
         show_note(report, note + ("; sign-in required: `fab model-user --add NAME`" if lb.auth else ""))
 
 
-def drain(remote: Remote, inventory: Inventory, drained: frozenset[tuple[str, str]], summary: str) -> Step:
-    """Rewrite the balancer's config with these servers down (or none), reload, wait for in-flight requests."""
-    set_up = f"[ -f {CONFIG} ] || {{ echo 'nginx is not set up for our models on this host: run fab setup-lb first'; exit 1; }}\n"
-    config = render_config(upstreams(inventory, drained), inventory.lb)
-    step = Step.change("balancer", summary, set_up + install_config_script(CONFIG, config))
+def drain(remote: Remote, inventory: Inventory, model: str, drained: frozenset[str], summary: str) -> Step:
+    """Rewrite this model's own config with these hosts down (or none), reload, wait for in-flight requests."""
+    path = config_path(model)
+    set_up = f"[ -f {path} ] || {{ echo 'model {model} is not set up on this balancer: run fab setup-lb first'; exit 1; }}\n"
+    config = render_config(upstream(inventory, model, drained), inventory.lb)
+    step = Step.change("balancer", summary, set_up + install_config_script(path, config))
     apply(remote, [step], lambda done: None)
     return step

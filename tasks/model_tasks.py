@@ -22,6 +22,15 @@ def checked_name(name: str) -> str:
     return name
 
 
+def check_fronted(c, name: str) -> None:
+    """A model the balancer doesn't front would be switched with no drain and, behind the firewall, reach no client."""
+    from tasks.lb import not_fronted
+
+    problem = not_fronted(cli.inventory(c), name)
+    if problem:
+        raise Exit(f"error: --name {name}: {problem}; nothing was changed", code=2)
+
+
 ROLLING_HELP = {
     "batch-size": "hosts switched at once: a number or a percentage of the hosts (rounded up); default 1",
     "canary": "this many hosts go first, alone",
@@ -63,6 +72,7 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
     hosts = cli.hosts_for(c, role="models")
+    check_fronted(c, name)
     try:
         uri = resolve_uri(run_id, model_uri)
         sample_text = Path(sample).read_text() if sample else None
@@ -99,6 +109,7 @@ def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
     hosts = cli.hosts_for(c, role="models")
+    check_fronted(c, name)
     lock = new_lock(operator(), f"rollback {name}" + (f" to {to}" if to else ""))
 
     def make_deploy(remote, report):

@@ -10,7 +10,7 @@ import io
 import shlex
 from contextlib import nullcontext
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from tasks.ops.files import ensure_directory, ensure_file, write_file_script
 from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, operator, parse as parse_audit
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
+from tasks.ops.envguard import pinned_build_script, prune_script, unpin_script
 from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.platform import check_platform
 from tasks.ops.remote import HostError, Remote, private_path
@@ -35,6 +36,7 @@ MODEL_USER = "mlflow-model"
 MODEL_HOME = "/var/lib/mlflow-model"
 CONFIG_DIR = "/etc/mlflow/models"
 ENVS_ROOT = "/opt/mlflow/envs"
+ENV_PREFIX = "model"
 UNIT_TEMPLATE = "/etc/systemd/system/mlflow-model@.service"
 PACKAGES = ["python3-venv", "curl", "ca-certificates"]
 SAMPLE = "sample.json"
@@ -210,13 +212,14 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
         return plan
 
     spec = env_spec(settings, deployment.artifact, facts.get("python", ""))
-    env_path = spec.path(ENVS_ROOT, "model")
+    env_path = spec.path(ENVS_ROOT, ENV_PREFIX)
     plan.stage.append(ensure_packages(PACKAGES + firewall_policy.packages, f.parse_installed(facts.get("packages", ""))))
     plan.stage += firewall.steps(firewall_policy, model_ports(settings.port, facts.get("ports", "")), facts)
     plan.stage.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
     plan.stage += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
     markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
-    plan.stage.append(ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env"))
+    env_step = ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env")
+    plan.stage.append(replace(env_step, script=pinned_build_script(spec, env_path, model.name)) if env_step.changed else env_step)
 
     if release in releases:
         plan.stage.append(Step.ok(f"release {release}", "already on the host (same digest): no upload"))
@@ -225,6 +228,8 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
         staging = f"{model.releases_dir}/.{release}.tmp"
         script = "\n".join(
             [
+                # the env may have been pruned since preflight: pinned now, rebuilt if it went
+                pinned_build_script(spec, env_path, model.name),
                 f"rm -rf {staging} && mkdir -m 700 {staging}",
                 f"tar -xzf {upload_path(release)} -C {staging} --no-same-owner",
                 write_file_script(f"{staging}/manifest.json", manifest_text, "root", "root", "644"),
@@ -293,10 +298,11 @@ def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current
     links = [line.split() for line in facts.get("env_links", "").splitlines() if len(line.split()) == 2]
     in_use = {Path(target).name for link, target in links if str(Path(link).parent) not in doomed_dirs}
     in_use.add(Path(env_path).name)
-    unused = [name for name in facts.get("envs", "").split() if name.startswith("model-") and name not in in_use]
+    unused = [name for name in facts.get("envs", "").split() if name.startswith(f"{ENV_PREFIX}-") and name not in in_use]
     if unused:
-        paths = " ".join(f"{ENVS_ROOT}/{name}" for name in unused)
-        steps.append(Step.change("prune envs", "remove " + ", ".join(unused), f"rm -rf {paths}"))
+        # what goes is decided on the host, under the env guard: other models' deploys may have pinned or linked envs since
+        summary = f"remove the envs no release links and no deploy pinned (unused at preflight: {', '.join(unused)})"
+        steps.append(Step.change("prune envs", summary, prune_script(ENVS_ROOT, rel.MODELS_ROOT, f"{ENV_PREFIX}-")))
     return steps
 
 
@@ -418,12 +424,18 @@ class HostDeploy:
             action = "rollback" if self.rollback_to or not self.deployment else "deploy"
             script.append(append_audit(self.audit_record(action)))
         if self.locked:
-            script.append(release_script(self.model.name, self.lock))
+            script += [unpin_script(self.model.name), release_script(self.model.name, self.lock)]
         if steps:
-            apply(self.remote, steps, self._show)
+            apply(self.remote, steps, self._show_pruned)
         if script:
             self.remote.run_script("\n".join(script), step="unlock")
             self.locked = False
+
+    def _show_pruned(self, step: Step) -> None:
+        """A prune decided on the host says what it removed."""
+        if step.output and not step.failed:
+            step.summary = step.output.splitlines()[-1]
+        self._show(step)
 
     def audit_record(self, action: str) -> dict:
         uri = self.deployment.artifact.uri if self.deployment else ""

@@ -21,7 +21,7 @@ from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
 from tasks.report import HostReport, console, show_step
 
-# nginx names the model host that answered (see templates/nginx-mlflow-models.conf.j2)
+# nginx names the model host that answered (see templates/nginx-mlflow-model.conf.j2)
 UPSTREAM_HEADER = "X-MLflow-Upstream"
 RELEASE_MARK = "@@release "
 

@@ -107,7 +107,8 @@ def release_abandoned_locks(config: Config, deploys: list[HostDeploy]) -> None:
 
 
 class Balancer:
-    """The lb hosts of the inventory; every drain rewrites their nginx config and waits for in-flight requests."""
+    """The lb hosts of the inventory; a drain rewrites this model's own nginx config on each of them (other models'
+    drained hosts stay as their deploys set them) and waits for in-flight requests."""
 
     def __init__(self, inventory: Inventory, config: Config, model: str):
         self.inventory, self.model = inventory, model
@@ -115,17 +116,40 @@ class Balancer:
         self.drained: set[str] = set()
 
     def set_drained(self, hosts: set[str], why: str) -> None:
-        from tasks.lb import drain
-
+        """Every lb host gets these hosts down; when one lb host fails, those already changed are put back."""
         if not self.remotes or hosts == self.drained:
             return
-        pairs = frozenset((self.model, host) for host in hosts)
+        changed: list[Remote] = []
         for remote in self.remotes:
-            step = drain(remote, self.inventory, pairs, why)
-            if step.failed:
-                raise HostError("balancer", f"{remote.host.name}: {step.output[-500:].strip()}")
+            failure = self._drain(remote, hosts, why)
+            if failure:
+                raise HostError("balancer", f"{remote.host.name}: {failure}{self._put_back(changed, hosts)}")
             console.print(f"{'balancer':>12} [bold]{remote.host.name}[/] {why}")
+            changed.append(remote)
         self.drained = set(hosts)
+
+    def _drain(self, remote: Remote, hosts: set[str], why: str) -> str:
+        """'' when this lb host now has exactly these hosts down, else what went wrong."""
+        from tasks.lb import drain
+
+        try:
+            step = drain(remote, self.inventory, self.model, frozenset(hosts), why)
+        except HostError as error:
+            return error.message
+        return (step.output[-500:].strip() or "failed") if step.failed else ""
+
+    def _put_back(self, changed: list[Remote], hosts: set[str]) -> str:
+        """The lb hosts already changed keep down only the hosts that were down before and are meant to be: a failed
+        drain undrains them again, a failed undrain leaves them undrained."""
+        keep = self.drained & hosts
+        if not changed or keep == hosts:
+            return ""
+        results = []
+        for remote in changed:
+            failure = self._drain(remote, keep, "put back")
+            results.append(f"{remote.host.name} {'could not be put back: ' + failure if failure else 'put back'}")
+        down = ", ".join(sorted(keep)) or "none"
+        return f"; {'; '.join(results)} (drained there: {down})"
 
     def close(self) -> None:
         for remote in self.remotes:

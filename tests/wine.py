@@ -20,7 +20,8 @@ def pinned_requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops")]
 
 
-def log_wine_model(tracking_uri: str, alpha: float = 0.5, l1_ratio: float = 0.5, experiment: str = "wine-quality") -> str:
+def log_wine_model(tracking_uri: str, alpha: float = 0.5, l1_ratio: float = 0.5, experiment: str = "wine-quality",
+                   extra_requirements: tuple[str, ...] = ()) -> str:
     import mlflow
     import pandas as pd
     from sklearn.linear_model import ElasticNet
@@ -37,7 +38,7 @@ def log_wine_model(tracking_uri: str, alpha: float = 0.5, l1_ratio: float = 0.5,
     with mlflow.start_run() as run:
         mlflow.log_params({"alpha": alpha, "l1_ratio": l1_ratio})
         mlflow.log_metric("rmse", rmse)
-        mlflow.sklearn.log_model(model, name="model", input_example=train[features].head(3), pip_requirements=pinned_requirements())
+        mlflow.sklearn.log_model(model, name="model", input_example=train[features].head(3), pip_requirements=pinned_requirements() + list(extra_requirements))
     return run.info.run_id
 
 

@@ -11,19 +11,22 @@ SCRIPT = Path(__file__).with_name("loadgen.py")
 
 
 class LoadGenerator:
-    def __init__(self, host, url: str, body: str, connections: int = 4):
-        self.host, self.url, self.body, self.connections = host, url, body, connections
+    """name: its unit and files on the host, so several can run on one host."""
+
+    def __init__(self, host, url: str, body: str, connections: int = 4, name: str = "loadgen"):
+        self.host, self.url, self.body, self.connections, self.name = host, url, body, connections, name
 
     def start(self) -> None:
-        self.host.run("rm -f /root/loadgen.stop /root/loadgen.json; systemctl reset-failed loadgen 2>/dev/null || true")
+        name = self.name
+        self.host.run(f"rm -f /root/{name}.stop /root/{name}.json; systemctl reset-failed {name} 2>/dev/null || true")
         self.host.run("cat > /root/loadgen.py", input=SCRIPT.read_text())
-        self.host.run("cat > /root/loadgen-body.json", input=self.body)
+        self.host.run(f"cat > /root/{name}-body.json", input=self.body)
         self.host.run(
-            "systemd-run --unit=loadgen python3 /root/loadgen.py "
-            f"{self.url} /root/loadgen-body.json /root/loadgen.stop /root/loadgen.json {self.connections}"
+            f"systemd-run --unit={name} python3 /root/loadgen.py "
+            f"{self.url} /root/{name}-body.json /root/{name}.stop /root/{name}.json {self.connections}"
         )
 
     def stop(self) -> dict:
-        self.host.run("touch /root/loadgen.stop")
-        wait_for(lambda: self.host.run("test -f /root/loadgen.json", check=False).returncode == 0, 60, "the load generator's result")
-        return json.loads(self.host.run("cat /root/loadgen.json").stdout)
+        self.host.run(f"touch /root/{self.name}.stop")
+        wait_for(lambda: self.host.run(f"test -f /root/{self.name}.json", check=False).returncode == 0, 60, "the load generator's result")
+        return json.loads(self.host.run(f"cat /root/{self.name}.json").stdout)

@@ -196,7 +196,7 @@ def test_a_deploy_drains_the_balancer_and_keeps_tls_and_sign_in(endpoints):
     deploy = e.run("deploy-model", "--run-id", e.next_run_id)
     assert deploy.returncode == 0, deploy.stdout[-3000:]
     assert "drained mlt22" in deploy.stdout and "back in the balancer: mlt22" in deploy.stdout
-    config = e.roots["mlt21"].file("/etc/nginx/conf.d/mlflow-models.conf").content_string
+    config = e.roots["mlt21"].file("/etc/nginx/conf.d/mlflow-model-model.conf").content_string
     assert "listen 5001 ssl;" in config and "auth_basic_user_file" in config and " down;" not in config
     assert predict(e, None).status_code == 401
     assert predict(e, credentials(e)).status_code == 200

@@ -54,7 +54,7 @@ def predict_through_lb(client) -> list[float]:
 
 
 def nginx_config(hosts) -> str:
-    return hosts["mlt19"].run("cat /etc/nginx/conf.d/mlflow-models.conf").stdout
+    return hosts["mlt19"].run("cat /etc/nginx/conf.d/mlflow-model-model.conf").stdout
 
 
 def test_setup_lb_balances_every_model_host_and_is_idempotent(fleet):

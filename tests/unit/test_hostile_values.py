@@ -223,7 +223,7 @@ def test_the_widest_accepted_values_keep_the_balancer_config_whole(tmp_path):
     path = tmp_path / "hosts.toml"
     path.write_text(WIDEST_GOOD_VALUES)
     inventory = load_inventory(path)
-    config = lb.render_config(lb.upstreams(inventory), inventory.lb)
+    config = "".join(lb.render_config(model, inventory.lb) for model in lb.upstreams(inventory))
     lines = [line.strip() for line in config.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert all(line.endswith(("{", "}", ";")) for line in lines), lines
     assert sum(line.startswith("server prod1.example.com:") or line.startswith("server 2001:db8::10:") for line in lines) == 4

@@ -9,7 +9,7 @@ import pytest
 
 from tasks import firewall
 from tasks.inventory import InventoryError, LbSettings, load_inventory
-from tasks.lb import CERTIFICATE, CONFIG, KEY, USERS, BalancerDoor, plan_lb, render_config, upstreams
+from tasks.lb import CERTIFICATE, KEY, USERS, BalancerDoor, config_path, plan_lb, render_config, upstream, upstreams
 from tasks.model_users import users_script
 from tasks.models import model_ports
 
@@ -23,7 +23,7 @@ def inventory_file(tmp_path: Path, lb: str = "", lb_hosts: int = 1) -> Path:
 
 def config(tmp_path, lb="", drained=frozenset()):
     inventory = load_inventory(inventory_file(tmp_path, lb))
-    return render_config(upstreams(inventory, drained), inventory.lb)
+    return render_config(upstream(inventory, "model", drained), inventory.lb)
 
 
 def test_the_balancer_terminates_tls_and_asks_for_a_user_by_default(tmp_path):
@@ -34,7 +34,7 @@ def test_the_balancer_terminates_tls_and_asks_for_a_user_by_default(tmp_path):
 
 
 def test_a_drain_keeps_tls_and_sign_in(tmp_path):
-    text = config(tmp_path, drained=frozenset({("model", "m1")}))
+    text = config(tmp_path, drained=frozenset({"m1"}))
     assert " down;" in text and "listen 5001 ssl;" in text and "auth_basic_user_file" in text
 
 
@@ -56,7 +56,7 @@ def test_setup_lb_makes_a_certificate_and_an_empty_users_file_before_the_config(
     door = BalancerDoor(inventory.hosts["lb1"], "10.0.0.1", lb=inventory.lb)
     steps = plan_lb(door, upstreams(inventory), {})
     names = [step.name for step in steps]
-    assert names.index("tls certificate") < names.index(f"secrets {USERS}") < names.index(f"file {CONFIG}")
+    assert names.index("tls certificate") < names.index(f"secrets {USERS}") < names.index("nginx config")
     certificate = steps[names.index("tls certificate")]
     assert f"-keyout {KEY}.new" in certificate.script and "IP:10.0.0.1" in certificate.script
     assert f"install -o root -g www-data -m 640 /dev/null {USERS}" in steps[names.index(f"secrets {USERS}")].script
@@ -65,9 +65,9 @@ def test_setup_lb_makes_a_certificate_and_an_empty_users_file_before_the_config(
 def test_a_new_certificate_reloads_an_unchanged_config(tmp_path):
     inventory = load_inventory(inventory_file(tmp_path))
     door = BalancerDoor(inventory.hosts["lb1"], "10.0.0.1", lb=inventory.lb)
-    content = base64.b64encode(render_config(upstreams(inventory), inventory.lb).encode()).decode()
-    facts = {f"file:{CONFIG}": f"root root 644\n{content}", f"stat:{USERS}": "root www-data 640"}
-    step = next(step for step in plan_lb(door, upstreams(inventory), facts) if step.name == f"file {CONFIG}")
+    content = base64.b64encode(render_config(upstream(inventory, "model"), inventory.lb).encode()).decode()
+    facts = {f"file:{config_path('model')}": f"root root 644\n{content}", f"stat:{USERS}": "root www-data 640"}
+    step = next(step for step in plan_lb(door, upstreams(inventory), facts) if step.name == "nginx config")
     assert step.changed and "certificate changed" in step.summary and "nginx -t" in step.script
 
 
