@@ -1,7 +1,7 @@
 """Download a directory of artifacts through the tracking server (its proxied mlflow-artifacts endpoints).
 
 The server is not trusted with our disk: every listed name must be one plain path component, so nothing lands
-outside the target directory; the listing is bounded in files, depth and bytes, the bytes must fit on the disk
+outside the target directory; the listing is bounded in entries, depth and bytes, the bytes must fit on the disk
 before the first download, and each file must be exactly as long as listed.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from tasks.model_resolve import ModelError
 from tasks.tracking_api import TrackingApi
 
-MAX_FILES = 10_000
+MAX_ENTRIES = 10_000
 MAX_DEPTH = 20
 MAX_BYTES = 64 * 1024**3
 FREE_SPACE_MARGIN = 256 * 1024**2
@@ -59,6 +59,8 @@ def list_tree(api: TrackingApi, root: str) -> list[RemoteFile]:
             if path in seen:
                 raise ModelError(f"the tracking server listed {root}/{path} twice: refused")
             seen.add(path)
+            if len(seen) > MAX_ENTRIES:
+                raise ModelError(f"{root} lists more than {MAX_ENTRIES} files and directories: refused")
             if entry.get("is_dir"):
                 if depth + 1 > MAX_DEPTH:
                     raise ModelError(f"the tracking server lists artifacts more than {MAX_DEPTH} directories deep under {root}: refused")
@@ -69,8 +71,8 @@ def list_tree(api: TrackingApi, root: str) -> list[RemoteFile]:
                 raise ModelError(f"the tracking server listed {root}/{path} without a valid size ({entry.get('file_size')!r}): refused")
             total += size
             files.append(RemoteFile(path, size))
-            if len(files) > MAX_FILES or total > MAX_BYTES:
-                raise ModelError(f"{root} holds more than {MAX_FILES} files or {MAX_BYTES // 1024**3} GiB: refused")
+            if total > MAX_BYTES:
+                raise ModelError(f"{root} holds more than {MAX_BYTES // 1024**3} GiB: refused")
     return sorted(files, key=lambda file: file.path)
 
 

@@ -237,9 +237,12 @@ def test_a_file_longer_or_shorter_than_listed_is_refused(server, tmp_path):
 
 def test_sizes_are_bounded_before_anything_is_downloaded(server):
     server.listing[MODEL_ROOT] = [{"path": f"f{n}", "is_dir": False, "file_size": str(2**40)} for n in range(100)]
-    with pytest.raises(ModelError, match="more than .* GiB: refused"):
+    with pytest.raises(ModelError, match="more than 64 GiB: refused"):
         fetch(f"runs:/{RUN}/model", server.uri)
     assert not any("/api/2.0/mlflow-artifacts/artifacts/" in request for request in server.requests)
+    server.listing[MODEL_ROOT] = [{"path": f"d{n}", "is_dir": True} for n in range(10_001)]
+    with pytest.raises(ModelError, match="more than 10000 files and directories"):
+        fetch(f"runs:/{RUN}/model", server.uri)
     server.listing[MODEL_ROOT] = [{"path": "MLmodel", "is_dir": False, "file_size": "-1"}]
     with pytest.raises(ModelError, match="without a valid size"):
         fetch(f"runs:/{RUN}/model", server.uri)
@@ -250,3 +253,10 @@ def test_fetching_over_http_does_not_import_mlflow(server):
               "print(a.run_id, 'mlflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == [RUN, "False"], result.stderr
+
+
+def test_endless_nesting_is_refused(server):
+    server.list_directory = lambda path: [{"path": "d", "is_dir": True}]
+    with pytest.raises(ModelError, match="more than 20 directories deep"):
+        fetch(f"runs:/{RUN}/model", server.uri)
+    assert server.requests.count("GET /api/2.0/mlflow-artifacts/artifacts") == 21
