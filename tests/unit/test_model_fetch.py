@@ -260,3 +260,39 @@ def test_endless_nesting_is_refused(server):
     with pytest.raises(ModelError, match="more than 20 directories deep"):
         fetch(f"runs:/{RUN}/model", server.uri)
     assert server.requests.count("GET /api/2.0/mlflow-artifacts/artifacts") == 21
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_trusts_the_certificate_mlflow_is_told_to_trust(server, monkeypatch, tmp_path):
+    import ssl
+
+    cert_path, key_path = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    uri = server.uri.replace("http:", "https:")
+    with pytest.raises(ModelError, match="certificate is not trusted here.*MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        fetch(f"runs:/{RUN}/model", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert_path))
+    assert downloaded(fetch(f"runs:/{RUN}/model", uri)) == MODEL_FILES
