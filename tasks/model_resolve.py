@@ -48,8 +48,8 @@ def _run_location(api: TrackingApi, uri: str) -> str:
     try:
         info = api.run(run_id)
     except TrackingApiError as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or error.status == 404:
-            raise ModelError(f"run {run_id} not found on {api.uri}") from None
+        if missing(error):
+            raise ModelError(f"run {run_id} not found on {api.uri}{hidden(api, error)}") from None
         raise
     name, _, below = path.partition("/")
     if model := _logged_model_of(api, info["experiment_id"], run_id, name):
@@ -90,10 +90,21 @@ def _registry_location(api: TrackingApi, uri: str, depth: int) -> str:
                 version = _latest_version(api, name, None if version.lower() == "latest" else version, uri)
         download = api.call("GET", "model-versions/get-download-uri", params={"name": name, "version": version})["artifact_uri"]
     except TrackingApiError as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or error.status == 404:
-            raise ModelError(f"{uri} not found on {api.uri}") from None
+        if missing(error):
+            raise ModelError(f"{uri} not found on {api.uri}{hidden(api, error)}") from None
         raise
     return resolve(api, download, depth + 1)
+
+
+def missing(error: TrackingApiError) -> bool:
+    """The server's ways of saying there's no such thing: 404, RESOURCE_DOES_NOT_EXIST, a 400 "... not found"
+    (an unknown alias), or with sign-in on a 403, since permissions are checked before existence."""
+    return (error.status in (403, 404) or error.error_code == "RESOURCE_DOES_NOT_EXIST"
+            or (error.status == 400 and "not found" in error.server_message.lower()))
+
+
+def hidden(api: TrackingApi, error: TrackingApiError) -> str:
+    return f" (or {api.who} may not read it: HTTP 403)" if error.status == 403 else f": {error.server_message}" if error.server_message else ""
 
 
 def _latest_version(api: TrackingApi, name: str, stage: str | None, uri: str) -> str:

@@ -28,10 +28,11 @@ ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 class TrackingApiError(Exception):
     """The server can't be reached, refused the user, or answered an error; the message says which."""
 
-    def __init__(self, message: str, status: int = 0, error_code: str = ""):
+    def __init__(self, message: str, status: int = 0, error_code: str = "", server_message: str = ""):
         super().__init__(message)
         self.status = status
         self.error_code = error_code
+        self.server_message = server_message
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -108,6 +109,10 @@ class TrackingApi:
             raise TrackingApiError(f"{self.uri}: {path} answered something that is not a JSON object: {body[:200]!r}")
         return answer
 
+    @property
+    def who(self) -> str:
+        return f"user {self.auth[0]}" if self.auth else "a request without credentials"
+
     def _open(self, method: str, path: str, params: dict | None = None, json_body: dict | None = None):
         url = self.uri + path + ("?" + urllib.parse.urlencode(params) if params else "")
         request = urllib.request.Request(url, method=method, data=json.dumps(json_body).encode() if json_body is not None else None)
@@ -132,18 +137,18 @@ class TrackingApi:
     def _refusal(self, error: urllib.error.HTTPError, path: str) -> TrackingApiError:
         text = error.read(4096).decode(errors="replace")
         if error.code in (401, 403):
-            who = f"user {self.auth[0]}" if self.auth else "a request without credentials"
-            return TrackingApiError(f"{self.uri} refused {who} (HTTP {error.code}): check ~/.mlflow/credentials, "
+            return TrackingApiError(f"{self.uri} refused {self.who} (HTTP {error.code}): check ~/.mlflow/credentials, "
                                     "MLFLOW_TRACKING_USERNAME/PASSWORD or pass --credentials FILE "
                                     "(`fab tracking-user --add NAME` makes one)", error.code)
         if 300 <= error.code < 400:
             return TrackingApiError(f"{self.uri}: {path} answered a redirect to {error.headers.get('Location')!r}: "
                                     "set the tracking URI to where it points, if you trust it", error.code)
         try:
-            error_code = json.loads(text).get("error_code", "")
+            answer = json.loads(text)
+            error_code, message = str(answer.get("error_code", "")), str(answer.get("message", ""))
         except (ValueError, AttributeError):
-            error_code = ""
-        return TrackingApiError(f"{self.uri}: {path} answered HTTP {error.code}: {text[:300]}", error.code, str(error_code))
+            error_code, message = "", ""
+        return TrackingApiError(f"{self.uri}: {path} answered HTTP {error.code}: {text[:300]}", error.code, error_code, message[:300])
 
     @cached_property
     def _opener(self) -> urllib.request.OpenerDirector:

@@ -60,6 +60,8 @@ class FakeTracking:
 
     def answer(self, method: str, path: str, query: dict, body: dict) -> tuple[int, object]:
         if path == "/api/2.0/mlflow/runs/get":
+            if query["run_id"] != RUN and self.credentials:  # MLflow's basic-auth checks permissions before existence
+                return 403, {"error_code": "PERMISSION_DENIED", "message": "Permission denied"}
             if query["run_id"] != RUN:
                 return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Run '{query['run_id']}' not found"}
             return 200, {"run": {"info": {"run_id": RUN, "experiment_id": "1", "artifact_uri": f"mlflow-artifacts:/1/{RUN}/artifacts"}}}
@@ -159,8 +161,13 @@ def test_registry_uris_resolve_through_the_registry(server):
         fetch("models:/wine@nobody", server.uri)
 
 
-def test_an_unknown_run_is_named(server):
+def test_an_unknown_run_is_named(server, monkeypatch):
     with pytest.raises(ModelError, match=f"run {'0' * 32} not found on {server.uri}"):
+        fetch(f"runs:/{'0' * 32}/model", server.uri)
+    server.credentials = ("alice", "right")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "right")
+    with pytest.raises(ModelError, match=rf"run {'0' * 32} not found on {server.uri} \(or user alice may not read it: HTTP 403\)"):
         fetch(f"runs:/{'0' * 32}/model", server.uri)
 
 
