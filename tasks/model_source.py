@@ -112,9 +112,9 @@ def _download_over_rest(uri: str, tracking_uri: str, destination: Path) -> Path:
         local = destination / "model"
         download_files(api, root, files, local)
     except TrackingApiError as error:
-        if error.status in (401, 403):
+        if error.status == 401:
             raise ModelError(
-                f"the tracking server {tracking_uri} refused our credentials ({error.status}): run `fab tracking-user --add NAME` "
+                f"the tracking server {tracking_uri} refused our credentials (401): run `fab tracking-user --add NAME` "
                 "or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
             ) from None
         raise ModelError(str(error)) from None
