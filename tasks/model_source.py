@@ -6,6 +6,7 @@ a two-second import, only for a tracking URI that is not a server (sqlite:///, a
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -69,25 +70,22 @@ def content_digest(directory: Path) -> str:
 def fetch(uri: str, tracking_uri: str) -> ModelArtifact:
     """Download the model once; an unknown run, a run without a model or a bad URI raise ModelError."""
     destination = Path(tempfile.mkdtemp(prefix="mlflow-fab-model-"))
+    atexit.register(shutil.rmtree, destination, True)  # the deploy reads the copy until `fab` ends, then it goes
     run_match = re.match(r"runs:/([^/]+)/", uri)
+    if "://" not in uri and ":" not in uri.split("/", 1)[0] or uri.startswith("file://"):
+        local = _copy_local(uri, destination)
+    elif tracking_uri.startswith(("http://", "https://")):
+        local = _download_over_rest(uri, tracking_uri, destination)
+    else:
+        local = _download_with_mlflow(uri, tracking_uri, run_match.group(1) if run_match else "", destination)
+    if not (local / "MLmodel").exists():
+        raise ModelError(f"{uri} is not an MLflow model (no MLmodel file): does the run log a model under that path?")
+    run_id = run_match.group(1) if run_match else _run_id_of(local)
+    artifact = ModelArtifact(uri=uri, run_id=run_id, local_dir=local, digest=content_digest(local))
     try:
-        if "://" not in uri and ":" not in uri.split("/", 1)[0] or uri.startswith("file://"):
-            local = _copy_local(uri, destination)
-        elif tracking_uri.startswith(("http://", "https://")):
-            local = _download_over_rest(uri, tracking_uri, destination)
-        else:
-            local = _download_with_mlflow(uri, tracking_uri, run_match.group(1) if run_match else "", destination)
-        if not (local / "MLmodel").exists():
-            raise ModelError(f"{uri} is not an MLflow model (no MLmodel file): does the run log a model under that path?")
-        run_id = run_match.group(1) if run_match else _run_id_of(local)
-        artifact = ModelArtifact(uri=uri, run_id=run_id, local_dir=local, digest=content_digest(local))
-        try:
-            artifact.requirements  # options, URLs and paths are refused here, before any host is contacted
-        except RequirementError as error:
-            raise ModelError(str(error)) from None
-    except BaseException:
-        shutil.rmtree(destination, ignore_errors=True)
-        raise
+        artifact.requirements  # options, URLs and paths are refused here, before any host is contacted
+    except RequirementError as error:
+        raise ModelError(str(error)) from None
     return artifact
 
 
