@@ -1,15 +1,19 @@
-"""Benchmark deploy-model on testbed hosts (tracking on mlt7, the model host mlt8).
+"""Benchmark deploy-model on testbed hosts (tracking on mlt7, the model host mlt8 unless told otherwise).
 
-    .venv/bin/python bench/deploy_model.py [--first-runs 3] [--runs 5]
+    .venv/bin/python bench/deploy_model.py [--first-runs 3] [--runs 5] [--noop-runs 7] [--list-runs 10]
+                                           [--tracking-host mlt7] [--models-host mlt8]
 
-Reports medians of: the first deploy on a fresh host (env build included), a redeploy of a new
-run with unchanged requirements (env reused; health gate included), and a no-op redeploy.
-Wall time includes interpreter start and fetching the model from the tracking server.
+Reports median, min and max of: the first deploy on a fresh host (env build included), a redeploy
+of a new run with unchanged requirements (env reused; health gate included), a no-op redeploy (the
+run already serving, deployed again), and `fab -l`. Wall time includes interpreter start and
+fetching the model from the tracking server.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -19,37 +23,41 @@ from tests.integration.fabrun import PLAIN_HTTP, host_entry, write_inventory
 from tests.testbed import Testbed
 from tests.wine import log_wine_model
 
-TRACKING, MODELS = "mlt7", "mlt8"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first-runs", type=int, default=3, help="fresh model hosts to deploy to (at least 1)")
-    parser.add_argument("--runs", type=int, default=5, help="redeploys and no-ops to time")
+    parser.add_argument("--runs", type=int, default=5, help="redeploys of a new run to time")
+    parser.add_argument("--noop-runs", type=int, default=7, help="no-op redeploys of the serving run to time (at least 1)")
+    parser.add_argument("--list-runs", type=int, default=10, help="`fab -l` runs to time (at least 1)")
+    parser.add_argument("--tracking-host", default="mlt7", help="testbed host for the tracking server")
+    parser.add_argument("--models-host", default="mlt8", help="testbed host for the model server")
     args = parser.parse_args()
-    if args.first_runs < 1:
-        parser.error("--first-runs must be at least 1")
+    if min(args.first_runs, args.noop_runs, args.list_runs) < 1:
+        parser.error("--first-runs, --noop-runs and --list-runs must be at least 1")
+    tracking_name, models_name = args.tracking_host, args.models_host
 
     testbed = Testbed()
     testbed.prepare()
     inventory = Path(tempfile.mkdtemp()) / "hosts.toml"
     started = []
-    results = {"first": ([], []), "redeploy": ([], []), "noop": ([], [])}
+    results = {"first": ([], []), "redeploy": ([], []), "noop": ([], []), "list": ([], [])}
+    list_cpu = []
     try:
-        tracking = testbed.start(TRACKING)
+        tracking = testbed.start(tracking_name)
         started.append(tracking)
-        write_inventory(inventory, {TRACKING: host_entry(tracking, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP})
+        write_inventory(inventory, {tracking_name: host_entry(tracking, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP})
         timed_fab(inventory, "setup-tracking")
         tracking_uri = f"http://{tracking.address}:5000"
         run_id = log_wine_model(tracking_uri)
         for run in range(args.first_runs):
-            models = testbed.start(MODELS)
+            models = testbed.start(models_name)
             started.append(models)
             known_hosts = inventory.with_name("known_hosts")
             known_hosts.write_text("".join(line for line in known_hosts.read_text().splitlines(True) if models.address not in line))
             write_inventory(
                 inventory,
-                {TRACKING: host_entry(tracking, ["tracking"]), MODELS: host_entry(models, ["models"])},
+                {tracking_name: host_entry(tracking, ["tracking"]), models_name: host_entry(models, ["models"])},
                 tracking={"workers": 1, **PLAIN_HTTP},
             )
             seconds, commands, _ = timed_fab(inventory, "deploy-model", "--run-id", run_id)
@@ -57,22 +65,35 @@ def main() -> None:
             results["first"][1].append(commands)
             print(f"first deploy {run + 1}: {seconds:.1f} s", flush=True)
         for run in range(args.runs):
-            new_run = log_wine_model(tracking_uri, alpha=0.1 + run / 10)
-            seconds, commands, _ = timed_fab(inventory, "deploy-model", "--run-id", new_run)
+            run_id = log_wine_model(tracking_uri, alpha=0.1 + run / 10)
+            seconds, commands, _ = timed_fab(inventory, "deploy-model", "--run-id", run_id)
             results["redeploy"][0].append(seconds)
             results["redeploy"][1].append(commands)
             print(f"redeploy {run + 1}: {seconds:.1f} s", flush=True)
-            seconds, commands, output = timed_fab(inventory, "deploy-model", "--run-id", new_run)
-            assert f"{MODELS} ok=" in output and "changed=0" in output, output
+        for run in range(args.noop_runs):
+            seconds, commands, output = timed_fab(inventory, "deploy-model", "--run-id", run_id)
+            assert f"{models_name} ok=" in output and "changed=0" in output, output
             results["noop"][0].append(seconds)
             results["noop"][1].append(commands)
+            print(f"no-op {run + 1}: {seconds:.2f} s", flush=True)
+        for _ in range(args.list_runs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            seconds, commands, _ = timed_fab(inventory, "-l")
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            list_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            results["list"][0].append(seconds)
+            results["list"][1].append(commands)
     finally:
         for host in started:
             host.stop()
     print()
     print(summary("deploy-model, first deploy (env build)", *results["first"]))
-    print(summary("deploy-model, new run, same requirements", *results["redeploy"]))
+    if args.runs:
+        print(summary("deploy-model, new run, same requirements", *results["redeploy"]))
     print(summary("deploy-model, no-op redeploy", *results["noop"]))
+    print(summary("fab -l", *results["list"]))
+    # on a busy machine the wall clock mostly measures the wait for a core
+    print(f"{'fab -l, CPU (user + sys)':<38} median {statistics.median(list_cpu):7.2f} s   min {min(list_cpu):7.2f}   max {max(list_cpu):7.2f}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from cryptography import x509
-
 RENEW_WITHIN = timedelta(days=30)
 NOT_DUE = "renewal=not-due"
 
@@ -36,6 +34,8 @@ def user_certificate_warning(path: str, now: datetime | None = None) -> str:
 
     Raises CertificateError when it is not a PEM certificate or has expired: clients would refuse it.
     """
+    from cryptography import x509  # only with a certificate of the user's: `fab -l` doesn't pay for it
+
     try:
         certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
     except (OSError, ValueError) as error:

@@ -1,28 +1,28 @@
 """Resolve a model on the tracking server and fetch it once to the laptop.
 
-mlflow is imported only here, inside the functions that need it: `fab -l` must stay fast.
+Over HTTP(S) through the tracking server's REST API (tasks.model_resolve, tasks.artifact_download); MLflow's client,
+a two-second import, only for a tracking URI that is not a server (sqlite:///, a path) or a store the server doesn't proxy.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import re
-import ssl
+import shutil
 import tempfile
-import urllib.error
-import urllib.request
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.artifact_download import download_files, list_tree
+from tasks.model_resolve import ModelError, proxied_path, resolve
 from tasks.requirements import RequirementError, parse_requirements_file
+from tasks.tracking_api import TrackingApi, TrackingApiError
 
 SAMPLE_FILE = "serving_input_example.json"
-
-
-class ModelError(Exception):
-    """The model can't be resolved or fetched; nothing was changed anywhere."""
 
 
 @dataclass(frozen=True)
@@ -67,27 +67,60 @@ def content_digest(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def check_reachable(tracking_uri: str, timeout: float = 5) -> None:
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()
-    try:
-        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout, context=context) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as error:
-        if isinstance(getattr(error, "reason", error), ssl.SSLCertVerificationError):
-            raise ModelError(
-                f"tracking server {tracking_uri}: its certificate is not trusted here ({error}). For a self-signed one, "
-                "run fab setup-tracking once from this machine (it saves the certificate) or set MLFLOW_TRACKING_SERVER_CERT_PATH"
-            ) from None
-        raise ModelError(f"tracking server {tracking_uri} is not reachable ({error}): check MLFLOW_TRACKING_URI or the inventory") from None
-
-
 def fetch(uri: str, tracking_uri: str) -> ModelArtifact:
     """Download the model once; an unknown run, a run without a model or a bad URI raise ModelError."""
-    check_reachable(tracking_uri)
+    destination = Path(tempfile.mkdtemp(prefix="mlflow-fab-model-"))
+    atexit.register(shutil.rmtree, destination, True)  # the deploy reads the copy until `fab` ends, then it goes
+    run_match = re.match(r"runs:/([^/]+)/", uri)
+    if "://" not in uri and ":" not in uri.split("/", 1)[0] or uri.startswith("file://"):
+        local = _copy_local(uri, destination)
+    elif tracking_uri.startswith(("http://", "https://")):
+        local = _download_over_rest(uri, tracking_uri, destination)
+    else:
+        local = _download_with_mlflow(uri, tracking_uri, run_match.group(1) if run_match else "", destination)
+    if not (local / "MLmodel").exists():
+        raise ModelError(f"{uri} is not an MLflow model (no MLmodel file): does the run log a model under that path?")
+    run_id = run_match.group(1) if run_match else _run_id_of(local)
+    artifact = ModelArtifact(uri=uri, run_id=run_id, local_dir=local, digest=content_digest(local))
+    try:
+        artifact.requirements  # options, URLs and paths are refused here, before any host is contacted
+    except RequirementError as error:
+        raise ModelError(str(error)) from None
+    return artifact
+
+
+def _copy_local(uri: str, destination: Path) -> Path:
+    """A model directory on this machine (a path or file:// URI), copied so the deploy reads one snapshot."""
+    source = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path) if uri.startswith("file://") else uri).expanduser()
+    if not source.is_dir():
+        raise ModelError(f"{uri} is not a model directory on this machine")
+    return Path(shutil.copytree(source, destination / source.name, symlinks=False))
+
+
+def _download_over_rest(uri: str, tracking_uri: str, destination: Path) -> Path:
+    """Resolve and download through the tracking server's REST API, as MLflow's client would, without importing it."""
+    api = TrackingApi.for_client(tracking_uri)
+    try:
+        root = proxied_path(resolve(api, uri))
+        if root is None:
+            return _download_with_mlflow(uri, tracking_uri, "", destination)  # a store the server doesn't proxy
+        files = list_tree(api, root)
+        if not files:
+            raise ModelError(f"{uri} has no files on {tracking_uri}: does the run log a model under that path?")
+        local = destination / "model"
+        download_files(api, root, files, local)
+    except TrackingApiError as error:
+        if error.status == 401:
+            raise ModelError(
+                f"the tracking server {tracking_uri} refused our credentials (401): run `fab tracking-user --add NAME` "
+                "or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        raise ModelError(str(error)) from None
+    return local
+
+
+def _download_with_mlflow(uri: str, tracking_uri: str, run_id: str, destination: Path) -> Path:
+    """MLflow's own client, for what the REST API can't reach: a local store (sqlite:///, a path) or an unproxied one."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -96,14 +129,10 @@ def fetch(uri: str, tracking_uri: str) -> ModelArtifact:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
-    run_id = ""
-    run_match = re.match(r"runs:/([^/]+)/", uri)
     try:
-        if run_match:
-            run_id = run_match.group(1)
+        if run_id:
             client.get_run(run_id)
-        destination = Path(tempfile.mkdtemp(prefix="mlflow-fab-model-"))
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
     except MlflowException as error:
         message = str(error).splitlines()[0]
         if run_id and "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) and "Run" in message:
@@ -114,16 +143,6 @@ def fetch(uri: str, tracking_uri: str) -> ModelArtifact:
                 "or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
             ) from None
         raise ModelError(f"cannot fetch {uri} from {tracking_uri}: {message}") from None
-    if not (local / "MLmodel").exists():
-        raise ModelError(f"{uri} is not an MLflow model (no MLmodel file): does the run log a model under that path?")
-    if not run_id:
-        run_id = _run_id_of(local)
-    artifact = ModelArtifact(uri=uri, run_id=run_id, local_dir=local, digest=content_digest(local))
-    try:
-        artifact.requirements  # options, URLs and paths are refused here, before any host is contacted
-    except RequirementError as error:
-        raise ModelError(str(error)) from None
-    return artifact
 
 
 def _run_id_of(model_dir: Path) -> str:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
-from rich.table import Table
 
 from tasks import cli
 from tasks.fleet import finish, run_on_hosts
@@ -121,6 +120,8 @@ def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0
 @task(help={"name": "the model's service name (default: model)"})
 def releases(c, name="model"):
     """Per host: the current, previous and kept releases of a model, and its deploy audit log."""
+    from rich.table import Table
+
     from tasks.models import list_releases_on
 
     name = checked_name(name)

@@ -6,14 +6,33 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-
-from rich.console import Console
-from rich.markup import escape
+from functools import cache
 
 from tasks.ops.steps import Step
 
-# Piped output (CI logs, tests) gets wide lines instead of rich's default of 80 columns.
-console = Console(highlight=False, emoji=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+
+@cache
+def _rich_console():
+    from rich.console import Console
+
+    # Piped output (CI logs, tests) gets wide lines instead of rich's default of 80 columns.
+    return Console(highlight=False, emoji=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+
+
+class _Console:
+    """rich's Console, made at its first use: importing rich costs `fab -l` more than listing the tasks does."""
+
+    def __getattr__(self, name):
+        return getattr(_rich_console(), name)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+console = _Console()
 _lock = threading.Lock()
 
 

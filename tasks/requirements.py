@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-from packaging.requirements import InvalidRequirement, Requirement
 
 # pip installs a "name" ending like this as a local file, not as a package from the index.
 ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tlz", ".tar.lz", ".tar.lzma")
@@ -22,6 +21,8 @@ class RequirementError(Exception):
 
 def refusal(text: str) -> str:
     """Why pip must not get this requirement ('' when it is a plain name[extras] specifiers; markers)."""
+    from packaging.requirements import InvalidRequirement, Requirement  # not at import: `fab -l` lists without it
+
     if text.startswith("-"):
         return "a pip option"
     try:

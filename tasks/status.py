@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fabric import task
-from rich.table import Table
 
 from tasks import cli
 from tasks.fleet import finish, run_on_hosts
@@ -65,6 +64,8 @@ def host_status(remote, report) -> None:
 @task
 def status(c):
     """Every inventory host (or -H): tracking server, PostgreSQL, model services and releases, health."""
+    from rich.table import Table
+
     hosts = cli.hosts_for(c, role=None)
     reports = run_on_hosts(c.config, hosts, host_status)
     table = Table("host", *COLUMNS)

@@ -11,7 +11,6 @@ import ipaddress
 import re
 import unicodedata
 
-from packaging.version import InvalidVersion, Version
 
 # The first MLflow that reads the admin password from MLFLOW_AUTH_ADMIN_PASSWORD: older ones read it only from
 # basic_auth.ini (KeyError 'admin_password' without it), where this suite keeps no secret.
@@ -97,6 +96,8 @@ def check_allowed_host(entry: str) -> None:
 
 
 def check_version(text: str) -> None:
+    from packaging.version import InvalidVersion, Version  # not at import: `fab -l` lists without it
+
     try:
         Version(text)
     except InvalidVersion:
@@ -106,6 +107,8 @@ def check_version(text: str) -> None:
 
 
 def check_mlflow_version(text: str) -> None:
+    from packaging.version import Version
+
     check_version(text)
     if Version(text) < Version(OLDEST_MLFLOW):
         raise ValueError(f'must be {OLDEST_MLFLOW} or newer: older MLflow reads the admin password only from basic_auth.ini, '
