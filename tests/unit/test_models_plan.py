@@ -123,6 +123,8 @@ def test_rollback_plan(artifact):
         "releases": "r1\t{}\nr2\t{}",
         "current": "r2",
         "history": history_entry("deploy", "r1", "", "me", "t") + "\n" + history_entry("deploy", "r2", "r1", "me", "t"),
+        f"service:{model.unit}": "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
+        "running": "r2",
     }
     steps = plan_rollback(model, facts, "", "me").steps
     assert changed(steps) == ["switch current", "health gate"] and "r2 -> r1" in steps[0].summary
