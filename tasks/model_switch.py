@@ -24,6 +24,8 @@ OUTCOME = "@@switch-outcome "
 # Restarts and the journal dump around the two gates (forward and back).
 DEADLINE_MARGIN = 120
 RECONNECT_PAUSE = 3
+# How long a host may stay unreachable before we report it (a powered-off host never answers; a cut may heal).
+RECONNECT_WINDOW = 90
 # A switch directory older than this belongs to a laptop that never came back for it.
 FORGOTTEN_AFTER_MINUTES = 1440
 
@@ -114,7 +116,7 @@ def start_script(transaction: Transaction) -> str:
         f"find {SWITCH_ROOT} -mindepth 1 -maxdepth 1 -mmin +{FORGOTTEN_AFTER_MINUTES} -exec rm -rf {{}} +",
         f"mkdir -m 700 {directory} && touch {directory}/log",
         write_file_script(f"{directory}/switch.sh", render_script(transaction), "root", "root", "700"),
-        " ".join(shlex.quote(part) for part in command),
+        " ".join(shlex.quote(part) for part in command) + ' || { echo "systemd-run failed: the switch did not start"; exit 1; }',
         follow_script(transaction),
     ])
 
@@ -135,7 +137,8 @@ def remove_script(transaction: Transaction) -> str:
 
 
 def run(remote: Remote, transaction: Transaction, on_done: Callable[[Step], None], on_note: Callable[[str], None]) -> Outcome:
-    """Start the switch and follow it to its outcome; a dropped connection is retried until the switch's deadline."""
+    """Start the switch and follow it to its outcome; a dropped connection is retried for a while (never past the
+    switch's own deadline), then the host is reported unreachable, its switch still running to its end there."""
     reported: set[int] = set()
 
     def once(step: Step) -> None:
@@ -151,10 +154,15 @@ def run(remote: Remote, transaction: Transaction, on_done: Callable[[Step], None
             result = remote.run_script(script, step="switch", out_stream=StepStream(transaction.steps, once))
             return parse_outcome(result.stdout)
         except HostError as error:
-            if not error.unreachable or time.monotonic() > give_up_at:
+            if not error.unreachable:
                 raise
+            if time.monotonic() > give_up_at:
+                raise HostError(error.step, f"{error.message}; once started, the switch goes on by itself on the host "
+                                f"({transaction.unit}): `fab releases` shows what it serves once it answers again", error.unreachable) from None
             if script != follow:
-                on_note(f"{error.message}: the switch goes on by itself on the host ({transaction.unit}); reconnecting to read its outcome")
+                on_note(f"{error.message}: once started, the switch goes on by itself on the host ({transaction.unit}); "
+                        f"reconnecting for up to {RECONNECT_WINDOW} s to read its outcome")
                 script = follow
+                give_up_at = min(give_up_at, time.monotonic() + RECONNECT_WINDOW)
             time.sleep(RECONNECT_PAUSE)
             remote.close()

@@ -483,8 +483,8 @@ class HostDeploy:
         elif outcome.result == "stopped":
             self.report.error = f"{failed} of {release} failed and nothing served before: {self.model.unit} is stopped and disabled"
         elif outcome.result == "lost":
-            self.report.error = (f"{transaction.unit} ended without an outcome (killed at its {transaction.deadline} s deadline, "
-                                 "or the host rebooted): see `fab releases` and `fab status` for what it serves")
+            self.report.error = (f"{transaction.unit} gave no outcome (it did not start, was killed at its {transaction.deadline} s "
+                                 "deadline, or the host rebooted): see `fab releases` and `fab status` for what it serves")
         else:
             self.report.error = f"{failed} of {release} failed, and going back failed too: see the output above and `fab status`"
         return outcome.result if outcome.result in ("rolled back", "stopped") else "failed"

@@ -40,14 +40,19 @@ def fleet(module_hosts, tmp_path_factory):
     hosts = dict(zip(names, module_hosts(*names)))
     entries = {"mlt30": host_entry(hosts["mlt30"], ["tracking"]), "mlt33": host_entry(hosts["mlt33"], ["lb"])}
     entries |= {name: host_entry(hosts[name], ["models"]) for name in MODEL_HOSTS}
-    inventory = write_inventory(tmp_path_factory.mktemp("faults") / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP}, lb=PLAIN_LB)
-    inventory.write_text(inventory.read_text() + f"[models]\nhealth_timeout = {HEALTH_TIMEOUT}\n[models.fresh]\nport = 5002\n")
+    directory = tmp_path_factory.mktemp("faults")
+    inventory = write_inventory(directory / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP}, lb=PLAIN_LB)
+    inventory.write_text(inventory.read_text() + f"[models]\nhealth_timeout = {HEALTH_TIMEOUT}\n")
+    # another model name on its own port, deployed without the balancer (which serves the model "model")
+    without_lb = {name: entry for name, entry in entries.items() if name != "mlt33"}
+    fresh_inventory = write_inventory(directory / "fresh.toml", without_lb, tracking={"workers": 1, **PLAIN_HTTP}, lb=PLAIN_LB)
+    fresh_inventory.write_text(fresh_inventory.read_text() + f"[models.fresh]\nport = 5002\nhealth_timeout = {HEALTH_TIMEOUT}\n")
     assert fab(inventory, "setup-tracking").returncode == 0
     assert fab(inventory, "setup-lb").returncode == 0
     tracking_uri = f"http://{hosts['mlt30'].address}:5000"
     first = fab(inventory, "deploy-model", "--run-id", log_wine_model(tracking_uri, alpha=0.5), "--batch-size", "100%")
     assert first.returncode == 0, first.stdout[-4000:]
-    return hosts, inventory, tracking_uri
+    return hosts, inventory, tracking_uri, fresh_inventory
 
 
 def current(host, model_dir: str = MODEL_DIR) -> str:
@@ -100,7 +105,9 @@ def nginx_config(hosts) -> str:
 def background_deploy(inventory, *args) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env |= {"FABRIC_INVENTORY": str(inventory), "COLUMNS": "200"}
-    return subprocess.Popen([str(FAB), "deploy-model", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a test run started in the background inherits SIGINT ignored; fab must get it as from a terminal's Ctrl-C
+    return subprocess.Popen([str(FAB), "deploy-model", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def switch_units(host) -> str:
@@ -120,7 +127,7 @@ def table_row(output: str, host: str) -> str:
 
 
 def test_sigint_right_after_a_switch_starts_lets_the_host_finish_it(fleet):
-    hosts, inventory, tracking_uri = fleet
+    hosts, inventory, tracking_uri, _ = fleet
     before = serving_state(hosts)
     deploy = background_deploy(inventory, "--run-id", log_wine_model(tracking_uri, alpha=0.3))
     try:
@@ -149,7 +156,7 @@ def cut_ssh_from_the_laptop(host, seconds: int) -> None:
 
 
 def test_the_laptop_cut_off_mid_gate_the_host_rolls_back_by_itself(fleet, tmp_path):
-    hosts, inventory, tracking_uri = fleet
+    hosts, inventory, tracking_uri, _ = fleet
     before = serving_state(hosts)
     sample = tmp_path / "refused.json"
     sample.write_text(json.dumps(REFUSED_SAMPLE))
@@ -163,7 +170,7 @@ def test_the_laptop_cut_off_mid_gate_the_host_rolls_back_by_itself(fleet, tmp_pa
         output, _ = deploy.communicate(timeout=900)
     print(output)
     assert deploy.returncode == 1
-    assert "the switch goes on by itself on the host" in output
+    assert "the switch goes on by itself on the host" in output and "reconnecting" in output
     assert "health gate failed" in output and "roll back" in output
     assert re.search(rf"rolled back +│ {before['mlt31'][1]} ", table_row(output, "mlt31"))
     assert serving_state(hosts) == before  # nothing recorded for the release that never passed its gate
@@ -171,7 +178,7 @@ def test_the_laptop_cut_off_mid_gate_the_host_rolls_back_by_itself(fleet, tmp_pa
 
 
 def test_a_restart_that_fails_rolls_back_on_the_host(fleet, tmp_path):
-    hosts, inventory, tracking_uri = fleet
+    hosts, inventory, tracking_uri, _ = fleet
     before = serving_state(hosts)
     model = downloaded_model(tracking_uri, tmp_path, alpha=0.4)
     (model / "fail-the-restart").write_text("the drop-in below refuses to start a release holding this file\n")
@@ -192,7 +199,7 @@ def test_a_restart_that_fails_rolls_back_on_the_host(fleet, tmp_path):
 
 
 def test_a_mismatch_between_current_and_the_process_is_reported_and_repaired(fleet):
-    hosts, inventory, _ = fleet
+    hosts, inventory, _, _ = fleet
     serving = current(hosts["mlt32"])
     other = next(name for name in hosts["mlt32"].run(f"ls {MODEL_DIR}/releases").stdout.split() if name != serving)
     # what an interrupted switch of an older version left: `current` moved, the old process still runs
@@ -210,11 +217,11 @@ def test_a_mismatch_between_current_and_the_process_is_reported_and_repaired(fle
 
 
 def test_a_first_deploy_that_fails_its_gate_starts_nothing_even_after_a_reboot(fleet, testbed, tmp_path):
-    hosts, inventory, tracking_uri = fleet
+    hosts, inventory, tracking_uri, fresh_inventory = fleet
     fresh_dir, fresh_unit = "/opt/mlflow/models/fresh", "mlflow-model@fresh"
     model = downloaded_model(tracking_uri, tmp_path, alpha=0.8)
     (model / "model.skops").write_bytes(b"not a zip file")
-    result = fab(inventory, "deploy-model", "--model-uri", str(model), "--name", "fresh", "-H", "mlt32")
+    result = fab(fresh_inventory, "deploy-model", "--model-uri", str(model), "--name", "fresh", "-H", "mlt32")
     assert result.returncode == 1
     assert "health gate failed" in result.stdout and "BadZipFile" in result.stdout
     assert "nothing served before: mlflow-model@fresh is stopped and disabled" in result.stdout
@@ -229,7 +236,7 @@ def test_a_first_deploy_that_fails_its_gate_starts_nothing_even_after_a_reboot(f
     assert host.run(f"systemctl is-active {fresh_unit}", check=False).stdout.strip() == "inactive"
     assert host.run(f"journalctl -b -u {fresh_unit} --no-pager -q", check=False).stdout.strip() == ""
     assert host.run(f"test -e {fresh_dir}/current", check=False).returncode == 1
-    listing = fab(inventory, "releases", "--name", "fresh", "-H", "mlt32")
+    listing = fab(fresh_inventory, "releases", "--name", "fresh", "-H", "mlt32")
     assert "nothing serves: mlflow-model@fresh is not active" in listing.stdout
     wait_for(lambda: host.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5001/ping", check=False).stdout == "200",
              180, "the model to answer after the reboot")
