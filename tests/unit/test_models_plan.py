@@ -213,3 +213,12 @@ def test_release_states_say_what_serves():
     model = model_host()
     assert serving_note(model, "", "r2") == "nothing serves: mlflow-model@wine is not active"
     assert "deploy again to repair" in serving_note(model, "r1", "r2")
+
+
+def test_status_shows_the_release_the_process_runs_and_flags_a_mismatch():
+    from tasks.status import model_summary
+
+    assert model_summary("wine active r1 r1\niris active r1 -") == ("wine: active r1\niris: active r1", True)
+    cell, consistent = model_summary("wine active r2 r1")
+    assert cell == "wine: active r1 (current links r2: deploy again)" and not consistent
+    assert model_summary("wine failed r2 -")[1] is False
