@@ -134,6 +134,7 @@ def releases(c, name="model"):
         for row in report.details.get("rows", []):
             table.add_row(*row)
         console.print(table)
+        console.print(f"  {report.details.get('serving', '')}")
         for entry in report.details.get("audit", [])[-10:]:
             console.print(
                 f"  {entry.get('at', '')}  {entry.get('action', ''):<8} {entry.get('from') or '-'} -> {entry.get('to', '')}"

@@ -7,16 +7,16 @@ requirements.txt, `mlflow models serve`, curl /invocations, and pray; go back by
 from __future__ import annotations
 
 import io
-import shlex
 from contextlib import nullcontext
 import tarfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks import firewall, releases as rel
+from tasks import firewall, model_switch, releases as rel
 from tasks.inventory import ModelSettings
 from tasks.model_source import ModelArtifact, manifest
+from tasks.model_switch import Transaction
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_directory, ensure_file, write_file_script
 from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, operator, parse as parse_audit
@@ -115,6 +115,7 @@ class ModelHost:
             f.file_content(UNIT_TEMPLATE),
             f.file_content(self.env_file),
             f.service_state(self.unit),
+            f.Fact("running", running_release_command(self.unit)),
             f.Fact("probe", probe_command(self.settings.port, self.health_checks)),
         ]
 
@@ -133,15 +134,52 @@ class ModelHost:
         script = gate_script(self.unit, self.settings.port, self.health_checks, timeout, after_restart)
         return Step.change("health gate", f"wait up to {timeout} s for /ping and a real prediction", script)
 
-    def switch_script(self, release: str, previous: str, action: str, by: str, reason: str = "") -> str:
-        """Flip `current` atomically (ln -s + mv -T) and append the switch to the history."""
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        entry = rel.history_entry(action, release, previous, by, stamp, reason)
-        return (
-            f"ln -sfn releases/{release} {self.dir}/.current.tmp\n"
-            f"mv -T {self.dir}/.current.tmp {self.current}\n"
-            f"printf '%s\\n' {shlex.quote(entry)} >> {self.history}"
-        )
+    def switch_script(self, release: str) -> str:
+        """Flip `current` atomically (ln -s + mv -T); the history records it only once the gate passed."""
+        return f"ln -sfn releases/{release} {self.dir}/.current.tmp\nmv -T {self.dir}/.current.tmp {self.current}"
+
+    def restore_script(self, release: str) -> str:
+        """`current` back to what it was: RELEASE, or no link at all."""
+        return self.switch_script(release) if release else f"rm -f {self.current}"
+
+
+def running_release_command(unit: str) -> str:
+    """The release the unit's process really runs: its working directory is `current`, resolved when it started."""
+    return (
+        f"pid=$(systemctl show -p MainPID --value {unit}); [ \"${{pid:-0}}\" -gt 0 ] || exit 0\n"
+        'cwd=$(readlink "/proc/$pid/cwd"); case "$cwd" in */releases/*) basename "$cwd" ;; esac'
+    )
+
+
+def served_release(model: ModelHost, facts: dict[str, str], releases: dict) -> str:
+    """The release answering now: the running process's ('' when the unit is not active)."""
+    service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
+    if service.get("ActiveState") != "active":
+        return ""
+    running = facts.get("running", "")
+    # a unit started before its WorkingDirectory was `current` can't tell: trust the link
+    return running if running in releases else facts.get("current", "")
+
+
+def back_steps(model: ModelHost, release: str, served: str, current: str) -> list[Step]:
+    """What the host does when a switch to RELEASE fails: serve what served before, or with nothing, start nothing."""
+    if served and served != release:
+        script = f"{model.switch_script(served)}\nsystemctl restart {model.unit}"
+        return [Step.change("roll back", f"{release} -> {served}", script), model.gate(after_restart=True)]
+    restore = "" if current == release else model.restore_script(current)
+    script = f"systemctl disable --now --quiet {model.unit}\nsystemctl reset-failed {model.unit} 2>/dev/null || true\n{restore}"
+    link = f", current back to {current}" if current and restore else ", no current link" if restore else ""
+    return [Step.change("stop", f"nothing served before: stop and disable {model.unit}{link}", script.strip())]
+
+
+def switch_transaction(model: ModelHost, release: str, served: str, current: str, recorded: str, forward: list[Step],
+                       action: str, by: str, reason: str = "") -> Transaction:
+    """The switch to RELEASE as the host runs it; RECORDED is what the history says serves (a line only when that changes)."""
+    at = "@@at@@"  # stamped on the host when the gate has passed
+    forward_record = rel.history_entry(action, release, served, by, at, reason) if release != recorded else ""
+    back_record = rel.history_entry("rollback", served, release, by, at, "switch failed") if served and served != recorded else ""
+    return Transaction(model.name, release, served, forward, back_steps(model, release, served, current), model.history,
+                       forward_record, back_record, deadline=2 * model.settings.health_timeout + model_switch.DEADLINE_MARGIN)
 
 
 def render_unit() -> str:
@@ -178,6 +216,9 @@ class DeployPlan:
     stage: list[Step] = field(default_factory=list)  # touches no running service
     switch: list[Step] = field(default_factory=list)  # switch current, restart, health gate
     prune: list[Step] = field(default_factory=list)
+    # the release answering before the switch, and the switch as the host runs it
+    served: str = ""
+    transaction: Transaction | None = None
 
     @property
     def steps(self) -> list[Step]:
@@ -248,18 +289,22 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
     unit_step = ensure_file(UNIT_TEMPLATE, unit, f.parse_file(facts.get(f"file:{UNIT_TEMPLATE}", "")))
     plan.stage += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
 
+    plan.served = served_release(model, facts, releases)
     if current == release:
         switch = Step.ok("switch current", f"already {release}")
     else:
-        switch = Step.change("switch current", f"{current or 'nothing'} -> {release}", model.switch_script(release, current, "deploy", deployment.by))
+        switch = Step.change("switch current", f"{current or 'nothing'} -> {release}", model.switch_script(release))
     service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
-    inputs = {"release": switch, "settings": env_file_step, "unit": unit_step}
-    restart = ensure_running(model.unit, service, [name for name, step in inputs.items() if step.changed])
+    # `current` can name another release than the process runs (a switch cut short before this version): restart it
+    inputs = {"release": switch.changed or plan.served not in ("", release), "settings": env_file_step.changed, "unit": unit_step.changed}
+    restart = ensure_running(model.unit, service, [name for name, changed in inputs.items() if changed])
     plan.switch += [switch, ensure_enabled(model.unit, service), restart]
     if restart.changed or not probe_healthy(facts.get("probe", ""), model.health_checks):
         plan.switch.append(model.gate(after_restart=restart.changed))
     else:
         plan.switch.append(Step.ok("health gate", "/ping and a prediction answer 200"))
+    recorded = rel.recorded_release(rel.parse_history(facts.get("history", "")))
+    plan.transaction = switch_transaction(model, release, plan.served, current, recorded, plan.switch, "deploy", deployment.by)
     plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)
     return plan
 
@@ -269,20 +314,23 @@ def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> 
     history = rel.parse_history(facts.get("history", ""))
     current = facts.get("current", "")
     target = to or rel.previous_release(history)
-    plan = DeployPlan(target)
+    plan = DeployPlan(target, served=served_release(model, facts, releases))
     if not target:
         plan.stage.append(Step.failure("rollback", f"no earlier release of {model.name} in this host's history"))
     elif target not in releases:
         kept = ", ".join(sorted(releases)) or "none"
         plan.stage.append(Step.failure("rollback", f"release {target} is not on this host (kept: {kept})"))
-    elif target == current:
+    elif target == current == plan.served:
         plan.switch.append(Step.ok("switch current", f"already {target}"))
     else:
-        switch = model.switch_script(target, current, "rollback", by)
+        service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
         plan.switch += [
-            Step.change("switch current", f"{current} -> {target}", f"{switch}\nsystemctl restart {model.unit}"),
+            Step.change("switch current", f"{plan.served or current or 'nothing'} -> {target}",
+                        f"{model.switch_script(target)}\nsystemctl restart {model.unit}"),
+            ensure_enabled(model.unit, service),
             model.gate(after_restart=True),
         ]
+        plan.transaction = switch_transaction(model, target, plan.served, current, rel.recorded_release(history), plan.switch, "rollback", by)
     return plan
 
 
@@ -331,8 +379,13 @@ class HostDeploy:
         self.deployment, self.tarball, self.rollback_to = deployment, tarball, rollback_to
         self.plan = DeployPlan("")
         self.previous = ""
+        # what the history says this host serves, and the switch directories to remove when done
+        self.recorded = ""
+        self.switches: list[Transaction] = []
         self.locked = False
         self.outcome = "untouched"
+        # what the host serves, as far as we know: the deploy table's column
+        self.serving = "unknown"
 
     @property
     def name(self) -> str:
@@ -354,7 +407,7 @@ class HostDeploy:
 
     def preflight(self) -> None:
         facts = self._gather()
-        self.previous = facts.get("current", "")
+        self.recorded = rel.recorded_release(rel.parse_history(facts.get("history", "")))
         platform = check_platform(facts.get("os", ""))
         if platform.failed:
             self.plan.stage.append(platform)
@@ -365,6 +418,8 @@ class HostDeploy:
                 show_note(self.report, warning)
         else:
             self.plan = plan_rollback(self.model, facts, self.rollback_to, self.lock.by)
+        self.previous = self.plan.served
+        self.serving = self.plan.served or "nothing"
         self.report.steps += self.plan.steps
         if self.report.check or self.plan.failed:
             for step in self.plan.steps:
@@ -392,35 +447,61 @@ class HostDeploy:
         self.locked = True
 
     def switch(self) -> None:
-        """Serve the staged release; a failed gate puts the previous release back and proves it serves."""
-        if apply(self.remote, self.plan.switch, self._show):
-            self.outcome = "updated" if self.plan.touches_service else "unchanged"
-            return
-        self.outcome = "failed"
-        failed = next(step for step in self.plan.switch if step.failed)
-        if failed.name == "health gate":
-            self.roll_back(f"health gate of {self.plan.release} failed")
+        """Serve the staged release: the host switches, restarts and gates it, and on any failure goes back by itself."""
+        self.outcome = self._transact(self.plan.transaction, self.plan.release)
+        if self.outcome == "updated" and not self.plan.touches_service:
+            self.outcome = "unchanged"
 
     def roll_back(self, reason: str) -> None:
-        """Back to the release that served before this deploy; with none, stop the crash loop."""
+        """Back to the release that served before this deploy (--rollback-all), as a switch of its own."""
         model, release = self.model, self.plan.release
-        if self.previous and self.previous != release:
-            switch = model.switch_script(self.previous, release, "rollback", self.lock.by, reason)
-            steps = [Step.change("roll back", f"{release} -> {self.previous} ({reason})", f"{switch}\nsystemctl restart {model.unit}"),
-                     model.gate(after_restart=True)]
+        if not self.previous or self.previous == release:
+            show_note(self.report, f"{reason}: nothing served before {release} here, it stays")
+            return
+        forward = [Step.change("roll back", f"{release} -> {self.previous} ({reason})",
+                               f"{model.switch_script(self.previous)}\nsystemctl restart {model.unit}"),
+                   model.gate(after_restart=True)]
+        self.report.steps += forward
+        transaction = switch_transaction(model, self.previous, release, release, self.recorded, forward, "rollback", self.lock.by, reason)
+        self.outcome = "rolled back" if self._transact(transaction, self.previous) == "updated" else "failed"
+        self.report.error = self.report.error or reason
+
+    def _transact(self, transaction: Transaction, release: str) -> str:
+        """Run one switch on the host; report the steps it ran and what the host serves afterwards."""
+        self.switches.append(transaction)
+        self.serving = "unknown"
+        ran: list[Step] = []
+
+        def done(step: Step) -> None:
+            ran.append(step)
+            self._show(step)
+
+        outcome = model_switch.run(self.remote, transaction, done, lambda note: show_note(self.report, note))
+        if outcome.result in ("updated", "rolled back", "stopped"):
+            self.serving = outcome.serving or "nothing"
+        self.report.steps += [step for step in transaction.back if any(step is other for other in ran)]
+        for step in transaction.steps:
+            step.skipped = step.changed and not any(step is other for other in ran)
+        failed = next((step.name for step in transaction.forward if step.failed), "switch")
+        if outcome.result == "updated":
+            self.recorded = release if transaction.forward_record else self.recorded
+            return "updated"
+        if outcome.result == "rolled back":
+            self.report.error = f"{failed} of {release} failed: back to {outcome.serving}, which passed its gate"
+        elif outcome.result == "stopped":
+            self.report.error = f"{failed} of {release} failed and nothing served before: {self.model.unit} is stopped and disabled"
+        elif outcome.result == "lost":
+            self.report.error = (f"{transaction.unit} gave no outcome (it did not start, was killed at its {transaction.deadline} s "
+                                 "deadline, or the host rebooted): see `fab releases` and `fab status` for what it serves")
         else:
-            steps = [Step.change("stop", f"no earlier release to go back to: stop {model.unit}", f"systemctl stop {model.unit}")]
-        self.report.steps += steps
-        ok = apply(self.remote, steps, self._show)
-        self.outcome = "rolled back" if ok and self.previous else "failed"
-        if self.previous:
-            self.report.error = self.report.error or reason
+            self.report.error = f"{failed} of {release} failed, and going back failed too: see the output above and `fab status`"
+        return outcome.result if outcome.result in ("rolled back", "stopped") else "failed"
 
     def finish(self) -> None:
-        """Prune after a good switch, write the audit line, and release our lock."""
+        """Prune after a good switch, write the audit line, remove the switches' directories, and release our lock."""
         steps = self.plan.prune if self.outcome == "updated" else []
-        script = []
-        if self.outcome in ("updated", "rolled back", "failed") and self.locked:
+        script = [model_switch.remove_script(transaction) for transaction in self.switches]
+        if self.outcome in ("updated", "rolled back", "stopped", "failed") and self.locked:
             action = "rollback" if self.rollback_to or not self.deployment else "deploy"
             script.append(append_audit(self.audit_record(action)))
         if self.locked:
@@ -443,15 +524,33 @@ class HostDeploy:
                 "model_uri": uri, "result": self.outcome, "by": self.lock.by}
 
 
+def release_state(name: str, served: str, current: str, previous: str) -> str:
+    if name == served:
+        return "current"
+    if name == current:
+        return "linked, not serving"
+    return "previous" if name == previous else "kept"
+
+
+def serving_note(model: ModelHost, served: str, current: str) -> str:
+    if not served:
+        return f"nothing serves: {model.unit} is not active"
+    if served != current:
+        return f"{served} serves, but current links {current or 'nothing'}: deploy again to repair"
+    return f"{served} serves"
+
+
 def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
     model = ModelHost(remote, name)
     facts = f.gather(remote, [*model.facts(), f.Fact("audit", f"tail -n 200 {AUDIT_LOG}")])
     releases = rel.parse_releases(facts.get("releases", ""))
     current, previous = facts.get("current", ""), rel.previous_release(rel.parse_history(facts.get("history", "")))
+    served = served_release(model, facts, releases)
+    report.details["serving"] = serving_note(model, served, current)
     report.details["rows"] = [
         (
             release.name,
-            "current" if release.name == current else "previous" if release.name == previous else "kept",
+            release_state(release.name, served, current, previous),
             release.manifest.get("run_id", ""),
             release.manifest.get("deployed_at", ""),
             release.manifest.get("deployed_by", ""),

@@ -73,6 +73,12 @@ def release_stack(history: list[dict]) -> list[str]:
     return stack
 
 
+def recorded_release(history: list[dict]) -> str:
+    """What the history says the host serves."""
+    stack = release_stack(history)
+    return stack[-1] if stack else ""
+
+
 def previous_release(history: list[dict]) -> str:
     stack = release_stack(history)
     return stack[-2] if len(stack) >= 2 else ""

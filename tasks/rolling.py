@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 from fabric import Config
+from invoke.exceptions import Exit
 from rich.table import Table
 
 from tasks.inventory import Host, Inventory
 from tasks.models import HostDeploy
 from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
-from tasks import fleet
+from tasks import fleet, model_switch
 from tasks.fleet import in_parallel
-from tasks.report import HostReport, console, show_note
+from tasks.report import HostReport, console, show_error, show_note, show_recap
 
 PREFLIGHT_TIMEOUT = 1800
 UNLOCK_TIMEOUT = 120
@@ -30,6 +32,10 @@ SWITCH_MARGIN = 60
 
 class PlanError(ValueError):
     """A bad --batch-size or --canary."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the hosts' work in flight has settled (or the user stopped waiting for it)."""
 
 
 def batch_size_of(text: str, total: int) -> int:
@@ -106,6 +112,45 @@ def release_abandoned_locks(config: Config, deploys: list[HostDeploy]) -> None:
                                     f"{deploy.name} answers again, rerun with --break-lock, or run `rm -f {path}` on it")
 
 
+def abandoned(deploy: HostDeploy) -> None:
+    """Ctrl-C twice: we stop waiting for this host; what it started on the host ends by itself, and keeps its lock until then."""
+    deploy.outcome = "interrupted"
+    deploy.report.error = ("interrupted while working: a switch started there finishes or rolls back by itself; "
+                           "see `fab releases`, and rerun with --break-lock once it is done")
+    show_error(deploy.report)
+
+
+def settle(deploys: list[HostDeploy], phase: Callable[[HostDeploy], None], timeout: float) -> None:
+    """phase(deploy) on every host in parallel; on Ctrl-C, wait for the hosts still working (a second Ctrl-C stops
+    waiting), then raise Interrupted. Invoke turns SIGINT into KeyboardInterrupt in this thread only: the others go on."""
+    settled = {id(deploy): threading.Event() for deploy in deploys}
+
+    def run(deploy: HostDeploy) -> None:
+        try:
+            guarded(deploy, lambda: phase(deploy))
+        finally:
+            settled[id(deploy)].set()
+
+    deadline = time.monotonic() + timeout
+    try:
+        in_parallel(deploys, run, timeout, lambda d: timed_out(d, timeout))
+        return
+    except KeyboardInterrupt:
+        working = [deploy for deploy in deploys if not settled[id(deploy)].is_set()]
+    if working:
+        console.print(f"[red]interrupted[/]: waiting up to {deadline - time.monotonic():.0f} s for {', '.join(d.name for d in working)} "
+                      "to finish what they started (Ctrl-C again to stop waiting)")
+    try:
+        for deploy in working:
+            if not settled[id(deploy)].wait(max(0.0, deadline - time.monotonic())):
+                timed_out(deploy, timeout)
+    except KeyboardInterrupt:
+        for deploy in working:
+            if not settled[id(deploy)].is_set():
+                abandoned(deploy)
+    raise Interrupted
+
+
 class Balancer:
     """The lb hosts of the inventory; a drain rewrites this model's own nginx config on each of them (other models'
     drained hosts stay as their deploys set them) and waits for in-flight requests."""
@@ -165,9 +210,10 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
     deploys = [make_deploy(Remote(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
     by_name = {deploy.name: deploy for deploy in deploys}
     balancer = Balancer(inventory, config, model) if not check else None
+    interrupted = False
     try:
         console.rule("preflight: every host in parallel, no service touched")
-        in_parallel(deploys, lambda d: guarded(d, d.preflight), PREFLIGHT_TIMEOUT, lambda d: timed_out(d, PREFLIGHT_TIMEOUT))
+        settle(deploys, lambda d: d.preflight(), PREFLIGHT_TIMEOUT)
         if check:
             return [deploy.report for deploy in deploys]
         failures = [d for d in deploys if d.outcome in ("failed", "unreachable")]
@@ -198,11 +244,14 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
             if options.pause and number < len(batches):
                 console.print(f"pausing {options.pause:g} s before the next batch")
                 time.sleep(options.pause)
+    except (Interrupted, KeyboardInterrupt):
+        interrupted = True
+        console.print("[red]interrupted (Ctrl-C): no further host is switched[/]")
+    finally:
         for deploy in deploys:
             if deploy.outcome == "staged":
                 deploy.outcome = "untouched"
-    finally:
-        reachable = [d for d in deploys if d.outcome != "unreachable" and d.locked]
+        reachable = [d for d in deploys if d.outcome not in ("unreachable", "interrupted") and d.locked]
         in_parallel(reachable, lambda d: guarded(d, d.finish), UNLOCK_TIMEOUT, lambda d: timed_out(d, UNLOCK_TIMEOUT))
         release_abandoned_locks(config, [d for d in deploys if d.outcome == "unreachable" and (d.locked or d.report.timed_out)])
         if balancer:
@@ -211,6 +260,9 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
             deploy.report.remote_commands = deploy.remote.commands_run
             deploy.remote.close()
     _show_outcomes(deploys)
+    if interrupted:
+        show_recap([deploy.report for deploy in deploys])
+        raise Exit("interrupted (Ctrl-C): the table above says what each host serves", code=130)
     return [deploy.report for deploy in deploys]
 
 
@@ -218,13 +270,15 @@ def _switch_batch(batch: list[HostDeploy], balancer: Balancer | None) -> None:
     names = {deploy.name for deploy in batch}
     if balancer:
         balancer.set_drained(balancer.drained | names, f"drained {', '.join(sorted(names))}")
-    timeout = max(deploy.model.settings.health_timeout for deploy in batch) * 2 + SWITCH_MARGIN
-    in_parallel(batch, lambda d: guarded(d, d.switch), timeout, lambda d: timed_out(d, timeout))
-    if balancer:
-        # an unreachable host stays out of the balancer; the others serve again (new release or rolled back)
-        keep_out = {deploy.name for deploy in batch if deploy.outcome == "unreachable"}
-        back = names - keep_out
-        balancer.set_drained((balancer.drained - names) | keep_out, f"back in the balancer: {', '.join(sorted(back)) or 'none'}")
+    timeout = max(deploy.plan.transaction.deadline for deploy in batch) + model_switch.DEADLINE_MARGIN + SWITCH_MARGIN
+    try:
+        settle(batch, lambda d: d.switch(), timeout)
+    finally:
+        if balancer:
+            # an unreachable (or abandoned) host stays out of the balancer; the others serve again (new release or rolled back)
+            keep_out = {deploy.name for deploy in batch if deploy.outcome in ("unreachable", "interrupted")}
+            back = names - keep_out
+            balancer.set_drained((balancer.drained - names) | keep_out, f"back in the balancer: {', '.join(sorted(back)) or 'none'}")
 
 
 def _roll_back_updated(updated: list[HostDeploy], balancer: Balancer | None) -> None:
@@ -232,14 +286,17 @@ def _roll_back_updated(updated: list[HostDeploy], balancer: Balancer | None) -> 
     for deploy in updated:
         if balancer:
             balancer.set_drained(balancer.drained | {deploy.name}, f"drained {deploy.name}")
-        guarded(deploy, lambda: deploy.roll_back("--rollback-all after failures elsewhere"))
-        if balancer:
-            balancer.set_drained(balancer.drained - {deploy.name}, f"back in the balancer: {deploy.name}")
+        try:
+            settle([deploy], lambda d: d.roll_back("--rollback-all after failures elsewhere"),
+                   deploy.model.settings.health_timeout * 2 + model_switch.DEADLINE_MARGIN + SWITCH_MARGIN)
+        finally:
+            if balancer and deploy.outcome not in ("unreachable", "interrupted"):
+                balancer.set_drained(balancer.drained - {deploy.name}, f"back in the balancer: {deploy.name}")
 
 
 def _show_outcomes(deploys: list[HostDeploy]) -> None:
-    table = Table("host", "outcome", "release", "from", "detail", title="deploy")
+    table = Table("host", "outcome", "serves", "release", "from", "detail", title="deploy")
     for deploy in deploys:
-        table.add_row(deploy.name, deploy.outcome, deploy.plan.release or "-", deploy.previous or "-", deploy.report.error or "")
+        table.add_row(deploy.name, deploy.outcome, deploy.serving, deploy.plan.release or "-", deploy.previous or "-", deploy.report.error or "")
     console.print(table)
 

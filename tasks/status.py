@@ -9,6 +9,7 @@ from tasks.fleet import finish, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.health import probe_command, probe_healthy
 from tasks.ops.steps import Step
+from tasks.models import running_release_command
 from tasks.releases import MODELS_ROOT
 from tasks.report import console
 from tasks.tracking import UNIT, TrackingTarget
@@ -16,15 +17,22 @@ from tasks.tracking import UNIT, TrackingTarget
 COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models")
 MODELS = (
     f"for d in {MODELS_ROOT}/*/; do [ -L \"$d/current\" ] || continue; name=$(basename \"$d\"); "
-    "printf '%s %s %s\\n' \"$name\" \"$(systemctl is-active mlflow-model@$name)\" \"$(basename \"$(readlink \"$d/current\")\")\"; done"
+    "running=$(" + running_release_command("mlflow-model@$name") + "); "
+    "printf '%s %s %s %s\\n' \"$name\" \"$(systemctl is-active mlflow-model@$name)\" \"$(basename \"$(readlink \"$d/current\")\")\" "
+    "\"${running:--}\"; done"
 )
 
 
 def model_summary(text: str) -> tuple[str, bool]:
-    """'wine active 2026...-abcd1234' lines -> a cell, and whether every model service is active."""
-    rows = [line.split() for line in text.splitlines() if len(line.split()) == 3]
-    cell = "\n".join(f"{name}: {state} {release}" for name, state, release in rows) or "-"
-    return cell, all(state == "active" for _, state, _ in rows)
+    """'wine active CURRENT RUNNING' lines -> a cell, and whether every model service is active and runs its current release."""
+    rows = [line.split() for line in text.splitlines() if len(line.split()) == 4]
+    cells, consistent = [], True
+    for name, state, current, running in rows:
+        # '-': a process started before its unit's WorkingDirectory named the release
+        mismatch = state == "active" and running not in ("-", current)
+        cells.append(f"{name}: {state} {running if mismatch else current}" + (f" (current links {current}: deploy again)" if mismatch else ""))
+        consistent = consistent and state == "active" and not mismatch
+    return "\n".join(cells) or "-", consistent
 
 
 def host_status(remote, report) -> None:
@@ -56,7 +64,7 @@ def host_status(remote, report) -> None:
     if installed and not healthy:
         report.steps.append(Step.failure("status", "tracking server installed but not healthy"))
     elif not models_active:
-        report.steps.append(Step.failure("status", "a model service is not active"))
+        report.steps.append(Step.failure("status", "a model service is not active, or runs another release than its current link"))
     else:
         report.steps.append(Step.ok("status", "healthy" if installed else "no tracking server"))
 

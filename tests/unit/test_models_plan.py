@@ -9,7 +9,8 @@ import pytest
 
 from tasks.inventory import Host, ModelSettings
 from tasks.model_source import ModelArtifact, ModelError, content_digest, model_uri
-from tasks.models import CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch, render_unit
+from tasks.models import (CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch,
+                          release_state, render_unit, served_release, serving_note)
 from tasks.ops.health import SKIPPED, gate_script, probe_healthy
 from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.releases import history_entry
@@ -126,6 +127,8 @@ def test_rollback_plan(artifact):
         "releases": "r1\t{}\nr2\t{}",
         "current": "r2",
         "history": history_entry("deploy", "r1", "", "me", "t") + "\n" + history_entry("deploy", "r2", "r1", "me", "t"),
+        f"service:{model.unit}": "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
+        "running": "r2",
     }
     steps = plan_rollback(model, facts, "", "me").steps
     assert changed(steps) == ["switch current", "health gate"] and "r2 -> r1" in steps[0].summary
@@ -182,3 +185,73 @@ def test_a_release_without_a_sample_request_is_gated_on_ping_alone(tmp_path):
     sample.write_text('{"inputs": [[1]]}')
     output, calls = run_gate(checks, tmp_path)
     assert "/ping answered 200, /invocations answered 200" in output and f"--data-binary @{sample}" in calls[1]
+
+
+def new_deployment(artifact):
+    (artifact.local_dir / "model.skops").write_bytes(b"new weights")
+    return Deployment("wine", ModelArtifact(artifact.uri, "def", artifact.local_dir, content_digest(artifact.local_dir)), sample="{}",
+                      stamp="20261126T120000Z")
+
+
+def test_a_failed_switch_goes_back_to_what_served_and_only_a_passed_gate_is_recorded(artifact):
+    model = model_host()
+    facts = served_facts(model, Deployment("wine", artifact, sample="{}"), "r1")
+    plan = plan_deploy(model, new_deployment(artifact), facts)
+    transaction = plan.transaction
+    assert plan.served == "r1" and transaction.forward is plan.switch
+    assert [step.name for step in transaction.back] == ["roll back", "health gate"]
+    assert "releases/r1" in transaction.back[0].script and "systemctl restart mlflow-model@wine" in transaction.back[0].script
+    record = json.loads(transaction.forward_record)
+    assert (record["action"], record["release"], record["from"], record["at"]) == ("deploy", plan.release, "r1", "@@at@@")
+    assert transaction.back_record == ""  # the history already says r1
+    assert "history" not in "".join(step.script for step in plan.switch)
+    assert transaction.deadline == 2 * 120 + 120
+
+
+def test_a_first_deploy_that_fails_stops_disables_and_removes_current(artifact):
+    model = model_host()
+    facts = served_facts(model, Deployment("wine", artifact, sample="{}"), "r1")
+    facts |= {"current": "", "history": "", f"service:{model.unit}": "ActiveState=inactive\nUnitFileState=disabled\nMainPID=0"}
+    transaction = plan_deploy(model, new_deployment(artifact), facts).transaction
+    assert transaction.served == "" and transaction.back_outcome == "stopped"
+    [stop] = transaction.back
+    assert "systemctl disable --now --quiet mlflow-model@wine" in stop.script and f"rm -f {model.current}" in stop.script
+
+
+def test_a_process_running_another_release_than_current_is_restarted(artifact):
+    model = model_host()
+    deployment = Deployment("wine", artifact, sample="{}")
+    facts = served_facts(model, deployment, "r1") | {"running": "r0"}
+    facts["releases"] += "\nr0\t" + json.dumps({"digest": "older"})
+    plan = plan_deploy(model, deployment, facts)
+    assert plan.served == "r0" and plan.release == "r1"
+    assert changed(plan.switch) == ["restart mlflow-model@wine", "health gate"]
+    assert "because release changed" in plan.switch[2].summary
+    assert [step.name for step in plan.transaction.back] == ["roll back", "health gate"] and "releases/r0" in plan.transaction.back[0].script
+    assert plan.transaction.forward_record == ""  # the history already says r1
+
+
+def test_served_release_trusts_the_process_and_falls_back_to_the_link():
+    model = model_host()
+    releases = {"r1": None, "r2": None}
+    active = {f"service:{model.unit}": "ActiveState=active", "current": "r2"}
+    assert served_release(model, active | {"running": "r1"}, releases) == "r1"
+    assert served_release(model, active | {"running": ""}, releases) == "r2"
+    assert served_release(model, active | {f"service:{model.unit}": "ActiveState=failed"}, releases) == ""
+
+
+def test_release_states_say_what_serves():
+    assert release_state("r1", served="r1", current="r2", previous="r0") == "current"
+    assert release_state("r2", served="r1", current="r2", previous="r0") == "linked, not serving"
+    model = model_host()
+    assert serving_note(model, "", "r2") == "nothing serves: mlflow-model@wine is not active"
+    assert "deploy again to repair" in serving_note(model, "r1", "r2")
+
+
+def test_status_shows_the_release_the_process_runs_and_flags_a_mismatch():
+    from tasks.status import model_summary
+
+    assert model_summary("wine active r1 r1\niris active r1 -") == ("wine: active r1\niris: active r1", True)
+    cell, consistent = model_summary("wine active r2 r1")
+    assert cell == "wine: active r1 (current links r2: deploy again)" and not consistent
+    assert model_summary("wine failed r2 -")[1] is False
