@@ -122,7 +122,7 @@ def follow_run(c, host, unit: str, api):
 
     def outcome():
         if interrupted:
-            api.call("POST", "runs/update", json={"run_id": run_id, "status": "KILLED", "end_time": int(time.time() * 1000)})
+            api.call("POST", "runs/update", json_body={"run_id": run_id, "status": "KILLED", "end_time": int(time.time() * 1000)})
         info = api.run(run_id)
         summary = f"{run_id} {info['status']}: {api.run_url(info)}"
         step = Step.ok("run", summary) if info["status"] == "FINISHED" else Step.failure("run", summary)
