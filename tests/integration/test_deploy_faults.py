@@ -17,6 +17,7 @@ import subprocess
 import pytest
 
 from tests.integration.fabrun import FAB, PLAIN_HTTP, PLAIN_LB, REPO, fab, host_entry, wait_for, write_inventory
+from tests.integration.test_rolling import nginx_config, predict_through_lb
 from tests.wine import log_wine_model
 
 pytestmark = pytest.mark.integration
@@ -25,10 +26,6 @@ MODEL_HOSTS = ("mlt31", "mlt32")
 MODEL_DIR = "/opt/mlflow/models/model"
 UNIT = "mlflow-model@model"
 LOCK = "/run/lock/mlflow-fab/model-model.lock"
-ROW = {"dataframe_split": {
-    "columns": ["fixed acidity", "volatile acidity", "citric acid", "residual sugar", "chlorides", "free sulfur dioxide",
-                "total sulfur dioxide", "density", "pH", "sulphates", "alcohol"],
-    "data": [[7, 0.27, 0.36, 20.7, 0.045, 45, 170, 1.001, 3, 0.45, 8.8]]}}
 # A gate request the model refuses (400): the gate waits its whole health_timeout, long enough to cut the connection.
 REFUSED_SAMPLE = {"dataframe_split": {"columns": ["nope"], "data": [[1]]}}
 HEALTH_TIMEOUT = 60
@@ -87,19 +84,9 @@ def assert_consistent(hosts, inventory) -> None:
         assert re.search(rf"{runs} +│ current", listing.stdout) and f"{runs} serves" in listing.stdout
         assert re.search(rf"{name} .*model: active {runs}", status.stdout)
     assert listing.returncode == 0 and status.returncode == 0
-    assert " down;" not in nginx_config(hosts)
+    assert " down;" not in nginx_config(hosts, "mlt33")
     for _ in range(4):  # round robin over both hosts
-        assert len(predict_through_lb(hosts["mlt30"])) == 1
-
-
-def predict_through_lb(client) -> list[float]:
-    result = client.run("curl -s -X POST -H 'Content-Type: application/json' --data-binary @- http://mlt33:5001/invocations",
-                        input=json.dumps(ROW))
-    return json.loads(result.stdout)["predictions"]
-
-
-def nginx_config(hosts) -> str:
-    return hosts["mlt33"].run("cat /etc/nginx/conf.d/mlflow-models.conf").stdout
+        assert len(predict_through_lb(hosts["mlt30"], "mlt33")) == 1
 
 
 def background_deploy(inventory, *args) -> subprocess.Popen:

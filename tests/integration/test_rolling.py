@@ -47,14 +47,14 @@ def current(host) -> str:
     return host.run(f"basename $(readlink {MODEL_DIR}/current)", check=False).stdout.strip()
 
 
-def predict_through_lb(client) -> list[float]:
-    result = client.run("curl -s -X POST -H 'Content-Type: application/json' --data-binary @- http://mlt19:5001/invocations",
+def predict_through_lb(client, lb: str = "mlt19") -> list[float]:
+    result = client.run(f"curl -s -X POST -H 'Content-Type: application/json' --data-binary @- http://{lb}:5001/invocations",
                         input=json.dumps(ROW))
     return json.loads(result.stdout)["predictions"]
 
 
-def nginx_config(hosts) -> str:
-    return hosts["mlt19"].run("cat /etc/nginx/conf.d/mlflow-model-model.conf").stdout
+def nginx_config(hosts, lb: str = "mlt19") -> str:
+    return hosts[lb].run("cat /etc/nginx/conf.d/mlflow-model-model.conf").stdout
 
 
 def test_setup_lb_balances_every_model_host_and_is_idempotent(fleet):
