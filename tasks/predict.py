@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import releases as rel
+from tasks.credentials import USER_NAME
 from tasks.frontdoor import laptop_certificate_path
 from tasks.inventory import Host, Inventory
 from tasks.model_users import DEFAULT_CREDENTIALS
@@ -123,6 +124,8 @@ def sample_from(remote: Remote, name: str) -> Request:
 def credentials_of(user: str) -> tuple[str, str]:
     """user and password from the curl config `fab model-user` wrote; --user, or the only one there is."""
     if user:
+        if not USER_NAME.fullmatch(user):
+            raise PredictError(f"--user {user!r}: use letters, digits and _ . @ - only, as `fab model-user` does")
         path = Path(DEFAULT_CREDENTIALS.format(name=user)).expanduser()
     else:
         found = sorted(Path(DEFAULT_CREDENTIALS.format(name="x")).expanduser().parent.glob("*.curl"))

@@ -180,9 +180,10 @@ def _python_env(directory: Path, spec: dict, source: str) -> tuple[str, list[str
         if item.startswith("-r "):
             included = item[3:].strip()
             requirements += parse_requirements_file(_inside(directory, included).read_text(), f"{directory.name}/{included}")
-        elif item.split("=")[0].split("<")[0].split(">")[0].strip() != "pip":
+        else:
             requirements.append(item)
-    return str(spec["python"]), check_packages(requirements, source)
+    # the env's own pip is what installs the rest
+    return str(spec["python"]), [text for text in check_packages(requirements, source) if Requirement(text).name.lower() != "pip"]
 
 
 def _conda_env(spec: dict, source: str) -> tuple[str, list[str]]:

@@ -88,7 +88,6 @@ def follow_run(c, host, unit: str, api):
     from tasks.ops.remote import Remote
     from tasks.ops.steps import Step
     from tasks.report import show_step
-    from tasks.tracking_api import TrackingApiError
     from tasks.training import follow_script, stop
 
     def follow(remote, report):
@@ -129,8 +128,5 @@ def follow_run(c, host, unit: str, api):
         report.steps.append(step)
         show_step(report, step)
 
-    try:
-        guarded(report, outcome)
-    except TrackingApiError as error:
-        report.error = str(error)
+    guarded(report, outcome)
     return reports

@@ -62,3 +62,5 @@ def test_credentials_come_from_the_model_user_file(tmp_path, monkeypatch):
     assert credentials_of("bob") == ("bob", "pw")
     with pytest.raises(PredictError, match="carol"):
         credentials_of("carol")
+    with pytest.raises(PredictError, match="letters, digits"):
+        credentials_of("../../.ssh/id_ed25519")

@@ -17,6 +17,7 @@ def test_the_example_project_loads_with_its_pinned_env():
     project = load(WINE)
     assert project.name == "wine-quality" and project.python == "3.11" and project.env_file == "python_env.yaml"
     assert "mlflow==3.17.2" in project.requirements and "scikit-learn==1.9.1" in project.requirements
+    assert not any(text.startswith("pip") for text in project.requirements)  # build_dependencies' pip is the env's own
     assert set(project.entry_points["main"].parameters) == {"alpha", "l1_ratio", "data"}
 
 
