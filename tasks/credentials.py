@@ -17,6 +17,9 @@ from invoke.exceptions import Exit
 
 SECTION = "mlflow"
 USER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+# Where MLflow's client reads its sign-in, and where `fab model-user` writes a user's curl config.
+TRACKING_CREDENTIALS = "~/.mlflow/credentials"
+MODEL_USER_CREDENTIALS = "~/.mlflow/model-users/{name}.curl"
 
 
 def chosen_action(add: str, reset_password: str, remove: str) -> tuple[str, str]:

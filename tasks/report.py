@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -106,3 +107,17 @@ def show_recap(reports: list[HostReport], show_commands: bool = False) -> None:
         style = "red" if report.failed else "yellow" if report.changed else "green"
         stats = f" remote_commands={report.remote_commands}" if show_commands else ""
         console.print(f"[{style}]{escape(report.recap())}[/]{stats}")
+
+
+class PrefixedLines(io.TextIOBase):
+    """An out_stream that prints each complete line at once, prefixed with its host."""
+
+    def __init__(self, host: str):
+        self.host, self.buffer = host, ""
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            console.out(f"{self.host} | {line}", highlight=False)
+        return len(text)

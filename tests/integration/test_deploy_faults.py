@@ -64,7 +64,7 @@ def running(host, unit: str = UNIT) -> str:
 
 def recorded(host) -> str:
     """The release the history says serves (its stack's top)."""
-    from tasks.releases import parse_history, recorded_release
+    from tasks.serving.history import parse_history, recorded_release
 
     return recorded_release(parse_history(host.run(f"cat {MODEL_DIR}/history.jsonl").stdout))
 

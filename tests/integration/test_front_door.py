@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from tasks.frontdoor import pem_fingerprint
+from tasks.tracking.frontdoor import pem_fingerprint
 from tests.integration.fabrun import PLAIN_HTTP, fab, host_entry, recap, transcript, write_inventory
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tasks.frontdoor import laptop_certificate_path
+from tasks.tracking.frontdoor import laptop_certificate_path
 from tests.testbed import Testbed
-from tasks.project_tasks import run_id_in
+from tasks.training.run import run_id_in
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = REPO / ".sandbox"

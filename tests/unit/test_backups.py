@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from invoke.exceptions import Exit
 
-from tasks.backups import backup_path, download_directory
+from tasks.tracking.backups import backup_path, download_directory
 
 
 def test_a_missing_download_directory_is_made(tmp_path):

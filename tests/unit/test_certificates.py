@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from invoke.exceptions import Exit
 
-from tasks import certificates, frontdoor
 from tasks.inventory import Host, TrackingSettings
-from tasks.tracking import check_user_certificates
+from tasks.tracking import certificates, frontdoor
+from tasks.tracking.server import check_user_certificates
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

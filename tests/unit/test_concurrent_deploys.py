@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import lb
 from tasks.inventory import load_inventory
-from tasks.models import Deployment, plan_deploy, prune_steps
 from tasks.ops import envguard
 from tasks.ops.pyenv import EnvSpec
 from tasks.ops.remote import HostError
-from tasks.rolling import Balancer
+from tasks.serving import balancer as lb
+from tasks.serving.deploy import Deployment, plan_deploy, prune_steps
+from tasks.serving.rolling import Balancer
 from tests.unit.test_models_plan import artifact, model_host, served_facts  # noqa: F401  (artifact is a fixture)
 
 INVENTORY = """
@@ -89,7 +89,7 @@ def test_a_name_the_balancer_does_not_front_is_named(inventory, tmp_path):
 
 
 class FakeDrains:
-    """Stands in for tasks.lb.drain: records what each lb host was told, fails on the hosts given."""
+    """Stands in for tasks.serving.balancer.drain: records what each lb host was told, fails on the hosts given."""
 
     def __init__(self, failing: set[str]):
         self.failing, self.calls = failing, []

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from invoke.exceptions import Exit
 
-from tasks import lb
+from tasks.cli.serving import checked_name
 from tasks.inventory import Host, InventoryError, TrackingSettings, load_inventory
-from tasks.logs import unit_and_role
-from tasks.model_tasks import checked_name
 from tasks.ops.files import ensure_directory
 from tasks.ops.health import gate_script, probe_command
+from tasks.overview.logs import unit_and_role
+from tasks.serving import balancer as lb
 from tasks.templates import render
-from tasks.tracking import BACKUP_DIR, BACKUP_SCRIPT, BACKUP_TIMER, BACKUP_UNIT, INSTALLED_ENV, RESTORE_SCRIPT, TrackingTarget
+from tasks.tracking.server import BACKUP_DIR, BACKUP_SCRIPT, BACKUP_TIMER, BACKUP_UNIT, INSTALLED_ENV, RESTORE_SCRIPT, TrackingTarget
 from tests.unit.test_inventory import WIDEST_GOOD_VALUES
 
 PAYLOADS = [

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import firewall
 from tasks.inventory import InventoryError, LbSettings, load_inventory
-from tasks.lb import CERTIFICATE, KEY, USERS, BalancerDoor, config_path, plan_lb, render_config, upstream, upstreams
-from tasks.model_users import users_script
-from tasks.models import model_ports
+from tasks.serving import firewall
+from tasks.serving.balancer import CERTIFICATE, KEY, USERS, BalancerDoor, config_path, plan_lb, render_config, upstream, upstreams
+from tasks.serving.deploy import model_ports
+from tasks.serving.users import users_script
 
 
 def inventory_file(tmp_path: Path, lb: str = "", lb_hosts: int = 1) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.model_source import ModelError, fetch
+from tasks.serving.source import ModelError, fetch
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = "a" * 32
@@ -255,7 +255,7 @@ def test_sizes_are_bounded_before_anything_is_downloaded(server):
 
 
 def test_fetching_over_http_does_not_import_mlflow_and_leaves_nothing_behind(server, tmp_path):
-    script = (f"import sys; from tasks.model_source import fetch; a = fetch('runs:/{RUN}/model', {server.uri!r}); "
+    script = (f"import sys; from tasks.serving.source import fetch; a = fetch('runs:/{RUN}/model', {server.uri!r}); "
               "print(a.run_id, 'mlflow' in sys.modules, a.local_dir.is_dir())")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == [RUN, "False", "True"], result.stderr

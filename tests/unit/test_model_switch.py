@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from tasks import model_switch
-from tasks.model_switch import Outcome, Transaction, parse_outcome, render_script, start_script
 from tasks.ops.steps import Step
+from tasks.serving import switch as model_switch
+from tasks.serving.switch import Outcome, Transaction, parse_outcome, render_script, start_script
 
 
 @pytest.fixture

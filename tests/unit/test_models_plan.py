@@ -8,12 +8,25 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.inventory import Host, ModelSettings
-from tasks.model_source import ModelArtifact, ModelError, content_digest, model_uri
-from tasks.models import (CONFIG_DIR, UNIT_TEMPLATE, Deployment, ModelHost, env_spec, plan_deploy, plan_rollback, port_conflict, python_mismatch,
-                          release_state, render_unit, served_release, serving_note)
 from tasks.ops.health import SKIPPED, gate_script, probe_healthy
 from tasks.ops.remote import PRIVATE_DIRECTORY
-from tasks.releases import history_entry
+from tasks.serving.deploy import (
+    CONFIG_DIR,
+    UNIT_TEMPLATE,
+    Deployment,
+    ModelHost,
+    env_spec,
+    plan_deploy,
+    plan_rollback,
+    port_conflict,
+    python_mismatch,
+    release_state,
+    render_unit,
+    served_release,
+    serving_note,
+)
+from tasks.serving.history import history_entry
+from tasks.serving.source import ModelArtifact, ModelError, content_digest, model_uri
 from tasks.templates import render
 
 REQUIREMENTS = "mlflow==3.17.2\nnumpy==2.4.6\nscikit-learn==1.9.1"
@@ -249,7 +262,7 @@ def test_release_states_say_what_serves():
 
 
 def test_status_shows_the_release_the_process_runs_and_flags_a_mismatch():
-    from tasks.status import model_summary
+    from tasks.overview.status import model_summary
 
     assert model_summary("wine active r1 r1\niris active r1 -") == ("wine: active r1\niris: active r1", True)
     cell, consistent = model_summary("wine active r2 r1")

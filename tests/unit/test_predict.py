@@ -5,8 +5,7 @@ import pytest
 
 from tasks.inventory import Host
 from tasks.ops.remote import HostError
-from tasks.predict import (PredictError, Request, credentials_of, on_host_script, parse_on_host, read_request,
-                           upstream_host)
+from tasks.serving.predict import PredictError, Request, credentials_of, on_host_script, parse_on_host, read_request, upstream_host
 
 
 def test_a_json_file_a_csv_file_and_stdin(tmp_path):

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 
 from tasks.ops.pyenv import EnvSpec
-from tasks.project import ProjectError, checked_parameters, load, pack, with_mlflow
-from tasks.project_tasks import run_id_in
-from tasks.training import RunRequest, follow_script, start_script
+from tasks.training.project import ProjectError, checked_parameters, load, pack, with_mlflow
+from tasks.training.run import RunRequest, follow_script, run_id_in, start_script
 
 WINE = Path(__file__).resolve().parents[2] / "examples" / "wine"
 

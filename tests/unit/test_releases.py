@@ -1,6 +1,6 @@
 import json
 
-from tasks.releases import history_entry, parse_history, parse_releases, previous_release, release_stack, releases_to_prune
+from tasks.serving.history import history_entry, parse_history, parse_releases, previous_release, release_stack, releases_to_prune
 
 
 def entry(action, release, previous=""):

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tasks.tracking_schema import VERSION_CHECK
-from tasks.upgrade import migrate_script, roll_back_script
+from tasks.tracking.schema import VERSION_CHECK
+from tasks.tracking.upgrade import migrate_script, roll_back_script
 from tests.unit.test_hostile_values import recordable_restore_script, run_recorded, tracking_target
 
 STOP = ["systemctl", "stop", "mlflow-tracking"]

@@ -4,12 +4,11 @@ from types import SimpleNamespace
 import pytest
 from fabric import Config
 
-from tasks import rolling
 from tasks.inventory import Host
-
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
 from tasks.ops.remote import HostError
-from tasks.rolling import PlanError, plan_batches
+from tasks.serving import rolling
+from tasks.serving.rolling import PlanError, plan_batches
 
 HOSTS = ["a", "b", "c"]
 

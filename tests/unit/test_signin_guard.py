@@ -2,9 +2,9 @@ import base64
 
 import pytest
 
-from tasks import frontdoor, signin_guard
 from tasks.inventory import Host, InventoryError, TrackingSettings, load_inventory
-from tasks.signin_guard import FILTER_PATH, JAIL, JAIL_PATH, SIGNIN_LOG
+from tasks.tracking import frontdoor, signin_guard
+from tasks.tracking.signin_guard import FILTER_PATH, JAIL, JAIL_PATH, SIGNIN_LOG
 
 
 def settings(**values) -> TrackingSettings:

@@ -1,9 +1,8 @@
 import base64
 import subprocess
 
-from tasks.ops.facts import Fact, gather_script, parse_facts, parse_file
+from tasks.ops.facts import Fact, FileState, gather_script, parse_facts, parse_file
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
-from tasks.ops.facts import FileState
 from tasks.ops.steps import Step, StepStream, apply_script
 from tasks.ops.system import ensure_packages
 

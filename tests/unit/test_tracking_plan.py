@@ -2,13 +2,13 @@ import base64
 
 import pytest
 
-from tasks import certificates, frontdoor, signin_guard, tracking
 from tasks.inventory import Host, TrackingSettings
+from tasks.ops.platform import check_platform
 from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.ops.steps import apply_script
-from tasks.ops.platform import check_platform
-from tasks.tracking import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, plan
-from tasks.templates import render
+from tasks.tracking import certificates, frontdoor, signin_guard
+from tasks.tracking import server as tracking
+from tasks.tracking.server import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, plan
 
 DEBIAN = "debian||Debian GNU/Linux 12 (bookworm)\nsystemd"
 

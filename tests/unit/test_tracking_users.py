@@ -5,8 +5,8 @@ from invoke.exceptions import Exit
 
 from tasks import credentials
 from tasks.inventory import Host, TrackingSettings
-from tasks.tracking import TrackingTarget
-from tasks.tracking_users import (
+from tasks.tracking.server import TrackingTarget
+from tasks.tracking.users import (
     check_credentials_file,
     chosen_action,
     create_user_script,

@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from fabric import task
-from invoke.exceptions import Exit
-
-from tasks import cli
-from tasks.backups import backup_path, download_backup, download_directory
-from tasks.fleet import finish, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops import postgres
 from tasks.ops.files import ensure_file
@@ -22,9 +16,19 @@ from tasks.ops.pyenv import ensure_env
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
-from tasks.tracking import BACKUP_SCRIPT, DATABASE, ENV_FILE, RESTORE_SCRIPT, UNIT, UNIT_PATH, TrackingTarget, installed_mlflow_version, running_env_path
-from tasks.tracking_schema import MIGRATE, SCHEMA
-from tasks.values import check_mlflow_version
+from tasks.tracking.backups import backup_path, download_backup
+from tasks.tracking.schema import MIGRATE, SCHEMA
+from tasks.tracking.server import (
+    BACKUP_SCRIPT,
+    DATABASE,
+    ENV_FILE,
+    RESTORE_SCRIPT,
+    UNIT,
+    UNIT_PATH,
+    TrackingTarget,
+    installed_mlflow_version,
+    running_env_path,
+)
 
 # A copy of the database made with the server stopped: what a rollback puts back once the schema changed.
 COPY = f"{DATABASE}_before_upgrade"
@@ -152,18 +156,3 @@ def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: 
         for line in steps[0].output.splitlines():
             show_note(report, line)
     return steps
-
-
-@task(help={"mlflow-version": "the version to run (default: mlflow_version from the inventory)",
-            "download": "also copy the backup taken first to this directory on the laptop, before anything changes",
-            "check": "show the plan and change nothing"})
-def upgrade_tracking(c, mlflow_version="", download="", check=False):
-    """Upgrade MLflow on the tracking hosts: backup, new env beside the old, db migration, health gate, rollback on failure."""
-    if mlflow_version:
-        try:
-            check_mlflow_version(mlflow_version)
-        except ValueError as error:
-            raise Exit(f"error: --mlflow-version {error} (got {mlflow_version!r})", code=2) from None
-    hosts = cli.hosts_for(c, role="tracking")
-    directory = download_directory(download) if download and not check else ""
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))

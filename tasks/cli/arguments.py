@@ -45,14 +45,14 @@ def tracking_uri(c) -> str:
     """MLFLOW_TRACKING_URI when set, else the inventory's tracking host."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    from tasks.tracking import TrackingTarget
+    from tasks.tracking.server import TrackingTarget
 
     hosts = inventory(c).with_role("tracking")
     if not hosts:
         raise Exit("error: no tracking server: set MLFLOW_TRACKING_URI or give a host roles = [\"tracking\"] in the inventory", code=2)
     target = TrackingTarget(hosts[0], hosts[0].address)
     if target.settings.tls and not target.settings.tls_certificate:
-        from tasks.frontdoor import laptop_certificate_path
+        from tasks.tracking.frontdoor import laptop_certificate_path
 
         learned = laptop_certificate_path(target.address, target.settings.port)
         if learned.exists():

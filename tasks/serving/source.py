@@ -1,6 +1,6 @@
 """Resolve a model on the tracking server and fetch it once to the laptop.
 
-Over HTTP(S) through the tracking server's REST API (tasks.model_resolve, tasks.artifact_download); MLflow's client,
+Over HTTP(S) through the tracking server's REST API (tasks.serving.resolve, tasks.serving.download); MLflow's client,
 a two-second import, only for a tracking URI that is not a server (sqlite:///, a path) or a store the server doesn't proxy.
 """
 
@@ -17,10 +17,10 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.artifact_download import download_files, list_tree
-from tasks.model_resolve import ModelError, proxied_path, resolve
 from tasks.requirements import RequirementError, parse_requirements_file
-from tasks.tracking_api import TrackingApi, TrackingApiError
+from tasks.serving.download import download_files, list_tree
+from tasks.serving.resolve import ModelError, proxied_path, resolve
+from tasks.tracking.api import TrackingApi, TrackingApiError
 
 SAMPLE_FILE = "serving_input_example.json"
 

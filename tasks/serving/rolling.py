@@ -17,13 +17,14 @@ from fabric import Config
 from invoke.exceptions import Exit
 from rich.table import Table
 
+from tasks import fleet
+from tasks.fleet import in_parallel
 from tasks.inventory import Host, Inventory
-from tasks.models import HostDeploy
 from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
-from tasks import fleet, model_switch
-from tasks.fleet import in_parallel
 from tasks.report import HostReport, console, show_error, show_note, show_recap
+from tasks.serving import switch as model_switch
+from tasks.serving.deploy import HostDeploy
 
 PREFLIGHT_TIMEOUT = 1800
 UNLOCK_TIMEOUT = 120
@@ -175,7 +176,7 @@ class Balancer:
 
     def _drain(self, remote: Remote, hosts: set[str], why: str) -> str:
         """'' when this lb host now has exactly these hosts down, else what went wrong."""
-        from tasks.lb import drain
+        from tasks.serving.balancer import drain
 
         try:
             step = drain(remote, self.inventory, self.model, frozenset(hosts), why)

@@ -17,9 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
-from tasks.credentials import read_credentials
+from tasks.credentials import TRACKING_CREDENTIALS, read_credentials
 
-CLIENT_CREDENTIALS = "~/.mlflow/credentials"
 MAX_JSON_BYTES = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
@@ -60,7 +59,7 @@ class TrackingApi:
     def for_client(cls, uri: str) -> "TrackingApi":
         """What MLflow's own client would send: MLFLOW_TRACKING_USERNAME/PASSWORD over ~/.mlflow/credentials,
         MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_INSECURE_TLS."""
-        file_user, file_password = read_credentials(Path(CLIENT_CREDENTIALS).expanduser())
+        file_user, file_password = read_credentials(Path(TRACKING_CREDENTIALS).expanduser())
         user = os.environ.get("MLFLOW_TRACKING_USERNAME") or file_user
         password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or file_password
         verify: str | bool = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True

@@ -12,17 +12,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import certificates, cli, frontdoor, signin_guard, tracking_schema
-from tasks.fleet import finish, run_on_hosts
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops import postgres
-from tasks.ops.platform import check_platform
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
+from tasks.ops.platform import check_platform
 from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
@@ -30,6 +27,7 @@ from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.report import HostReport, show_note, show_step, show_warning
 from tasks.templates import render
+from tasks.tracking import certificates, frontdoor, schema, signin_guard
 
 UNIT = "mlflow-tracking"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}.service"
@@ -161,7 +159,7 @@ class TrackingTarget:
         values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT, user=SERVICE_USER)
         restore = dict(
             unit_path=UNIT_PATH, env_file=ENV_FILE, backup_script=BACKUP_SCRIPT, installed_env=INSTALLED_ENV,
-            env_version=tracking_schema.ENV_VERSION, version_check=tracking_schema.VERSION_CHECK.strip(), migrate=tracking_schema.MIGRATE,
+            env_version=schema.ENV_VERSION, version_check=schema.VERSION_CHECK.strip(), migrate=schema.MIGRATE,
             database_functions=postgres.FUNCTIONS,
             gate=gate_script(UNIT, self.server_port, self.health_checks, s.health_timeout, after_restart=True),
             # a backup from another host holds that host's admin password hash: the gate signs in with this host's
@@ -446,7 +444,7 @@ def converge(remote: Remote, report: HostReport) -> None:
             exports += f" MLFLOW_TRACKING_SERVER_CERT_PATH={path}"
         show_note(report, f"tracking server: {target.url}  (export {exports})")
         if target.settings.auth:
-            show_note(report, f"sign-in required: `fab tracking-user --add NAME` makes a user and writes its credentials on this machine")
+            show_note(report, "sign-in required: `fab tracking-user --add NAME` makes a user and writes its credentials on this machine")
 
 
 def check_user_certificates(hosts: list[Host]) -> None:
@@ -458,11 +456,3 @@ def check_user_certificates(hosts: list[Host]) -> None:
             raise Exit(f"error: {error}", code=2) from None
         if warning:
             show_warning(warning)
-
-
-@task(help={"check": "show what would change, with diffs, and change nothing"})
-def setup_tracking(c, check=False):
-    """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, TLS and sign-in, health gate."""
-    hosts = cli.hosts_for(c, role="tracking")
-    check_user_certificates(hosts)
-    finish(run_on_hosts(c.config, hosts, converge, check=check))

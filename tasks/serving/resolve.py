@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from tasks.tracking_api import TrackingApi, TrackingApiError
+from tasks.tracking.api import TrackingApi, TrackingApiError
 
 # a logged model's name goes into a search filter in quotes
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@ -]{1,256}")

@@ -6,11 +6,13 @@ password in the shell, `nohup mlflow run . -P alpha=0.5 &`, and hope the SSH ses
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 import uuid
 from dataclasses import dataclass
 
+from tasks.fleet import guarded, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_directory, ensure_file
 from tasks.ops.platform import check_platform
@@ -18,7 +20,15 @@ from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
-from tasks.report import HostReport, show_step
+from tasks.report import HostReport, PrefixedLines, console, show_step
+
+RUN_ID = re.compile(r"Run \(ID '([0-9a-f]{32})'\)|in run with ID '([0-9a-f]{32})'")
+
+
+def run_id_in(output: str) -> str:
+    match = RUN_ID.search(output)
+    return next(group for group in match.groups() if group) if match else ""
+
 
 TRAIN_USER = "mlflow-train"
 TRAIN_HOME = "/var/lib/mlflow-train"
@@ -183,3 +193,46 @@ def prepare_and_start(remote: Remote, report: HostReport, request: RunRequest) -
 def stop(remote: Remote, unit: str) -> None:
     """SIGINT to `mlflow run` (it stops its command and ends the run), SIGKILL to what is left after 60 s."""
     remote.run_script(f"systemctl stop {unit} 2>/dev/null || true", step="stop")
+
+
+def follow_run(config, host, unit: str, api) -> list[HostReport]:
+    """Stream the run's output until it ends; Ctrl-C stops it and marks it KILLED. Reports with the run's outcome."""
+
+    def follow(remote, report):
+        result = remote.run_script(follow_script(unit), step="follow", out_stream=PrefixedLines(remote.host.name))
+        report.details["output"] = result.stdout
+
+    interrupted = False
+    try:
+        reports = run_on_hosts(config, [host], follow)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.print(f"\nCtrl-C: stopping {unit} on {host.name} (mlflow run gets SIGINT)")
+        remote = Remote(host, config.clone())
+        try:
+            stop(remote, unit)
+            output = remote.run_script(f"journalctl -u {unit} -o cat --no-pager", step="journal").stdout
+        finally:
+            remote.close()
+        reports = [HostReport(host.name)]
+        reports[0].details["output"] = output
+    report = reports[0]
+    run_id = run_id_in(str(report.details.get("output", "")))
+    if not run_id:
+        if not report.error:
+            step = Step.failure("run", "the run ended before MLflow created a run: see its output above")
+            report.steps.append(step)
+            show_step(report, step)
+        return reports
+
+    def outcome():
+        if interrupted:
+            api.call("POST", "runs/update", json_body={"run_id": run_id, "status": "KILLED", "end_time": int(time.time() * 1000)})
+        info = api.run(run_id)
+        summary = f"{run_id} {info['status']}: {api.run_url(info)}"
+        step = Step.ok("run", summary) if info["status"] == "FINISHED" else Step.failure("run", summary)
+        report.steps.append(step)
+        show_step(report, step)
+
+    guarded(report, outcome)
+    return reports

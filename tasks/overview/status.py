@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from fabric import task
-
-from tasks import cli
-from tasks.fleet import finish, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.health import probe_command, probe_healthy
 from tasks.ops.steps import Step
-from tasks.models import running_release_command
-from tasks.releases import MODELS_ROOT
-from tasks.report import console
-from tasks.tracking import UNIT, TrackingTarget
+from tasks.serving.deploy import running_release_command
+from tasks.serving.history import MODELS_ROOT
+from tasks.tracking.server import UNIT, TrackingTarget
 
 COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models")
 MODELS = (
@@ -67,17 +62,3 @@ def host_status(remote, report) -> None:
         report.steps.append(Step.failure("status", "a model service is not active, or runs another release than its current link"))
     else:
         report.steps.append(Step.ok("status", "healthy" if installed else "no tracking server"))
-
-
-@task
-def status(c):
-    """Every inventory host (or -H): tracking server, PostgreSQL, model services and releases, health."""
-    from rich.table import Table
-
-    hosts = cli.hosts_for(c, role=None)
-    reports = run_on_hosts(c.config, hosts, host_status)
-    table = Table("host", *COLUMNS)
-    for report in reports:
-        table.add_row(report.host, *(report.details.get(column, "-") for column in COLUMNS))
-    console.print(table)
-    finish(reports)

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import tempfile
-import time
 from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import cli
+from tasks.cli import arguments
+from tasks.credentials import TRACKING_CREDENTIALS
 from tasks.fleet import finish, run_on_hosts
 from tasks.report import console
-
-RUN_ID = re.compile(r"Run \(ID '([0-9a-f]{32})'\)|in run with ID '([0-9a-f]{32})'")
-STOP_DEADLINE = 120
-
-
-def run_id_in(output: str) -> str:
-    match = RUN_ID.search(output)
-    return next(group for group in match.groups() if group) if match else ""
 
 
 @task(
@@ -32,21 +23,21 @@ def run_id_in(output: str) -> str:
         "entry-point": "the entry point to run (default: main)",
         "experiment": "the experiment's name, created when missing (default: the project's name)",
         "detach": "start the run and return; follow it with `fab logs --service run:UNIT`",
-        "credentials": "the MLflow credentials file the run signs in with (default ~/.mlflow/credentials)",
+        "credentials": f"the MLflow credentials file the run signs in with (default {TRACKING_CREDENTIALS})",
     },
 )
-def run_project(c, project, P=None, version="", entry_point="main", experiment="", detach=False, credentials="~/.mlflow/credentials"):
+def run_project(c, project, P=None, version="", entry_point="main", experiment="", detach=False, credentials=TRACKING_CREDENTIALS):
     """Run an MLflow Project on a "train" host as an unprivileged transient unit, logging to the tracking server."""
     from tasks.ops.pyenv import EnvSpec
-    from tasks.project import ProjectError, checked_parameters, clone, load, pack, with_mlflow
-    from tasks.tracking_api import TrackingApi, TrackingApiError
-    from tasks.training import RunRequest, new_unit_name, prepare_and_start
+    from tasks.tracking.api import TrackingApi, TrackingApiError
+    from tasks.training.project import ProjectError, checked_parameters, clone, load, pack, with_mlflow
+    from tasks.training.run import RunRequest, follow_run, new_unit_name, prepare_and_start
 
-    hosts = cli.hosts_for(c, role="train")
+    hosts = arguments.hosts_for(c, role="train")
     if len(hosts) > 1:
         raise Exit(f"error: a run goes to one host: pick one of {', '.join(host.name for host in hosts)} with -H", code=2)
-    inventory = cli.inventory(c)
-    tracking_uri = cli.tracking_uri(c)
+    inventory = arguments.inventory(c)
+    tracking_uri = arguments.tracking_uri(c)
     credentials_path = Path(credentials).expanduser()
     with tempfile.TemporaryDirectory(prefix="mlflow-fab-project-") as scratch:
         try:
@@ -78,55 +69,4 @@ def run_project(c, project, P=None, version="", entry_point="main", experiment="
                           f"fab logs -H {hosts[0].name} --service run:{request.unit} --follow")
         finish(reports)
         return
-    finish(follow_run(c, hosts[0], request.unit, api))
-
-
-def follow_run(c, host, unit: str, api):
-    """Stream the run's output until it ends; Ctrl-C stops it and marks it KILLED. Reports with the run's outcome."""
-    from tasks.fleet import guarded
-    from tasks.logs import PrefixedLines
-    from tasks.ops.remote import Remote
-    from tasks.ops.steps import Step
-    from tasks.report import show_step
-    from tasks.training import follow_script, stop
-
-    def follow(remote, report):
-        result = remote.run_script(follow_script(unit), step="follow", out_stream=PrefixedLines(remote.host.name))
-        report.details["output"] = result.stdout
-
-    interrupted = False
-    try:
-        reports = run_on_hosts(c.config, [host], follow)
-    except KeyboardInterrupt:
-        interrupted = True
-        console.print(f"\nCtrl-C: stopping {unit} on {host.name} (mlflow run gets SIGINT)")
-        remote = Remote(host, c.config.clone())
-        try:
-            stop(remote, unit)
-            output = remote.run_script(f"journalctl -u {unit} -o cat --no-pager", step="journal").stdout
-        finally:
-            remote.close()
-        from tasks.report import HostReport
-
-        reports = [HostReport(host.name)]
-        reports[0].details["output"] = output
-    report = reports[0]
-    run_id = run_id_in(str(report.details.get("output", "")))
-    if not run_id:
-        if not report.error:
-            step = Step.failure("run", "the run ended before MLflow created a run: see its output above")
-            report.steps.append(step)
-            show_step(report, step)
-        return reports
-
-    def outcome():
-        if interrupted:
-            api.call("POST", "runs/update", json_body={"run_id": run_id, "status": "KILLED", "end_time": int(time.time() * 1000)})
-        info = api.run(run_id)
-        summary = f"{run_id} {info['status']}: {api.run_url(info)}"
-        step = Step.ok("run", summary) if info["status"] == "FINISHED" else Step.failure("run", summary)
-        report.steps.append(step)
-        show_step(report, step)
-
-    guarded(report, outcome)
-    return reports
+    finish(follow_run(c.config, hosts[0], request.unit, api))

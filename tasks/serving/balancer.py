@@ -11,7 +11,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_upload_path, learn_certificate, tls_fact
 from tasks.inventory import Inventory, LbSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_secret_file, unified_diff
@@ -23,6 +22,7 @@ from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled
 from tasks.report import HostReport, show_note, show_step
 from tasks.templates import render
+from tasks.tracking.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_upload_path, learn_certificate, tls_fact
 
 CONFIG_DIR = "/etc/nginx/conf.d"
 # Where setup-lb once wrote every model in one file; it now writes one file per model and removes this one.

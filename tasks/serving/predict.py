@@ -12,15 +12,14 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import releases as rel
-from tasks.credentials import USER_NAME
-from tasks.frontdoor import laptop_certificate_path
+from tasks.credentials import MODEL_USER_CREDENTIALS, USER_NAME
 from tasks.inventory import Host, Inventory
-from tasks.model_users import DEFAULT_CREDENTIALS
-from tasks.models import SAMPLE
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
 from tasks.report import HostReport, console, show_step
+from tasks.serving.deploy import SAMPLE
+from tasks.serving.history import model_dir
+from tasks.tracking.frontdoor import laptop_certificate_path
 
 # nginx names the model host that answered (see templates/nginx-mlflow-model.conf.j2)
 UPSTREAM_HEADER = "X-MLflow-Upstream"
@@ -63,7 +62,7 @@ def read_request(path: str, stdin) -> Request:
 
 
 def current_release_script(name: str) -> str:
-    current = f"{rel.model_dir(name)}/current"
+    current = f"{model_dir(name)}/current"
     return (
         f'link=$(readlink {current})\n'
         f'[ -n "$link" ] || {{ echo "model {name} is not deployed on this host: fab deploy-model --name {name}"; exit 3; }}\n'
@@ -72,7 +71,7 @@ def current_release_script(name: str) -> str:
 
 
 def sample_script(name: str) -> str:
-    sample = f"{rel.model_dir(name)}/current/{SAMPLE}"
+    sample = f"{model_dir(name)}/current/{SAMPLE}"
     return (
         f"{current_release_script(name)}\n"
         f'[ -s {sample} ] || {{ echo "model {name} has no sample request on this host: give --input FILE"; exit 3; }}\n'
@@ -82,7 +81,7 @@ def sample_script(name: str) -> str:
 
 def on_host_script(name: str, port: int, request: Request) -> str:
     """Print the serving release, then POST the request (stdin, or the release's sample) to the local port."""
-    data = "@-" if request.body else f"@{rel.model_dir(name)}/current/{SAMPLE}"
+    data = "@-" if request.body else f"@{model_dir(name)}/current/{SAMPLE}"
     prelude = current_release_script(name) if request.body else sample_script(name).rsplit("\n", 1)[0]
     content_type = shlex.quote(f"Content-Type: {request.content_type}")
     return (
@@ -126,9 +125,9 @@ def credentials_of(user: str) -> tuple[str, str]:
     if user:
         if not USER_NAME.fullmatch(user):
             raise PredictError(f"--user {user!r}: use letters, digits and _ . @ - only, as `fab model-user` does")
-        path = Path(DEFAULT_CREDENTIALS.format(name=user)).expanduser()
+        path = Path(MODEL_USER_CREDENTIALS.format(name=user)).expanduser()
     else:
-        found = sorted(Path(DEFAULT_CREDENTIALS.format(name="x")).expanduser().parent.glob("*.curl"))
+        found = sorted(Path(MODEL_USER_CREDENTIALS.format(name="x")).expanduser().parent.glob("*.curl"))
         if len(found) != 1:
             names = ", ".join(path.stem for path in found) or "none"
             raise PredictError(f"the balancer asks for a user: give --user NAME (found: {names}; `fab model-user --add NAME` makes one)")

@@ -1,13 +1,15 @@
-"""`fab deploy-model`, `fab rollback-model`, `fab releases`: thin tasks over tasks.models."""
+"""Tasks of model serving: `fab deploy-model`, `rollback-model`, `releases`, `predict`, `setup-lb`, `model-user`."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import cli
+from tasks.cli import arguments
+from tasks.credentials import MODEL_USER_CREDENTIALS
 from tasks.fleet import finish, run_on_hosts
 from tasks.report import console
 from tasks.values import check_model_name
@@ -23,9 +25,9 @@ def checked_name(name: str) -> str:
 
 def check_fronted(c, name: str) -> None:
     """A model the balancer doesn't front would be switched with no drain and, behind the firewall, reach no client."""
-    from tasks.lb import not_fronted
+    from tasks.serving.balancer import not_fronted
 
-    problem = not_fronted(cli.inventory(c), name)
+    problem = not_fronted(arguments.inventory(c), name)
     if problem:
         raise Exit(f"error: --name {name}: {problem}; nothing was changed", code=2)
 
@@ -41,7 +43,7 @@ ROLLING_HELP = {
 
 
 def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock):
-    from tasks.rolling import PlanError, RollingOptions, plan_batches
+    from tasks.serving.rolling import PlanError, RollingOptions, plan_batches
 
     try:
         plan_batches(["check"], batch_size, int(canary))
@@ -63,19 +65,20 @@ def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break
 def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, check=False, batch_size="1", canary=0,
                  max_failures=0, pause=0.0, rollback_all=False, break_lock=False):
     """Deploy a model from the tracking server to the "models" hosts: preflight in parallel, then batches with a health gate and rollback."""
-    from tasks.firewall import policy as firewall_policy
-    from tasks.model_source import ModelError, fetch, model_uri as resolve_uri
-    from tasks.models import Deployment, HostDeploy
-    from tasks.rolling import new_lock, rolling
+    from tasks.serving.deploy import Deployment, HostDeploy
+    from tasks.serving.firewall import policy as firewall_policy
+    from tasks.serving.rolling import new_lock, rolling
+    from tasks.serving.source import ModelError, fetch
+    from tasks.serving.source import model_uri as resolve_uri
 
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
-    hosts = cli.hosts_for(c, role="models")
+    hosts = arguments.hosts_for(c, role="models")
     check_fronted(c, name)
     try:
         uri = resolve_uri(run_id, model_uri)
         sample_text = Path(sample).read_text() if sample else None
-        tracking = cli.tracking_uri(c)
+        tracking = arguments.tracking_uri(c)
         console.print(f"fetching {uri} from {tracking}")
         artifact = fetch(uri, tracking)
     except (ModelError, OSError) as error:
@@ -86,7 +89,7 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
     tarball = deployment.tarball()
     console.print(f"model {artifact.uri}: run {artifact.run_id}, digest {artifact.digest[:12]}, release {deployment.release}")
     lock = new_lock(deployment.by, f"deploy {uri} as {name}")
-    inventory = cli.inventory(c)
+    inventory = arguments.inventory(c)
     firewall = firewall_policy(inventory)
 
     def make_deploy(remote, report):
@@ -101,20 +104,20 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
 def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0, max_failures=0, pause=0.0,
                    rollback_all=False, break_lock=False):
     """Serve the previous release of a model again (or --to RELEASE), rolled across hosts like a deploy."""
-    from tasks.models import HostDeploy
     from tasks.ops.audit import operator
-    from tasks.rolling import new_lock, rolling
+    from tasks.serving.deploy import HostDeploy
+    from tasks.serving.rolling import new_lock, rolling
 
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
-    hosts = cli.hosts_for(c, role="models")
+    hosts = arguments.hosts_for(c, role="models")
     check_fronted(c, name)
     lock = new_lock(operator(), f"rollback {name}" + (f" to {to}" if to else ""))
 
     def make_deploy(remote, report):
         return HostDeploy(remote, report, name, lock, rollback_to=to, break_lock=options.break_lock)
 
-    finish(rolling(c.config, cli.inventory(c), hosts, make_deploy, options, check, name))
+    finish(rolling(c.config, arguments.inventory(c), hosts, make_deploy, options, check, name))
 
 
 @task(help={"name": "the model's service name (default: model)"})
@@ -122,10 +125,10 @@ def releases(c, name="model"):
     """Per host: the current, previous and kept releases of a model, and its deploy audit log."""
     from rich.table import Table
 
-    from tasks.models import list_releases_on
+    from tasks.serving.deploy import list_releases_on
 
     name = checked_name(name)
-    hosts = cli.hosts_for(c, role="models")
+    hosts = arguments.hosts_for(c, role="models")
     reports = run_on_hosts(c.config, hosts, lambda remote, report: list_releases_on(remote, report, name))
     for report in reports:
         if report.error:
@@ -146,10 +149,10 @@ def releases(c, name="model"):
 @task(help={"check": "show what would change, with diffs, and change nothing"})
 def setup_lb(c, check=False):
     """nginx on the "lb" hosts: one upstream and one port per model over the model hosts, validated with nginx -t."""
-    from tasks.lb import converge_lb
+    from tasks.serving.balancer import converge_lb
 
-    hosts = cli.hosts_for(c, role="lb")
-    inventory = cli.inventory(c)
+    hosts = arguments.hosts_for(c, role="lb")
+    inventory = arguments.inventory(c)
     finish(run_on_hosts(c.config, hosts, lambda remote, report: converge_lb(remote, report, inventory), check=check))
 
 
@@ -164,12 +167,12 @@ def predict(c, name="model", input="", each=False, user=""):
     import sys
 
     from tasks.fleet import guarded
-    from tasks.predict import PredictError, credentials_of, on_host, read_request, show_answers, via_balancer
     from tasks.report import HostReport
+    from tasks.serving.predict import PredictError, credentials_of, on_host, read_request, show_answers, via_balancer
 
     name = checked_name(name)
-    inventory = cli.inventory(c)
-    hosts = cli.hosts_for(c, role="models")
+    inventory = arguments.inventory(c)
+    hosts = arguments.hosts_for(c, role="models")
     balancers = [] if each else inventory.with_role("lb")
     try:
         request = read_request(input, sys.stdin)
@@ -184,4 +187,42 @@ def predict(c, name="model", input="", each=False, user=""):
         targets = hosts if each else hosts[:1]
         reports = run_on_hosts(c.config, targets, lambda remote, report: report.details.update(answer=on_host(remote, name, request)))
     show_answers(reports, name)
+    finish(reports)
+
+
+@task(help={
+    "add": "a user to create on every lb host",
+    "reset-password": "give this user a new password (its credentials file is rewritten)",
+    "remove": "remove this user from every lb host",
+    "credentials": f"the user's curl config file on this machine (default {MODEL_USER_CREDENTIALS})",
+})
+def model_user(c, add="", reset_password="", remove="", credentials=""):
+    """Users of the model endpoints (nginx basic auth on the lb hosts); credentials written here for `curl -K FILE`."""
+    from tasks.credentials import chosen_action, commit, write_pending
+    from tasks.serving.users import change_on
+
+    action, name = chosen_action(add, reset_password, remove)
+    inventory = arguments.inventory(c)
+    if not inventory.lb.auth:
+        raise Exit(f"error: {inventory.path}: [lb] auth = false: the model endpoints take no users", code=2)
+    path = Path(credentials or MODEL_USER_CREDENTIALS.format(name=name)).expanduser()
+    if action == "add" and path.exists():
+        raise Exit(f"error: {path} exists already: pass --credentials PATH, or --reset-password {name}", code=2)
+    hosts = arguments.hosts_for(c, role="lb")
+    password = secrets.token_urlsafe(24) if action != "remove" else ""
+    pending = write_pending(path, f'user = "{name}:{password}"\n') if password else None
+    reports = run_on_hosts(c.config, hosts, lambda remote, report: change_on(remote, report, action, name, password))
+    accepted = [report.host for report in reports if not report.failed]
+    refused = [report.host for report in reports if report.failed]
+    if pending and accepted:
+        commit(pending, path)
+        console.print(f"credentials of {name} written to {path} (mode 0600): curl -K {path} https://LB:PORT/invocations ...")
+        if refused:
+            console.print(f"[red]{', '.join(refused)} did not take the new password: fix them, then "
+                          f"`fab model-user --reset-password {name}` sets one password everywhere[/]")
+    elif pending:
+        pending.unlink()
+    if action == "remove" and accepted and path.exists():
+        path.unlink()
+        console.print(f"{path} removed")
     finish(reports)

@@ -13,7 +13,6 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import certificates, signin_guard
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
@@ -21,6 +20,7 @@ from tasks.ops.nginx import config_step, reload_script
 from tasks.ops.remote import private_path
 from tasks.ops.steps import Step
 from tasks.templates import render
+from tasks.tracking import certificates, signin_guard
 
 CERTIFICATE = "/etc/ssl/certs/mlflow-tracking.pem"
 KEY = "/etc/ssl/private/mlflow-tracking.key"

@@ -11,16 +11,13 @@ import shlex
 from contextlib import nullcontext
 from pathlib import Path
 
-from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import cli
-from tasks.fleet import finish, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
-from tasks.tracking import BACKUP_SCRIPT, RESTORE_SCRIPT, TrackingTarget
+from tasks.tracking.server import BACKUP_SCRIPT, RESTORE_SCRIPT, TrackingTarget
 
 
 def download_directory(path: str) -> str:
@@ -88,22 +85,3 @@ def restore_on(remote: Remote, report: HostReport, source: str) -> None:
     if restored:  # what it kept, closed and backed up on the way
         for line in restore.output.splitlines():
             show_note(report, line)
-
-
-@task(help={"download": "also copy the backup to this directory on the laptop"})
-def backup_tracking(c, download=""):
-    """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep)."""
-    hosts = cli.hosts_for(c, role="tracking")
-    directory = download_directory(download) if download else ""
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
-
-
-@task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})
-def restore_tracking(c, from_=""):
-    """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first, and comes back on any failure."""
-    if not from_:
-        raise Exit("error: give --from FILE (a backup from fab backup-tracking --download, or a path on the host)", code=2)
-    hosts = cli.hosts_for(c, role="tracking")
-    if len(hosts) != 1:
-        raise Exit(f"error: restore one tracking host at a time: pass -H (tracking hosts: {', '.join(h.name for h in hosts)})", code=2)
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: restore_on(remote, report, from_)))

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.model_resolve import ModelError
-from tasks.tracking_api import TrackingApi
+from tasks.serving.resolve import ModelError
+from tasks.tracking.api import TrackingApi
 
 MAX_ENTRIES = 10_000
 MAX_DEPTH = 20

@@ -7,29 +7,43 @@ requirements.txt, `mlflow models serve`, curl /invocations, and pray; go back by
 from __future__ import annotations
 
 import io
-from contextlib import nullcontext
 import tarfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tasks import firewall, model_switch, releases as rel
 from tasks.inventory import ModelSettings
-from tasks.model_source import ModelArtifact, manifest
-from tasks.model_switch import Transaction
 from tasks.ops import facts as f
+from tasks.ops.audit import AUDIT_LOG, operator
+from tasks.ops.audit import append_script as append_audit
+from tasks.ops.audit import parse as parse_audit
+from tasks.ops.envguard import pinned_build_script, prune_script, unpin_script
 from tasks.ops.files import ensure_directory, ensure_file, write_file_script
-from tasks.ops.audit import AUDIT_LOG, append_script as append_audit, operator, parse as parse_audit
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
-from tasks.ops.envguard import pinned_build_script, prune_script, unpin_script
-from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.platform import check_platform
+from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.report import HostReport, show_note, show_step
+from tasks.serving import firewall
+from tasks.serving import switch as model_switch
+from tasks.serving.history import (
+    MODELS_ROOT,
+    history_entry,
+    model_dir,
+    parse_history,
+    parse_releases,
+    previous_release,
+    recorded_release,
+    release_name,
+    releases_to_prune,
+)
+from tasks.serving.source import ModelArtifact, manifest
+from tasks.serving.switch import Transaction
 from tasks.templates import render
 
 MODEL_USER = "mlflow-model"
@@ -58,7 +72,7 @@ class Deployment:
 
     @property
     def release(self) -> str:
-        return rel.release_name(self.stamp, self.artifact.digest)
+        return release_name(self.stamp, self.artifact.digest)
 
     def tarball(self) -> bytes:
         """model/ plus the gate's sample request, packed once for every host."""
@@ -80,7 +94,7 @@ class ModelHost:
         self.remote = remote
         self.name = name
         self.settings: ModelSettings = remote.host.model(name)
-        self.dir = rel.model_dir(name)
+        self.dir = model_dir(name)
         self.releases_dir = f"{self.dir}/releases"
         self.current = f"{self.dir}/current"
         self.history = f"{self.dir}/history.jsonl"
@@ -110,7 +124,7 @@ class ModelHost:
             f.Fact("history", f"cat {self.history}"),
             f.Fact("env_markers", f"cd {ENVS_ROOT} && for m in */.complete; do printf '%s\\t%s\\n' \"${{m%/.complete}}\" \"$(cat \"$m\")\"; done"),
             f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
-            f.Fact("env_links", f"for l in {rel.MODELS_ROOT}/*/releases/*/env; do printf '%s %s\\n' \"$l\" \"$(readlink \"$l\")\"; done"),
+            f.Fact("env_links", f"for l in {MODELS_ROOT}/*/releases/*/env; do printf '%s %s\\n' \"$l\" \"$(readlink \"$l\")\"; done"),
             f.Fact("ports", f"grep -H '^PORT=' {CONFIG_DIR}/*.env"),
             f.file_content(UNIT_TEMPLATE),
             f.file_content(self.env_file),
@@ -124,7 +138,7 @@ class ModelHost:
             (MODEL_HOME, MODEL_USER, MODEL_USER, "750"),
             (CONFIG_DIR, "root", "root", "755"),
             (ENVS_ROOT, "root", "root", "755"),
-            (rel.MODELS_ROOT, "root", "root", "755"),
+            (MODELS_ROOT, "root", "root", "755"),
             (self.dir, "root", "root", "755"),
             (self.releases_dir, "root", MODEL_USER, "750"),
         ]
@@ -176,14 +190,14 @@ def switch_transaction(model: ModelHost, release: str, served: str, current: str
                        action: str, by: str, reason: str = "") -> Transaction:
     """The switch to RELEASE as the host runs it; RECORDED is what the history says serves (a line only when that changes)."""
     at = "@@at@@"  # stamped on the host when the gate has passed
-    forward_record = rel.history_entry(action, release, served, by, at, reason) if release != recorded else ""
-    back_record = rel.history_entry("rollback", served, release, by, at, "switch failed") if served and served != recorded else ""
+    forward_record = history_entry(action, release, served, by, at, reason) if release != recorded else ""
+    back_record = history_entry("rollback", served, release, by, at, "switch failed") if served and served != recorded else ""
     return Transaction(model.name, release, served, forward, back_steps(model, release, served, current), model.history,
                        forward_record, back_record, deadline=2 * model.settings.health_timeout + model_switch.DEADLINE_MARGIN)
 
 
 def render_unit() -> str:
-    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=rel.MODELS_ROOT, config_dir=CONFIG_DIR, writable=[MODEL_HOME])
+    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=MODELS_ROOT, config_dir=CONFIG_DIR, writable=[MODEL_HOME])
 
 
 def port_conflict(name: str, port: int, ports_fact: str) -> str:
@@ -241,7 +255,7 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
                 firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()) -> DeployPlan:
     """The release this host will serve (an existing one when the digest is already there) and the steps to get there."""
     settings = model.settings
-    releases = rel.parse_releases(facts.get("releases", ""))
+    releases = parse_releases(facts.get("releases", ""))
     current = facts.get("current", "")
     same_digest = sorted(name for name, release in releases.items() if release.digest == deployment.artifact.digest)
     release = current if current in same_digest else (same_digest[-1] if same_digest else deployment.release)
@@ -303,17 +317,17 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
         plan.switch.append(model.gate(after_restart=restart.changed))
     else:
         plan.switch.append(Step.ok("health gate", "/ping and a prediction answer 200"))
-    recorded = rel.recorded_release(rel.parse_history(facts.get("history", "")))
+    recorded = recorded_release(parse_history(facts.get("history", "")))
     plan.transaction = switch_transaction(model, release, plan.served, current, recorded, plan.switch, "deploy", deployment.by)
     plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)
     return plan
 
 
 def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> DeployPlan:
-    releases = rel.parse_releases(facts.get("releases", ""))
-    history = rel.parse_history(facts.get("history", ""))
+    releases = parse_releases(facts.get("releases", ""))
+    history = parse_history(facts.get("history", ""))
     current = facts.get("current", "")
-    target = to or rel.previous_release(history)
+    target = to or previous_release(history)
     plan = DeployPlan(target, served=served_release(model, facts, releases))
     if not target:
         plan.stage.append(Step.failure("rollback", f"no earlier release of {model.name} in this host's history"))
@@ -330,14 +344,14 @@ def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> 
             ensure_enabled(model.unit, service),
             model.gate(after_restart=True),
         ]
-        plan.transaction = switch_transaction(model, target, plan.served, current, rel.recorded_release(history), plan.switch, "rollback", by)
+        plan.transaction = switch_transaction(model, target, plan.served, current, recorded_release(history), plan.switch, "rollback", by)
     return plan
 
 
 def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current_after: str, env_path: str) -> list[Step]:
     """Releases beyond keep_releases, then envs that no remaining release of any model links to."""
-    history = rel.parse_history(facts.get("history", ""))
-    doomed = rel.releases_to_prune(sorted(set(releases) | {current_after}), history, current_after, model.settings.keep_releases)
+    history = parse_history(facts.get("history", ""))
+    doomed = releases_to_prune(sorted(set(releases) | {current_after}), history, current_after, model.settings.keep_releases)
     steps = []
     if doomed:
         paths = " ".join(f"{model.releases_dir}/{name}" for name in doomed)
@@ -350,7 +364,7 @@ def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current
     if unused:
         # what goes is decided on the host, under the env guard: other models' deploys may have pinned or linked envs since
         summary = f"remove the envs no release links and no deploy pinned (unused at preflight: {', '.join(unused)})"
-        steps.append(Step.change("prune envs", summary, prune_script(ENVS_ROOT, rel.MODELS_ROOT, f"{ENV_PREFIX}-")))
+        steps.append(Step.change("prune envs", summary, prune_script(ENVS_ROOT, MODELS_ROOT, f"{ENV_PREFIX}-")))
     return steps
 
 
@@ -407,7 +421,7 @@ class HostDeploy:
 
     def preflight(self) -> None:
         facts = self._gather()
-        self.recorded = rel.recorded_release(rel.parse_history(facts.get("history", "")))
+        self.recorded = recorded_release(parse_history(facts.get("history", "")))
         platform = check_platform(facts.get("os", ""))
         if platform.failed:
             self.plan.stage.append(platform)
@@ -543,8 +557,8 @@ def serving_note(model: ModelHost, served: str, current: str) -> str:
 def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
     model = ModelHost(remote, name)
     facts = f.gather(remote, [*model.facts(), f.Fact("audit", f"tail -n 200 {AUDIT_LOG}")])
-    releases = rel.parse_releases(facts.get("releases", ""))
-    current, previous = facts.get("current", ""), rel.previous_release(rel.parse_history(facts.get("history", "")))
+    releases = parse_releases(facts.get("releases", ""))
+    current, previous = facts.get("current", ""), previous_release(parse_history(facts.get("history", "")))
     served = served_release(model, facts, releases)
     report.details["serving"] = serving_note(model, served, current)
     report.details["rows"] = [

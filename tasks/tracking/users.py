@@ -8,24 +8,20 @@ shell history), then a new user's password pasted into a chat message.
 from __future__ import annotations
 
 import json
-import secrets
 import shlex
 from pathlib import Path
 
-from fabric import task
 from invoke.exceptions import Exit
 
-from tasks import cli, credentials
-from tasks.credentials import commit, mlflow_credentials, owner, write_pending
-from tasks.fleet import finish, run_on_hosts
-from tasks.frontdoor import ADMIN, ADMIN_CURL
+from tasks import credentials
+from tasks.credentials import TRACKING_CREDENTIALS, commit, owner
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
 from tasks.report import HostReport, console, show_step
-from tasks.tracking import TrackingTarget
+from tasks.tracking.frontdoor import ADMIN, ADMIN_CURL
+from tasks.tracking.server import TrackingTarget
 
 USERS_API = "/api/2.0/mlflow/users"
-DEFAULT_CREDENTIALS = "~/.mlflow/credentials"
 # The host script prints this once the server took the new password: from then on it must not be lost.
 PASSWORD_SET = "@@password-set"
 
@@ -159,7 +155,7 @@ def settle(pending: Path, path: Path, name: str, outcomes: dict[str, str], host_
     except OSError as error:
         console.print(f"[bold red]error[/]: moving the new credentials of {name} to {path} failed ({error.strerror}): they are in {pending}")
         return
-    default = path == Path(DEFAULT_CREDENTIALS).expanduser()
+    default = path == Path(TRACKING_CREDENTIALS).expanduser()
     console.print(f"credentials of {name} written to {path} (mode 0600): the MLflow client reads them"
                   + ("" if default else " from ~/.mlflow/credentials, or export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD from it"))
     missing = [host for host in host_names if host not in took]
@@ -168,31 +164,3 @@ def settle(pending: Path, path: Path, name: str, outcomes: dict[str, str], host_
         again = f"fab tracking-user --reset-password {name}" + ("" if default else f" --credentials {path}")
         console.print(f"[bold red]warning[/]: the password in {path} works on {', '.join(took) or 'no host for certain'}, "
                       f"not on {', '.join(missing)}{lost}: fix what failed there, then `{again}` gives {name} one new password everywhere")
-
-
-@task(help={
-    "add": "the user name to create",
-    "reset-password": "give this user a new password (written to --credentials, which may hold this user's old one)",
-    "remove": "remove this user from the tracking server (the admin can't be removed)",
-    "admin": "with --add: make the user an admin of the tracking server",
-    "credentials": f"where to write the user's credentials (default {DEFAULT_CREDENTIALS})",
-})
-def tracking_user(c, add="", reset_password="", remove="", admin=False, credentials=DEFAULT_CREDENTIALS):
-    """Create a user of the tracking server, give one a new password, or remove one; credentials are written on this machine."""
-    action, name = chosen_action(add, reset_password, remove, admin)
-    hosts = cli.hosts_for(c, role="tracking")
-    if action == "remove":
-        finish(run_on_hosts(c.config, hosts, lambda remote, report: remove_on(remote, report, name)))
-        return
-    path = Path(credentials).expanduser()
-    check_credentials_file(path, name, action)
-    password = secrets.token_urlsafe(24)
-    try:
-        pending = write_pending(path, mlflow_credentials(name, password))
-    except OSError as error:
-        where = f": {error.filename}" if error.filename else ""
-        raise Exit(f"error: --credentials {credentials}: cannot write there ({error.strerror or error}{where}): nothing was changed", code=2) from None
-    outcomes: dict[str, str] = {}
-    reports = run_on_hosts(c.config, hosts, lambda remote, report: set_password_on(remote, report, action, name, password, admin, outcomes))
-    settle(pending, path, name, outcomes, [host.name for host in hosts])
-    finish(reports)

@@ -1,0 +1,88 @@
+"""Tasks of the tracking service: `fab setup-tracking`, `tracking-user`, `backup-tracking`, `restore-tracking`, `upgrade-tracking`."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from fabric import task
+from invoke.exceptions import Exit
+
+from tasks.cli import arguments
+from tasks.credentials import TRACKING_CREDENTIALS, mlflow_credentials, write_pending
+from tasks.fleet import finish, run_on_hosts
+from tasks.tracking.backups import backup_on, download_directory, restore_on
+from tasks.tracking.server import check_user_certificates, converge
+from tasks.tracking.upgrade import upgrade_on
+from tasks.tracking.users import check_credentials_file, chosen_action, remove_on, set_password_on, settle
+from tasks.values import check_mlflow_version
+
+
+@task(help={"check": "show what would change, with diffs, and change nothing"})
+def setup_tracking(c, check=False):
+    """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, TLS and sign-in, health gate."""
+    hosts = arguments.hosts_for(c, role="tracking")
+    check_user_certificates(hosts)
+    finish(run_on_hosts(c.config, hosts, converge, check=check))
+
+
+@task(help={
+    "add": "the user name to create",
+    "reset-password": "give this user a new password (written to --credentials, which may hold this user's old one)",
+    "remove": "remove this user from the tracking server (the admin can't be removed)",
+    "admin": "with --add: make the user an admin of the tracking server",
+    "credentials": f"where to write the user's credentials (default {TRACKING_CREDENTIALS})",
+})
+def tracking_user(c, add="", reset_password="", remove="", admin=False, credentials=TRACKING_CREDENTIALS):
+    """Create a user of the tracking server, give one a new password, or remove one; credentials are written on this machine."""
+    action, name = chosen_action(add, reset_password, remove, admin)
+    hosts = arguments.hosts_for(c, role="tracking")
+    if action == "remove":
+        finish(run_on_hosts(c.config, hosts, lambda remote, report: remove_on(remote, report, name)))
+        return
+    path = Path(credentials).expanduser()
+    check_credentials_file(path, name, action)
+    password = secrets.token_urlsafe(24)
+    try:
+        pending = write_pending(path, mlflow_credentials(name, password))
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        raise Exit(f"error: --credentials {credentials}: cannot write there ({error.strerror or error}{where}): nothing was changed", code=2) from None
+    outcomes: dict[str, str] = {}
+    reports = run_on_hosts(c.config, hosts, lambda remote, report: set_password_on(remote, report, action, name, password, admin, outcomes))
+    settle(pending, path, name, outcomes, [host.name for host in hosts])
+    finish(reports)
+
+
+@task(help={"download": "also copy the backup to this directory on the laptop"})
+def backup_tracking(c, download=""):
+    """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep)."""
+    hosts = arguments.hosts_for(c, role="tracking")
+    directory = download_directory(download) if download else ""
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
+
+
+@task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})
+def restore_tracking(c, from_=""):
+    """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first, and comes back on any failure."""
+    if not from_:
+        raise Exit("error: give --from FILE (a backup from fab backup-tracking --download, or a path on the host)", code=2)
+    hosts = arguments.hosts_for(c, role="tracking")
+    if len(hosts) != 1:
+        raise Exit(f"error: restore one tracking host at a time: pass -H (tracking hosts: {', '.join(h.name for h in hosts)})", code=2)
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: restore_on(remote, report, from_)))
+
+
+@task(help={"mlflow-version": "the version to run (default: mlflow_version from the inventory)",
+            "download": "also copy the backup taken first to this directory on the laptop, before anything changes",
+            "check": "show the plan and change nothing"})
+def upgrade_tracking(c, mlflow_version="", download="", check=False):
+    """Upgrade MLflow on the tracking hosts: backup, new env beside the old, db migration, health gate, rollback on failure."""
+    if mlflow_version:
+        try:
+            check_mlflow_version(mlflow_version)
+        except ValueError as error:
+            raise Exit(f"error: --mlflow-version {error} (got {mlflow_version!r})", code=2) from None
+    hosts = arguments.hosts_for(c, role="tracking")
+    directory = download_directory(download) if download and not check else ""
+    finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))

@@ -1,0 +1,1 @@
+"""What runs where: status and journals across the fleet."""

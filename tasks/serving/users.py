@@ -1,0 +1,44 @@
+"""`fab model-user --add/--reset-password/--remove NAME`: who may call the model endpoints behind the balancer.
+
+nginx basic auth on every lb host: `NAME:$6$...` lines (SHA-512 crypt, hashed on the host by
+`openssl passwd -6 -stdin` from the password sent on stdin), root:www-data 0640. The password is
+generated here and kept in a curl config file (0600) for `curl -K FILE`.
+
+Runbook this replaces: `htpasswd -b users alice PASSWORD` (the password in `ps` and the shell history),
+repeated on each balancer, then the password pasted into a chat message.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from tasks.ops.remote import Remote
+from tasks.ops.steps import Step
+from tasks.report import HostReport, show_step
+from tasks.serving.balancer import USERS
+
+
+def users_script(action: str, name: str) -> str:
+    """Rewrite the users file without NAME, plus NAME's new hash unless removing; the password comes on stdin."""
+    user = shlex.quote(name)
+    must = {
+        "add": f'[ -z "$line" ] || {{ echo "user {name} exists already on this balancer: nothing was changed (--reset-password {name} gives a new password)"; exit 1; }}',
+        "reset-password": f'[ -n "$line" ] || {{ echo "no user {name} on this balancer: nothing was changed (--add {name} makes one)"; exit 1; }}',
+    }
+    must["remove"] = must["reset-password"]
+    add_hash = "" if action == "remove" else f'hash=$(openssl passwd -6 -stdin)\nprintf "%s:%s\\n" {user} "$hash" >> "$new"'
+    return f"""[ -f {USERS} ] || {{ echo "this balancer has no users file: run fab setup-lb with [lb] auth = true first"; exit 2; }}
+line=$(awk -F: -v user={user} '$1 == user' {USERS})
+{must[action]}
+new=$(mktemp {USERS}.XXXXXX); trap 'rm -f "$new"' EXIT
+awk -F: -v user={user} '$1 != user' {USERS} > "$new"
+{add_hash}
+chown root:www-data "$new" && chmod 640 "$new" && mv "$new" {USERS}"""
+
+
+def change_on(remote: Remote, report: HostReport, action: str, name: str, password: str) -> None:
+    result = remote.run_script(users_script(action, name), step="model user", stdin=password if action != "remove" else None)
+    done = {"add": f"{name} may call the models", "reset-password": f"{name} has a new password", "remove": f"{name} removed"}[action]
+    step = Step.change("model user", done, "") if result.exited == 0 else Step.failure("model user", result.stdout.strip()[-600:])
+    report.steps.append(step)
+    show_step(report, step)

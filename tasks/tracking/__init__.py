@@ -1,0 +1,1 @@
+"""The tracking service: its server, front door, users, backups and upgrades."""

@@ -1,0 +1,1 @@
+"""MLflow Projects run on training hosts against the tracking server."""
