@@ -1,10 +1,12 @@
-"""Render the files we install from templates/ with jinja2."""
+"""Render the files and scripts we install or run from templates/ with jinja2; Python run on a host is shipped as it is."""
 
 import shlex
 from functools import cache
 from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Python programs a host runs (`python - ARGS <<'PY'`): plain .py files, their values come as arguments.
+PROGRAMS = TEMPLATES / "python"
 
 
 @cache
@@ -16,8 +18,20 @@ def _environment():
     )
     # `{{ value | shell }}`: one shell word, whatever the value holds
     environment.filters["shell"] = shlex.quote
+    # `{{ program("NAME.py") }}` between `<<'PY'` and `PY`
+    environment.globals["program"] = program
     return environment
 
 
 def render(template: str, **values) -> str:
     return _environment().get_template(template).render(**values)
+
+
+def render_script(template: str, **values) -> str:
+    """A shell script for a step, or to embed in another script: the template rendered, without its file's last newline."""
+    return render(template, **values).removesuffix("\n")
+
+
+def program(name: str) -> str:
+    """A Python program from templates/python, without its last newline: ready for a quoted heredoc."""
+    return (PROGRAMS / name).read_text().removesuffix("\n")

@@ -10,30 +10,16 @@ repeated on each balancer, then the password pasted into a chat message.
 
 from __future__ import annotations
 
-import shlex
-
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step
 from tasks.report import HostReport, show_step
 from tasks.serving.balancer import USERS
+from tasks.templates import render_script
 
 
 def users_script(action: str, name: str) -> str:
     """Rewrite the users file without NAME, plus NAME's new hash unless removing; the password comes on stdin."""
-    user = shlex.quote(name)
-    must = {
-        "add": f'[ -z "$line" ] || {{ echo "user {name} exists already on this balancer: nothing was changed (--reset-password {name} gives a new password)"; exit 1; }}',
-        "reset-password": f'[ -n "$line" ] || {{ echo "no user {name} on this balancer: nothing was changed (--add {name} makes one)"; exit 1; }}',
-    }
-    must["remove"] = must["reset-password"]
-    add_hash = "" if action == "remove" else f'hash=$(openssl passwd -6 -stdin)\nprintf "%s:%s\\n" {user} "$hash" >> "$new"'
-    return f"""[ -f {USERS} ] || {{ echo "this balancer has no users file: run fab setup-lb with [lb] auth = true first"; exit 2; }}
-line=$(awk -F: -v user={user} '$1 == user' {USERS})
-{must[action]}
-new=$(mktemp {USERS}.XXXXXX); trap 'rm -f "$new"' EXIT
-awk -F: -v user={user} '$1 != user' {USERS} > "$new"
-{add_hash}
-chown root:www-data "$new" && chmod 640 "$new" && mv "$new" {USERS}"""
+    return render_script("model-user.sh.j2", action=action, name=name, users=USERS)
 
 
 def change_on(remote: Remote, report: HostReport, action: str, name: str, password: str) -> None:

@@ -26,7 +26,7 @@ from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.report import HostReport, show_note, show_step, show_warning
-from tasks.templates import render
+from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 
 UNIT = "mlflow-tracking"
@@ -159,7 +159,7 @@ class TrackingTarget:
         values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT, user=SERVICE_USER)
         restore = dict(
             unit_path=UNIT_PATH, env_file=ENV_FILE, backup_script=BACKUP_SCRIPT, installed_env=INSTALLED_ENV,
-            env_version=schema.ENV_VERSION, version_check=schema.VERSION_CHECK.strip(), migrate=schema.MIGRATE,
+            env_version=schema.ENV_VERSION,
             database_functions=postgres.FUNCTIONS,
             gate=gate_script(UNIT, self.server_port, self.health_checks, s.health_timeout, after_restart=True),
             # a backup from another host holds that host's admin password hash: the gate signs in with this host's
@@ -209,32 +209,8 @@ def generate_env_file_script(auth: bool) -> str:
 
     Values already in the file are kept; only missing ones are generated.
     """
-    return f"""umask 077
-python3 - <<'PY'
-import os, secrets
-values = {{}}
-if os.path.exists("{ENV_FILE}"):
-    for line in open("{ENV_FILE}"):
-        key, sep, value = line.rstrip("\\n").partition("=")
-        if sep:
-            values[key] = value
-password = values.setdefault("MLFLOW_DB_PASSWORD", secrets.token_urlsafe(32))
-values["MLFLOW_BACKEND_STORE_URI"] = f"postgresql+psycopg2://mlflow:{{password}}@127.0.0.1:5432/{DATABASE}"
-if {auth}:
-    values.setdefault("MLFLOW_AUTH_ADMIN_PASSWORD", secrets.token_urlsafe(32))
-    values.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
-
-def write(path, text):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, text.encode())
-    os.close(fd)
-
-write("{ENV_FILE}.new", "".join(f"{{key}}={{value}}\\n" for key, value in values.items()))
-if {auth}:
-    write("{frontdoor.ADMIN_CURL}.new", f'user = "{frontdoor.ADMIN}:{{values["MLFLOW_AUTH_ADMIN_PASSWORD"]}}"\\n')
-PY
-chown root:{SERVICE_USER} {ENV_FILE}.new && chmod 640 {ENV_FILE}.new && mv {ENV_FILE}.new {ENV_FILE}
-if [ -f {frontdoor.ADMIN_CURL}.new ]; then mv {frontdoor.ADMIN_CURL}.new {frontdoor.ADMIN_CURL}; fi"""
+    return render_script("tracking-secrets.sh.j2", env_file=ENV_FILE, database=DATABASE, user=SERVICE_USER, auth=auth,
+                         admin_curl=frontdoor.ADMIN_CURL, admin=frontdoor.ADMIN)
 
 
 def secrets_step(target: TrackingTarget, facts: dict[str, str]) -> Step:
@@ -252,20 +228,11 @@ def secrets_step(target: TrackingTarget, facts: dict[str, str]) -> Step:
 
 
 def reset_admin_password_script(env_path: str) -> str:
-    """The stored admin password follows the secrets file: after a new secrets file, a restore, or a refused admin.curl."""
-    return f"""cd /
-if [ -n "$(runuser -u postgres -- psql -tAX -d mlflow -c "select to_regclass('{frontdoor.AUTH_SCHEMA}.users')")" ]; then
-runuser -u {SERVICE_USER} -- env MLFLOW_AUTH_CONFIG_PATH={frontdoor.AUTH_CONFIG} {env_path}/bin/python - <<'PY'
-from mlflow.server.auth.config import read_auth_config
-from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
-values = dict(line.rstrip("\\n").split("=", 1) for line in open("{ENV_FILE}") if "=" in line)
-store = SqlAlchemyStore()
-store.init_db(read_auth_config().database_uri)
-if store.has_user("{frontdoor.ADMIN}"):
-    store.update_user("{frontdoor.ADMIN}", password=values["MLFLOW_AUTH_ADMIN_PASSWORD"])
-    print("admin password set from the secrets file")
-PY
-fi"""
+    """The stored admin password follows the secrets file: after a new secrets file, a restore, or a refused admin.curl.
+
+    env_path is a shell word: a path, or "$env" inside mlflow-restore."""
+    return render_script("tracking-admin-password.sh.j2", env=env_path, database=DATABASE, auth_schema=frontdoor.AUTH_SCHEMA,
+                         user=SERVICE_USER, auth_config=frontdoor.AUTH_CONFIG, env_file=ENV_FILE, admin=frontdoor.ADMIN)
 
 
 def admin_password_steps(target: TrackingTarget, probe: str, new_secret: bool) -> list[Step]:
@@ -289,10 +256,7 @@ def admin_password_steps(target: TrackingTarget, probe: str, new_secret: bool) -
 
 def set_role_password_script() -> str:
     """printf is a shell builtin and psql reads stdin: the password never reaches a process's arguments."""
-    return f"""cd /
-password=$(sed -n 's/^MLFLOW_DB_PASSWORD=//p' {ENV_FILE})
-printf "DO \\$\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow') THEN CREATE ROLE mlflow LOGIN; END IF; END \\$\\$;\\nALTER ROLE mlflow WITH LOGIN PASSWORD '%s';\\n" "$password" \\
-  | runuser -u postgres -- psql -q -X -v ON_ERROR_STOP=1"""
+    return render_script("tracking-role-password.sh.j2", env_file=ENV_FILE)
 
 
 def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:

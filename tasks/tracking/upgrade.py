@@ -16,8 +16,9 @@ from tasks.ops.pyenv import ensure_env
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
+from tasks.templates import render_script
 from tasks.tracking.backups import backup_path, download_backup
-from tasks.tracking.schema import MIGRATE, SCHEMA
+from tasks.tracking.schema import SCHEMA
 from tasks.tracking.server import (
     BACKUP_SCRIPT,
     DATABASE,
@@ -35,17 +36,8 @@ COPY = f"{DATABASE}_before_upgrade"
 
 
 def migrate_script(env_path: str) -> str:
-    return (
-        f"systemctl stop {UNIT}\n"
-        f"cd /\n{postgres.close_connections(DATABASE)}\n"
-        f"{postgres.drop_if_exists(COPY)}\n"
-        f"runuser -u postgres -- createdb -O mlflow -T {DATABASE} {COPY}\n"
-        f"echo 'database {DATABASE} copied to {COPY} with the server stopped: a rollback goes back to it'\n"
-        f"set -a; . {ENV_FILE}; set +a\n"
-        f"echo \"schema before: $({SCHEMA})\"\n"
-        f"export PATH={env_path}/bin:$PATH\n{MIGRATE}\n"
-        f"echo \"schema after: $({SCHEMA})\""
-    )
+    return render_script("tracking-migrate.sh.j2", unit=UNIT, database=DATABASE, copy=COPY, env_file=ENV_FILE, env_path=env_path, schema=SCHEMA,
+                         close_connections=postgres.close_connections(DATABASE), drop_copy=postgres.drop_if_exists(COPY))
 
 
 def backup_first(remote: Remote, report: HostReport, steps: list[Step], download: str) -> list[Step]:
@@ -129,20 +121,9 @@ def roll_back_script(old_unit: str, schema_before: str) -> str:
 
     With the schema unchanged the database stays: it holds what the new server was sent before it failed.
     """
-    return f"""{ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script}
-systemctl daemon-reload
-cd /
-if [ "$({SCHEMA} 2>/dev/null)" != {schema_before!r} ]; then
-  echo "the migration changed the schema: {COPY}, copied with the server stopped, takes its place"
-  systemctl stop {UNIT}
-{postgres.FUNCTIONS}
-  swap_databases {DATABASE} {DATABASE}_failed_upgrade {COPY}
-  runuser -u postgres -- dropdb --force {DATABASE}_failed_upgrade
-else
-  echo "the schema is unchanged: starting the old server on the database as it is"
-  {postgres.drop_if_exists(COPY)}
-fi
-systemctl restart {UNIT}"""
+    return render_script("tracking-upgrade-rollback.sh.j2", write_old_unit=ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script,
+                         schema=SCHEMA, schema_before=schema_before, unit=UNIT, database=DATABASE, copy=COPY,
+                         database_functions=postgres.FUNCTIONS, drop_copy=postgres.drop_if_exists(COPY))
 
 
 def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, old_version: str, gate: str) -> list[Step]:

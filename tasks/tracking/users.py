@@ -8,7 +8,6 @@ shell history), then a new user's password pasted into a chat message.
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 from invoke.exceptions import Exit
@@ -18,6 +17,7 @@ from tasks.credentials import TRACKING_CREDENTIALS, commit, owner
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
 from tasks.report import HostReport, console, show_step
+from tasks.templates import render_script
 from tasks.tracking.frontdoor import ADMIN, ADMIN_CURL
 from tasks.tracking.server import TrackingTarget
 
@@ -26,46 +26,25 @@ USERS_API = "/api/2.0/mlflow/users"
 PASSWORD_SET = "@@password-set"
 
 
-def users_api_preamble(target: TrackingTarget) -> str:
-    """`call METHOD BODY ENDPOINT` as the admin, whose credentials come from a root-only file; BODY `@-` is stdin."""
-    base = f"http://127.0.0.1:{target.server_port}{USERS_API}"
-    return f"""[ -f {ADMIN_CURL} ] || {{ echo "no tracking server with auth on this host: run fab setup-tracking first"; exit 2; }}
-response=$(mktemp); trap 'rm -f "$response"' EXIT
-call() {{ curl -s -o "$response" -w '%{{http_code}}' -K {ADMIN_CURL} -H 'Content-Type: application/json' -X "$1" --data-binary "$2" "{base}/$3"; }}
-refused() {{ echo "$1: the server answered $code: $(head -c 300 "$response")"; exit 1; }}"""
+def users_api_script(target: TrackingTarget, action: str, name: str, admin: bool = False) -> str:
+    """add, reset-password or remove NAME through the users API, as the admin whose credentials come from a root-only file."""
+    return render_script("tracking-user.sh.j2", action=action, name=name, admin=admin, admin_curl=ADMIN_CURL, password_set=PASSWORD_SET,
+                         base=f"http://127.0.0.1:{target.server_port}{USERS_API}",
+                         admin_body=json.dumps({"username": name, "is_admin": True}), remove_body=json.dumps({"username": name}))
 
 
 def create_user_script(target: TrackingTarget, name: str, admin: bool) -> str:
     """The new user's JSON body (with its password) comes on stdin."""
-    make_admin = ""
-    if admin:
-        body = shlex.quote(json.dumps({"username": name, "is_admin": True}))
-        make_admin = f"""code=$(call PATCH {body} update-admin)
-[ "$code" = 200 ] || refused "making {name} an admin\""""
-    return f"""{users_api_preamble(target)}
-code=$(call POST @- create)
-if grep -q RESOURCE_ALREADY_EXISTS "$response"; then echo "user {name} exists already on this server: nothing was changed (fab tracking-user --reset-password {name} gives it a new password)"; exit 1; fi
-[ "$code" = 200 ] || refused "creating {name}"
-echo {PASSWORD_SET}
-{make_admin}"""
+    return users_api_script(target, "add", name, admin)
 
 
 def reset_password_script(target: TrackingTarget, name: str) -> str:
     """The new password comes on stdin, inside the JSON body."""
-    return f"""{users_api_preamble(target)}
-code=$(call PATCH @- update-password)
-if grep -q RESOURCE_DOES_NOT_EXIST "$response"; then echo "no user {name} on this server: nothing was changed (fab tracking-user --add {name} makes it)"; exit 1; fi
-[ "$code" = 200 ] || refused "setting the password of {name}"
-echo {PASSWORD_SET}"""
+    return users_api_script(target, "reset-password", name)
 
 
 def remove_user_script(target: TrackingTarget, name: str) -> str:
-    body = shlex.quote(json.dumps({"username": name}))
-    return f"""{users_api_preamble(target)}
-code=$(call DELETE {body} delete)
-if grep -q RESOURCE_DOES_NOT_EXIST "$response"; then echo "absent"; exit 0; fi
-[ "$code" = 200 ] || refused "removing {name}"
-echo removed"""
+    return users_api_script(target, "remove", name)
 
 
 def set_password_on(remote: Remote, report: HostReport, action: str, name: str, password: str, admin: bool, outcomes: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tasks.tracking.schema import VERSION_CHECK
+from tasks.templates import PROGRAMS
 from tasks.tracking.upgrade import migrate_script, roll_back_script
 from tests.unit.test_hostile_values import recordable_restore_script, run_recorded, tracking_target
 
@@ -115,7 +115,7 @@ def test_a_backup_from_an_older_mlflow_is_migrated_beside_the_live_database(tmp_
 def test_version_check_compares_the_backup_with_the_server(tmp_path, backup, relation):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"mlflow": backup}))
-    result = subprocess.run([sys.executable, "-", str(manifest), "3.17.2"], input=VERSION_CHECK, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, PROGRAMS / "backup_version.py", str(manifest), "3.17.2"], capture_output=True, text=True, check=True)
     assert result.stdout.split() == [relation, backup]
 
 
