@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from tasks.templates import render_script
+
 JOURNAL_LINES = 50
 # what a check prints instead of a status code when the file it needs is not on the host
 SKIPPED = "skipped"
@@ -55,34 +57,5 @@ def probe_healthy(text: str, checks: list[HttpCheck]) -> bool:
 
 def gate_script(unit: str, port: int, checks: list[HttpCheck], timeout: int, after_restart: bool) -> str:
     """Wait until every check answers 200; fail fast when the unit stops or restarts; print the journal on failure."""
-    polls = []
-    for check in checks:
-        polls.append(
-            f"code=$({check.curl(port)} || true)\n"
-            f'last={shlex.quote(check.label)}" answered $code"\n'
-            f'if [ "$code" = 403 ]; then why="$last: the Host header is refused (see allowed_hosts)"; break; fi\n'
-            f'case $code in 200) passed="$passed, "{shlex.quote(check.label + " answered 200")};; '
-            f'{SKIPPED}) passed="$passed, "{shlex.quote(f"{check.label} skipped (no {check.needs_file})")};; *) ok=0;; esac'
-        )
-    restarted = '|| [ "${restarts:-0}" -gt 0 ] ' if after_restart else ""
-    return f"""deadline=$((SECONDS + {timeout}))
-why=""
-body=$(mktemp); trap 'rm -f "$body"' EXIT
-while :; do
-  state=$(systemctl show -p ActiveState --value {unit})
-  restarts=$(systemctl show -p NRestarts --value {unit})
-  if [ "$state" = inactive ] || [ "$state" = failed ] {restarted}; then
-    why="{unit} is $state after $restarts restart(s)"; break
-  fi
-  ok=1; passed=""
-  {(chr(10) + "  ").join(polls)}
-  if [ $ok = 1 ]; then echo "healthy: ${{passed#, }}"; exit 0; fi
-  if [ $SECONDS -ge $deadline ]; then why="not healthy within {timeout} s ($last)"; break; fi
-  sleep 1
-done
-echo "health gate failed: $why"
-causes=$(journalctl -u {unit} -n 300 --no-pager -o cat | grep -E '^[A-Za-z_][A-Za-z0-9_.]*: ' | grep -vE '^(INFO|DEBUG|WARNING):|non zero return code' | tail -n 8)
-if [ -n "$causes" ]; then echo "--- lines of the journal that name an error:"; echo "$causes"; fi
-echo "--- last {JOURNAL_LINES} lines of journalctl -u {unit}:"
-journalctl -u {unit} -n {JOURNAL_LINES} --no-pager -o cat
-exit 1"""
+    return render_script("health-gate.sh.j2", unit=unit, port=port, checks=checks, timeout=timeout, after_restart=after_restart,
+                         skipped=SKIPPED, journal_lines=JOURNAL_LINES)

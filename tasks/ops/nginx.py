@@ -6,7 +6,7 @@ from tasks.ops.facts import FileState
 from tasks.ops.files import unified_diff, write_file_script
 from tasks.ops.lock import LOCK_DIR
 from tasks.ops.steps import Step
-from tasks.templates import render
+from tasks.templates import render, render_script
 
 DRAIN_TIMEOUT = 30
 NGINX_LOCK = f"{LOCK_DIR}/nginx.lock"
@@ -35,16 +35,7 @@ def install_config_script(path: str, content: str) -> str:
 
 def reload_script() -> str:
     """Start nginx, or reload it and wait until the old workers are gone: from then on every connection sees the new config."""
-    return f"""if ! systemctl is-active --quiet nginx; then systemctl enable --now --quiet nginx; exit 0; fi
-old_workers=$(pgrep -f 'nginx: worker process' || true)
-systemctl reload nginx
-deadline=$((SECONDS + {DRAIN_TIMEOUT}))
-for pid in $old_workers; do
-  while kill -0 "$pid" 2>/dev/null; do
-    if [ $SECONDS -ge $deadline ]; then echo "requests still in flight after {DRAIN_TIMEOUT} s: going on"; break 2; fi
-    sleep 0.1
-  done
-done"""
+    return render_script("nginx-reload.sh.j2", drain_timeout=DRAIN_TIMEOUT)
 
 
 def reload_step(name: str, why: str) -> Step:

@@ -19,7 +19,7 @@ from tasks.ops.files import ensure_file
 from tasks.ops.nginx import config_step, reload_script
 from tasks.ops.remote import private_path
 from tasks.ops.steps import Step
-from tasks.templates import render
+from tasks.templates import render, render_script
 from tasks.tracking import certificates, signin_guard
 
 CERTIFICATE = "/etc/ssl/certs/mlflow-tracking.pem"
@@ -107,15 +107,9 @@ def remote_digests(tls_fact: str) -> dict[str, str]:
 
 
 def self_signed_script(door: FrontDoor) -> str:
-    subject = shlex.quote(f"/CN={door.host.name if '@' not in door.host.name else door.address}")
-    names = shlex.quote("subjectAltName=" + ",".join(door.names()))
-    certificate, key = door.tls.certificate, door.tls.key
-    return f"""umask 077
-openssl req -x509 -newkey rsa:3072 -sha256 -days 825 -nodes -subj {subject} -addext {names} \\
-  -keyout {key}.new -out {certificate}.new 2>&1 | grep -v '^[.+*-]*$' || true
-chmod 600 {key}.new && chmod 644 {certificate}.new
-mv {key}.new {key} && mv {certificate}.new {certificate}
-openssl x509 -in {certificate} -noout -fingerprint -sha256"""
+    subject = f"/CN={door.host.name if '@' not in door.host.name else door.address}"
+    names = "subjectAltName=" + ",".join(door.names())
+    return render_script("tls-self-signed.sh.j2", subject=subject, names=names, certificate=door.tls.certificate, key=door.tls.key)
 
 
 def key_upload_path() -> str:

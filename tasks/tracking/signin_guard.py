@@ -15,7 +15,7 @@ from tasks.inventory import TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
 from tasks.ops.steps import Step
-from tasks.templates import render
+from tasks.templates import render, render_script
 
 JAIL = "mlflow-tracking"
 JAIL_PATH = f"/etc/fail2ban/jail.d/{JAIL}.conf"
@@ -65,18 +65,7 @@ def filter_config() -> str:
 
 def start_jail_script() -> str:
     """fail2ban reads the log from its start: the log must exist (nginx opens it owned by root otherwise)."""
-    return f"""[ -e {SIGNIN_LOG} ] || install -m 640 -o www-data -g adm /dev/null {SIGNIN_LOG}
-systemctl enable --quiet fail2ban
-if systemctl is-active --quiet fail2ban; then fail2ban-client reload >/dev/null; else systemctl restart fail2ban; fi
-deadline=$((SECONDS + {START_TIMEOUT}))
-until fail2ban-client status {JAIL} >/dev/null 2>&1; do
-  if [ $SECONDS -ge $deadline ]; then
-    echo "fail2ban did not start jail {JAIL} within {START_TIMEOUT} s; its log says:"
-    journalctl -u fail2ban -n 15 --no-pager -o cat
-    exit 1
-  fi
-  sleep 0.2
-done"""
+    return render_script("fail2ban-start-jail.sh.j2", signin_log=SIGNIN_LOG, jail=JAIL, timeout=START_TIMEOUT)
 
 
 def remove_script() -> str:

@@ -21,6 +21,7 @@ from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.report import HostReport, PrefixedLines, console, show_step
+from tasks.templates import render_script
 
 RUN_ID = re.compile(r"Run \(ID '([0-9a-f]{32})'\)|in run with ID '([0-9a-f]{32})'")
 
@@ -150,19 +151,7 @@ def start_script(request: RunRequest) -> str:
 
 def follow_script(unit: str) -> str:
     """Print the unit's journal as it grows until the unit has ended (no line twice, none missed)."""
-    return f"""read_new() {{
-  out=$(journalctl -u {unit} -o cat --no-pager --show-cursor ${{cursor:+--after-cursor="$cursor"}})
-  next=$(printf '%s\\n' "$out" | sed -n 's/^-- cursor: //p' | tail -n 1)
-  printf '%s\\n' "$out" | grep -v '^-- cursor: ' | grep -v '^$' || true
-  [ -z "$next" ] || cursor=$next
-}}
-cursor=""
-while systemctl is-active --quiet {unit} || [ "$(systemctl show -p ActiveState --value {unit})" = activating ] \\
-      || [ "$(systemctl show -p ActiveState --value {unit})" = deactivating ]; do
-  read_new
-  sleep 1
-done
-read_new"""
+    return render_script("journal-follow.sh.j2", unit=unit)
 
 
 def upload_path(unit: str) -> str:
