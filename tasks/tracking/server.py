@@ -160,7 +160,7 @@ class TrackingTarget:
         restore = dict(
             unit_path=UNIT_PATH, env_file=ENV_FILE, backup_script=BACKUP_SCRIPT, installed_env=INSTALLED_ENV,
             env_version=schema.ENV_VERSION,
-            database_functions=postgres.FUNCTIONS,
+            database_functions=postgres.functions(),
             gate=gate_script(UNIT, self.server_port, self.health_checks, s.health_timeout, after_restart=True),
             # a backup from another host holds that host's admin password hash: the gate signs in with this host's
             admin_reset=reset_admin_password_script('"$env"') if s.auth else "",

@@ -123,7 +123,7 @@ def roll_back_script(old_unit: str, schema_before: str) -> str:
     """
     return render_script("tracking-upgrade-rollback.sh.j2", write_old_unit=ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script,
                          schema=SCHEMA, schema_before=schema_before, unit=UNIT, database=DATABASE, copy=COPY,
-                         database_functions=postgres.FUNCTIONS, drop_copy=postgres.drop_if_exists(COPY))
+                         database_functions=postgres.functions(), drop_copy=postgres.drop_if_exists(COPY))
 
 
 def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, old_version: str, gate: str) -> list[Step]:

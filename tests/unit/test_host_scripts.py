@@ -17,6 +17,7 @@ import pytest
 from tasks.credentials import chosen_action
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops.health import HttpCheck, gate_script
+from tasks.ops import postgres
 from tasks.ops.nginx import reload_script
 from tasks.serving.users import users_script
 from tasks.templates import PROGRAMS, TEMPLATES, program, render_script
@@ -58,6 +59,7 @@ def shell_scripts() -> dict[str, str]:
         "fail2ban jail": start_jail_script(),
         "self-signed": frontdoor.self_signed_script(door),
         "restore": target.backup_files()[server.RESTORE_SCRIPT][0],
+        "database functions": postgres.functions(),
     }
     for name in ODD_USER_NAMES:
         scripts[f"tracking user add {name}"] = create_user_script(target, name, admin=True)
