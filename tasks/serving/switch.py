@@ -91,17 +91,7 @@ def render_script(transaction: Transaction) -> str:
 
 def follow_script(transaction: Transaction) -> str:
     """Print the switch's log as it grows until its outcome file exists or its unit is gone (killed at its deadline)."""
-    directory = transaction.directory
-    return f"""[ -d {directory} ] || {{ echo "{directory} does not exist: the switch never started, or the host rebooted during it"; exit 0; }}
-sent=0
-while :; do
-  finished=0
-  if [ -e {directory}/outcome.json ] || ! systemctl is-active --quiet {transaction.unit}; then finished=1; fi
-  size=$(stat -c %s {directory}/log 2>/dev/null || echo 0)
-  if [ "$size" -gt "$sent" ]; then tail -c +$((sent + 1)) {directory}/log | head -c $((size - sent)); sent=$size; fi
-  [ $finished = 1 ] && break
-  sleep 1
-done"""
+    return render("switch-follow.sh.j2", directory=transaction.directory, unit=transaction.unit)
 
 
 def start_script(transaction: Transaction) -> str:
