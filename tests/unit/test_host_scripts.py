@@ -20,7 +20,6 @@ from tasks.ops.health import HttpCheck, gate_script
 from tasks.ops import postgres
 from tasks.ops.nginx import reload_script
 from tasks.serving import switch
-from tasks.serving.switch import Transaction
 from tasks.serving.users import users_script
 from tasks.templates import PROGRAMS, TEMPLATES, program, render_script
 from tasks.tracking import frontdoor, server
@@ -62,7 +61,7 @@ def shell_scripts() -> dict[str, str]:
         "self-signed": frontdoor.self_signed_script(door),
         "restore": target.backup_files()[server.RESTORE_SCRIPT][0],
         "database functions": postgres.functions(),
-        "switch follow": switch.follow_script(Transaction("wine", "r1", "", [], [], "history")),
+        "switch follow": switch.follow_script(switch.Transaction("wine", "r1", "", [], [], "history")),
     }
     for name in ODD_USER_NAMES:
         scripts[f"tracking user add {name}"] = create_user_script(target, name, admin=True)
