@@ -5,8 +5,11 @@ Each value is a piece of shell or Python that runs on the host, with the trackin
 
 from __future__ import annotations
 
-# The alembic revision of database mlflow.
-SCHEMA = "cd / && runuser -u postgres -- psql -tAX -d mlflow -c 'select version_num from alembic_version'"
+# The tracking server's PostgreSQL database (its owner role is also called mlflow).
+DATABASE = "mlflow"
+
+# The alembic revision of the tracking database.
+SCHEMA = f"cd / && runuser -u postgres -- psql -tAX -d {DATABASE} -c 'select version_num from alembic_version'"
 
 # `mlflow db upgrade URL` without the password on a command line: the URL comes from MLFLOW_BACKEND_STORE_URI.
 MIGRATE = """python - <<'PY'
