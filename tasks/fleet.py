@@ -69,7 +69,7 @@ def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, t
     return [report for _, report in jobs]
 
 
-def finish(reports: list[HostReport]) -> None:
+def end_with_recap(reports: list[HostReport]) -> None:
     """The recap line per host; exit non-zero if any host failed."""
     show_recap(reports, show_commands=bool(os.environ.get("MLFLOW_FAB_COUNT_COMMANDS")))
     if any(report.failed for report in reports):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fabric import task
 
 from tasks.cli import arguments
-from tasks.fleet import finish, run_on_hosts
+from tasks.fleet import end_with_recap, run_on_hosts
 from tasks.ops.steps import Step
 from tasks.overview.logs import unit_and_role
 from tasks.overview.status import COLUMNS, host_status
@@ -23,7 +23,7 @@ def status(c):
     for report in reports:
         table.add_row(report.host, *(report.details.get(column, "-") for column in COLUMNS))
     console.print(table)
-    finish(reports)
+    end_with_recap(reports)
 
 
 @task(help={"service": "tracking (default), model:NAME or run:UNIT (a run-project run)", "number": "lines per host (default 100)", "follow": "keep printing new lines until Ctrl-C"})
@@ -38,6 +38,6 @@ def logs(c, service="tracking", number=100, follow=False):
         report.steps.append(Step.ok("journal", unit) if result.exited == 0 or follow else Step.failure("journal", result.stdout[-300:]))
 
     try:
-        finish(run_on_hosts(c.config, hosts, read))
+        end_with_recap(run_on_hosts(c.config, hosts, read))
     except KeyboardInterrupt:
         console.print("\nstopped following")

@@ -10,7 +10,7 @@ from invoke.exceptions import Exit
 
 from tasks.cli import arguments
 from tasks.credentials import MODEL_USER_CREDENTIALS
-from tasks.fleet import finish, run_on_hosts
+from tasks.fleet import end_with_recap, run_on_hosts
 from tasks.report import console
 from tasks.values import check_model_name
 
@@ -96,7 +96,7 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
         return HostDeploy(remote, report, name, lock, deployment=deployment, tarball=tarball, break_lock=options.break_lock,
                           firewall_policy=firewall)
 
-    finish(rolling(c.config, inventory, hosts, make_deploy, options, check, name))
+    end_with_recap(rolling(c.config, inventory, hosts, make_deploy, options, check, name))
 
 
 @task(help={"name": "the model's service name (default: model)", "to": "a release name from `fab releases` (default: the previous one)",
@@ -117,7 +117,7 @@ def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0
     def make_deploy(remote, report):
         return HostDeploy(remote, report, name, lock, rollback_to=to, break_lock=options.break_lock)
 
-    finish(rolling(c.config, arguments.inventory(c), hosts, make_deploy, options, check, name))
+    end_with_recap(rolling(c.config, arguments.inventory(c), hosts, make_deploy, options, check, name))
 
 
 @task(help={"name": "the model's service name (default: model)"})
@@ -143,7 +143,7 @@ def releases(c, name="model"):
                 f"  {entry.get('at', '')}  {entry.get('action', ''):<8} {entry.get('from') or '-'} -> {entry.get('to', '')}"
                 f"  {entry.get('result', '')}  by {entry.get('by', '')}"
             )
-    finish(reports)
+    end_with_recap(reports)
 
 
 @task(help={"check": "show what would change, with diffs, and change nothing"})
@@ -153,7 +153,7 @@ def setup_lb(c, check=False):
 
     hosts = arguments.hosts_for(c, role="lb")
     inventory = arguments.inventory(c)
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: converge_lb(remote, report, inventory), check=check))
+    end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: converge_lb(remote, report, inventory), check=check))
 
 
 @task(help={
@@ -187,7 +187,7 @@ def predict(c, name="model", input="", each=False, user=""):
         targets = hosts if each else hosts[:1]
         reports = run_on_hosts(c.config, targets, lambda remote, report: report.details.update(answer=on_host(remote, name, request)))
     show_answers(reports, name)
-    finish(reports)
+    end_with_recap(reports)
 
 
 @task(help={
@@ -225,4 +225,4 @@ def model_user(c, add="", reset_password="", remove="", credentials=""):
     if action == "remove" and accepted and path.exists():
         path.unlink()
         console.print(f"{path} removed")
-    finish(reports)
+    end_with_recap(reports)

@@ -10,7 +10,7 @@ from invoke.exceptions import Exit
 
 from tasks.cli import arguments
 from tasks.credentials import TRACKING_CREDENTIALS, mlflow_credentials, write_pending
-from tasks.fleet import finish, run_on_hosts
+from tasks.fleet import end_with_recap, run_on_hosts
 from tasks.tracking.backups import backup_on, download_directory, restore_on
 from tasks.tracking.server import check_user_certificates, converge
 from tasks.tracking.upgrade import upgrade_on
@@ -23,7 +23,7 @@ def setup_tracking(c, check=False):
     """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, TLS and sign-in, health gate."""
     hosts = arguments.hosts_for(c, role="tracking")
     check_user_certificates(hosts)
-    finish(run_on_hosts(c.config, hosts, converge, check=check))
+    end_with_recap(run_on_hosts(c.config, hosts, converge, check=check))
 
 
 @task(help={
@@ -38,7 +38,7 @@ def tracking_user(c, add="", reset_password="", remove="", admin=False, credenti
     action, name = chosen_action(add, reset_password, remove, admin)
     hosts = arguments.hosts_for(c, role="tracking")
     if action == "remove":
-        finish(run_on_hosts(c.config, hosts, lambda remote, report: remove_on(remote, report, name)))
+        end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: remove_on(remote, report, name)))
         return
     path = Path(credentials).expanduser()
     check_credentials_file(path, name, action)
@@ -51,7 +51,7 @@ def tracking_user(c, add="", reset_password="", remove="", admin=False, credenti
     outcomes: dict[str, str] = {}
     reports = run_on_hosts(c.config, hosts, lambda remote, report: set_password_on(remote, report, action, name, password, admin, outcomes))
     settle(pending, path, name, outcomes, [host.name for host in hosts])
-    finish(reports)
+    end_with_recap(reports)
 
 
 @task(help={"download": "also copy the backup to this directory on the laptop"})
@@ -59,7 +59,7 @@ def backup_tracking(c, download=""):
     """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep)."""
     hosts = arguments.hosts_for(c, role="tracking")
     directory = download_directory(download) if download else ""
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
+    end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
 
 
 @task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})
@@ -70,7 +70,7 @@ def restore_tracking(c, from_=""):
     hosts = arguments.hosts_for(c, role="tracking")
     if len(hosts) != 1:
         raise Exit(f"error: restore one tracking host at a time: pass -H (tracking hosts: {', '.join(h.name for h in hosts)})", code=2)
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: restore_on(remote, report, from_)))
+    end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: restore_on(remote, report, from_)))
 
 
 @task(help={"mlflow-version": "the version to run (default: mlflow_version from the inventory)",
@@ -85,4 +85,4 @@ def upgrade_tracking(c, mlflow_version="", download="", check=False):
             raise Exit(f"error: --mlflow-version {error} (got {mlflow_version!r})", code=2) from None
     hosts = arguments.hosts_for(c, role="tracking")
     directory = download_directory(download) if download and not check else ""
-    finish(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))
+    end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))

@@ -10,7 +10,7 @@ from invoke.exceptions import Exit
 
 from tasks.cli import arguments
 from tasks.credentials import TRACKING_CREDENTIALS
-from tasks.fleet import finish, run_on_hosts
+from tasks.fleet import end_with_recap, run_on_hosts
 from tasks.report import console
 
 
@@ -67,6 +67,6 @@ def run_project(c, project, P=None, version="", entry_point="main", experiment="
         if detach and not reports[0].failed:
             console.print(f"started {request.unit} on {hosts[0].name}: "
                           f"fab logs -H {hosts[0].name} --service run:{request.unit} --follow")
-        finish(reports)
+        end_with_recap(reports)
         return
-    finish(follow_run(c.config, hosts[0], request.unit, api))
+    end_with_recap(follow_run(c.config, hosts[0], request.unit, api))

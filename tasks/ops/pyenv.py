@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from tasks.ops.steps import Step
 
+# Every env of every role (tracking, models, training projects) lives here, each in its own hashed directory.
+ENVS_ROOT = "/opt/mlflow/envs"
 CONDA_ROOT = "/opt/conda"
 MINIFORGE_VERSION = "24.11.3-0"
 MINIFORGE_URL = f"https://github.com/conda-forge/miniforge/releases/download/{MINIFORGE_VERSION}/Miniforge3-{MINIFORGE_VERSION}-Linux-$arch.sh"

@@ -1,6 +1,7 @@
 """Steps: the decision an operation made from facts, and one remote script that acts on all of them.
 
 An operation returns a Step saying whether the host already matches (ok) or what it will change.
+Its name and summary are for people; code that must find one step among others matches its kind, never its text.
 Check mode prints the steps; a real run sends every changed step in one script, stops at the first
 failure, and reports each step as its markers come back.
 """
@@ -25,14 +26,16 @@ class Step:
     # Not run because an earlier step failed; counted neither ok nor changed.
     skipped: bool = False
     output: str = ""
+    # What the step is, for code that acts on it (e.g. the key to upload first); never shown.
+    kind: str = ""
 
     @classmethod
-    def ok(cls, name: str, summary: str) -> "Step":
-        return cls(name, summary)
+    def ok(cls, name: str, summary: str, kind: str = "") -> "Step":
+        return cls(name, summary, kind=kind)
 
     @classmethod
-    def change(cls, name: str, summary: str, script: str, diff: str = "") -> "Step":
-        return cls(name, summary, changed=True, script=script, diff=diff)
+    def change(cls, name: str, summary: str, script: str, diff: str = "", kind: str = "") -> "Step":
+        return cls(name, summary, changed=True, script=script, diff=diff, kind=kind)
 
     @classmethod
     def failure(cls, name: str, summary: str) -> "Step":

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from tasks.ops import facts as f
-from tasks.ops.health import probe_command, probe_healthy
+from tasks.ops.health import probe_healthy
 from tasks.ops.steps import Step
 from tasks.serving.deploy import running_release_command
 from tasks.serving.history import MODELS_ROOT
-from tasks.tracking.server import UNIT, TrackingTarget
+from tasks.tracking.server import POSTGRESQL_STATE, SERVICE_STATE, TrackingTarget
 
 COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models")
-MODELS = (
+# `NAME STATE CURRENT RUNNING` per model with a current link
+MODELS = f.Fact(
+    "models",
     f"for d in {MODELS_ROOT}/*/; do [ -L \"$d/current\" ] || continue; name=$(basename \"$d\"); "
     "running=$(" + running_release_command("mlflow-model@$name") + "); "
     "printf '%s %s %s %s\\n' \"$name\" \"$(systemctl is-active mlflow-model@$name)\" \"$(basename \"$(readlink \"$d/current\")\")\" "
-    "\"${running:--}\"; done"
+    "\"${running:--}\"; done",
 )
 
 
@@ -32,26 +34,17 @@ def model_summary(text: str) -> tuple[str, bool]:
 
 def host_status(remote, report) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
-    facts = f.gather(
-        remote,
-        [
-            f.os_release(),
-            f.service_state(UNIT),
-            f.Fact("postgresql", "systemctl is-active postgresql"),
-            f.Fact("version", target.local_curl("/version")),
-            f.Fact("probe", probe_command(target.server_port, target.health_checks)),
-            f.Fact("models", MODELS),
-        ],
-    )
-    models, models_active = model_summary(facts.get("models", ""))
-    service = f.parse_properties(facts.get(f"service:{UNIT}", ""))
+    version = f.Fact("version", target.local_curl("/version"))
+    facts = f.gather(remote, [f.os_release(), SERVICE_STATE, POSTGRESQL_STATE, version, target.probe_fact, MODELS])
+    models, models_active = model_summary(facts[MODELS])
+    service = facts[SERVICE_STATE]
     installed = service.get("UnitFileState", "") not in ("", "not-found")
-    healthy = probe_healthy(facts.get("probe", ""), target.health_checks)
+    healthy = probe_healthy(facts[target.probe_fact], target.health_checks)
     report.details = {
-        "os": facts.get("os", "").split("\n")[0].rpartition("|")[2],
+        "os": facts[f.os_release()].split("\n")[0].rpartition("|")[2],
         "tracking": f"{service['ActiveState']} (pid {service['MainPID']})" if installed else "not installed",
-        "mlflow": facts.get("version") or "-",
-        "postgresql": facts.get("postgresql") or "-",
+        "mlflow": facts[version] or "-",
+        "postgresql": facts[POSTGRESQL_STATE] or "-",
         "health": ("healthy" if healthy else "UNHEALTHY") if installed else "-",
         "url": target.url if installed else "-",
         "models": models,

@@ -22,16 +22,16 @@ from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled
 from tasks.report import HostReport, show_note, show_step
 from tasks.templates import render
-from tasks.tracking.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_upload_path, learn_certificate, tls_fact
+from tasks.tracking.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_to_upload, key_upload_path, learn_certificate, tls_fact
 
-CONFIG_DIR = "/etc/nginx/conf.d"
+NGINX_CONF_D = "/etc/nginx/conf.d"
 # Where setup-lb once wrote every model in one file; it now writes one file per model and removes this one.
-SINGLE_CONFIG = f"{CONFIG_DIR}/mlflow-models.conf"
+SINGLE_CONFIG = f"{NGINX_CONF_D}/mlflow-models.conf"
 CERTIFICATE = "/etc/ssl/certs/mlflow-models.pem"
 KEY = "/etc/ssl/private/mlflow-models.key"
 # `name:$6$...` lines (SHA-512 crypt) written by `fab model-user`; nginx's workers (www-data) read it.
 USERS = "/etc/nginx/mlflow-models.users"
-PACKAGES = ["nginx", "openssl"]
+BALANCER_PACKAGES = ["nginx", "openssl"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def not_fronted(inventory: Inventory, name: str) -> str:
 
 
 def config_path(model: str) -> str:
-    return f"{CONFIG_DIR}/mlflow-model-{model}.conf"
+    return f"{NGINX_CONF_D}/mlflow-model-{model}.conf"
 
 
 def upstream(inventory: Inventory, name: str, drained: frozenset[str] = frozenset()) -> Upstream:
@@ -95,20 +95,27 @@ def render_config(model: Upstream, lb: LbSettings) -> str:
     return render("nginx-mlflow-model.conf.j2", model=model, tls=lb.tls, auth=lb.auth, certificate=CERTIFICATE, key=KEY, users=USERS)
 
 
+INSTALLED_PACKAGES = f.installed_packages(BALANCER_PACKAGES)
+MODEL_CONFIGS = f.Fact("model_configs", f"ls -1 {config_path('*')}", f.words)
+SINGLE_CONFIG_STAT = f.path_stat(SINGLE_CONFIG)
+NGINX_STATE = f.service_state("nginx")
+TLS_STATE = tls_fact(TlsFiles(CERTIFICATE, KEY))
+USERS_STAT = f.path_stat(USERS)
+
+
 def lb_facts(models: list[Upstream]) -> list[f.Fact]:
-    return [f.os_release(), f.installed_packages(PACKAGES), *[f.file_content(config_path(model.name)) for model in models],
-            f.Fact("model_configs", f"ls -1 {config_path('*')}"), f.path_stat(SINGLE_CONFIG), f.service_state("nginx"),
-            tls_fact(TlsFiles(CERTIFICATE, KEY)), f.path_stat(USERS)]
+    return [f.os_release(), INSTALLED_PACKAGES, *[f.file_content(config_path(model.name)) for model in models],
+            MODEL_CONFIGS, SINGLE_CONFIG_STAT, NGINX_STATE, TLS_STATE, USERS_STAT]
 
 
-def configs_step(models: list[Upstream], lb: LbSettings, facts: dict[str, str], reload_for: str = "") -> Step:
+def configs_step(models: list[Upstream], lb: LbSettings, facts: f.Facts, reload_for: str = "") -> Step:
     """Every model's own file, the files of models no longer in the inventory and the old single file removed:
     written together, validated with one `nginx -t`, reloaded once."""
     wanted = {config_path(model.name): render_config(model, lb) for model in models}
-    current = {path: f.parse_file(facts.get(f"file:{path}", "")) for path in wanted}
+    current = {path: facts[f.file_content(path)] for path in wanted}
     writes = {path: content for path, content in wanted.items() if not (current[path].exists and current[path].content == content)}
-    stale = [path for path in facts.get("model_configs", "").split() if path not in wanted]
-    stale += [SINGLE_CONFIG] if facts.get(f"stat:{SINGLE_CONFIG}") else []
+    stale = [path for path in facts[MODEL_CONFIGS] if path not in wanted]
+    stale += [SINGLE_CONFIG] if facts[SINGLE_CONFIG_STAT] else []
     if not writes and not stale:
         return reload_step("nginx config", reload_for) if reload_for else Step.ok("nginx config", f"{', '.join(wanted)} up to date")
     summary = "; ".join(part for part in (
@@ -120,17 +127,17 @@ def configs_step(models: list[Upstream], lb: LbSettings, facts: dict[str, str], 
     return Step.change("nginx config", summary, script, diff)
 
 
-def plan_lb(door: BalancerDoor, models: list[Upstream], facts: dict[str, str]) -> list[Step]:
+def plan_lb(door: BalancerDoor, models: list[Upstream], facts: f.Facts) -> list[Step]:
     """Packages, the certificate (tls), the users file (auth), then the configs, validated and reloaded."""
     lb = door.lb
-    steps = [ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))]
-    tls_steps = certificate_steps(door, facts.get("tls", "")) if lb.tls else []
+    steps = [ensure_packages(BALANCER_PACKAGES, facts[INSTALLED_PACKAGES])]
+    tls_steps = certificate_steps(door, facts[TLS_STATE]) if lb.tls else []
     steps += tls_steps
     if lb.auth:
-        steps.append(ensure_secret_file(USERS, "www-data", facts.get(f"stat:{USERS}", ""), f"install -o root -g www-data -m 640 /dev/null {USERS}"))
+        steps.append(ensure_secret_file(USERS, "www-data", facts[USERS_STAT], f"install -o root -g www-data -m 640 /dev/null {USERS}"))
     new_certificate = any(step.changed for step in tls_steps)
     steps.append(configs_step(models, lb, facts, "certificate changed" if new_certificate else ""))
-    steps.append(ensure_enabled("nginx", f.parse_properties(facts.get("service:nginx", ""))))
+    steps.append(ensure_enabled("nginx", facts[NGINX_STATE]))
     return steps
 
 
@@ -139,15 +146,16 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
     door = BalancerDoor(remote.host, remote.connection.host, lb=lb)
     models = upstreams(inventory)
     facts = f.gather(remote, lb_facts(models))
-    steps = [check_platform(facts.get("os", ""))]
-    if not steps[0].failed:
+    platform = check_platform(facts[f.os_release()])
+    steps = [platform]
+    if not platform.failed:
         steps += plan_lb(door, models, facts)
     report.steps += steps
-    if report.check or steps[0].failed:
+    if report.check or platform.failed:
         for step in steps:
             show_step(report, step)
         return
-    key = any(step.name == "tls key" and step.changed for step in steps)
+    key = key_to_upload(steps)
     with remote.private_upload(Path(lb.tls_key), key_upload_path()) if key else nullcontext():
         applied = apply(remote, steps, lambda step: show_step(report, step))
     if not applied:
@@ -156,7 +164,7 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
     for model in models:
         note = f"model {model.name}: {'https' if lb.tls else 'http'}://{address}:{model.port}/invocations -> {len(model.servers)} hosts"
         if lb.tls and not lb.tls_certificate:
-            path, fingerprint = learn_certificate(remote, address, model.port, steps, facts.get("tls", ""), certificate=CERTIFICATE)
+            path, fingerprint = learn_certificate(remote, address, model.port, steps, facts[TLS_STATE], certificate=CERTIFICATE)
             note += f"; self-signed certificate, sha256 fingerprint {fingerprint}, saved to {path}"
         show_note(report, note + ("; sign-in required: `fab model-user --add NAME`" if lb.auth else ""))
 

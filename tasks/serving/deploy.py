@@ -23,7 +23,7 @@ from tasks.ops.files import ensure_directory, ensure_file, write_file_script
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
 from tasks.ops.platform import check_platform
-from tasks.ops.pyenv import EnvSpec, ensure_env
+from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
@@ -48,12 +48,35 @@ from tasks.templates import render
 
 MODEL_USER = "mlflow-model"
 MODEL_HOME = "/var/lib/mlflow-model"
-CONFIG_DIR = "/etc/mlflow/models"
-ENVS_ROOT = "/opt/mlflow/envs"
+MODEL_CONFIG_DIR = "/etc/mlflow/models"
 ENV_PREFIX = "model"
 UNIT_TEMPLATE = "/etc/systemd/system/mlflow-model@.service"
-PACKAGES = ["python3-venv", "curl", "ca-certificates"]
+MODEL_PACKAGES = ["python3-venv", "curl", "ca-certificates"]
 SAMPLE = "sample.json"
+
+
+def env_markers(output: str) -> dict[str, str]:
+    """env directory name -> its .complete marker."""
+    return dict(line.split("\t", 1) for line in output.splitlines() if "\t" in line)
+
+
+def env_links(output: str) -> list[list[str]]:
+    """[release's env link, the env it points to] for every release of every model."""
+    return [line.split() for line in output.splitlines() if len(line.split()) == 2]
+
+
+# What a deploy reads on the host besides the facts of its model (ModelHost).
+INSTALLED_PACKAGES = f.installed_packages(MODEL_PACKAGES + firewall.FIREWALL_PACKAGES)
+MODEL_USER_EXISTS = f.user_exists(MODEL_USER)
+HOST_PYTHON = f.python_version()
+ENV_MARKERS = f.Fact("env_markers", f"cd {ENVS_ROOT} && for m in */.complete; do printf '%s\\t%s\\n' \"${{m%/.complete}}\" \"$(cat \"$m\")\"; done",
+                     env_markers)
+ENVS = f.Fact("envs", f"ls -1 {ENVS_ROOT}", f.words)
+ENV_LINKS = f.Fact("env_links", f"for l in {MODELS_ROOT}/*/releases/*/env; do printf '%s %s\\n' \"$l\" \"$(readlink \"$l\")\"; done", env_links)
+# `PATH:PORT=N` per model configured on the host
+PORTS = f.Fact("ports", f"grep -H '^PORT=' {MODEL_CONFIG_DIR}/*.env")
+UNIT_TEMPLATE_FILE = f.file_content(UNIT_TEMPLATE)
+AUDIT_TAIL = f.Fact("audit", f"tail -n 200 {AUDIT_LOG}")
 
 
 def unit_name(name: str) -> str:
@@ -99,7 +122,19 @@ class ModelHost:
         self.current = f"{self.dir}/current"
         self.history = f"{self.dir}/history.jsonl"
         self.unit = unit_name(name)
-        self.env_file = f"{CONFIG_DIR}/{name}.env"
+        self.env_file = f"{MODEL_CONFIG_DIR}/{name}.env"
+        releases = (
+            f"cd {self.releases_dir} && for r in */; do r=${{r%/}}; "
+            "printf '%s\\t%s\\n' \"$r\" \"$(tr -d '\\n' < \"$r/manifest.json\")\"; done"
+        )
+        # this model's facts
+        self.releases_fact = f.Fact("releases", releases, parse_releases)
+        self.current_fact = f.Fact("current", f"basename \"$(readlink {self.current})\"")
+        self.history_fact = f.Fact("history", f"cat {self.history}", parse_history)
+        self.env_file_fact = f.file_content(self.env_file)
+        self.service_fact = f.service_state(self.unit)
+        self.running_fact = f.Fact("running", running_release_command(self.unit))
+        self.probe_fact = f.Fact("probe", probe_command(self.settings.port, self.health_checks))
 
     @property
     def health_checks(self) -> list[HttpCheck]:
@@ -109,34 +144,30 @@ class ModelHost:
         return [HttpCheck("/ping"), HttpCheck("/invocations", curl_args=post, expect="predictions", needs_file=sample)]
 
     def facts(self) -> list[f.Fact]:
-        releases = (
-            f"cd {self.releases_dir} && for r in */; do r=${{r%/}}; "
-            "printf '%s\\t%s\\n' \"$r\" \"$(tr -d '\\n' < \"$r/manifest.json\")\"; done"
-        )
         return [
             f.os_release(),
-            f.installed_packages(PACKAGES + firewall.PACKAGES),
-            f.user_exists(MODEL_USER),
+            INSTALLED_PACKAGES,
+            MODEL_USER_EXISTS,
             *[f.path_stat(path) for path, *_ in self.directories()],
-            f.Fact("python", "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'"),
-            f.Fact("releases", releases),
-            f.Fact("current", f"basename \"$(readlink {self.current})\""),
-            f.Fact("history", f"cat {self.history}"),
-            f.Fact("env_markers", f"cd {ENVS_ROOT} && for m in */.complete; do printf '%s\\t%s\\n' \"${{m%/.complete}}\" \"$(cat \"$m\")\"; done"),
-            f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
-            f.Fact("env_links", f"for l in {MODELS_ROOT}/*/releases/*/env; do printf '%s %s\\n' \"$l\" \"$(readlink \"$l\")\"; done"),
-            f.Fact("ports", f"grep -H '^PORT=' {CONFIG_DIR}/*.env"),
-            f.file_content(UNIT_TEMPLATE),
-            f.file_content(self.env_file),
-            f.service_state(self.unit),
-            f.Fact("running", running_release_command(self.unit)),
-            f.Fact("probe", probe_command(self.settings.port, self.health_checks)),
+            HOST_PYTHON,
+            self.releases_fact,
+            self.current_fact,
+            self.history_fact,
+            ENV_MARKERS,
+            ENVS,
+            ENV_LINKS,
+            PORTS,
+            UNIT_TEMPLATE_FILE,
+            self.env_file_fact,
+            self.service_fact,
+            self.running_fact,
+            self.probe_fact,
         ]
 
     def directories(self) -> list[tuple[str, str, str, str]]:
         return [
             (MODEL_HOME, MODEL_USER, MODEL_USER, "750"),
-            (CONFIG_DIR, "root", "root", "755"),
+            (MODEL_CONFIG_DIR, "root", "root", "755"),
             (ENVS_ROOT, "root", "root", "755"),
             (MODELS_ROOT, "root", "root", "755"),
             (self.dir, "root", "root", "755"),
@@ -165,17 +196,16 @@ def running_release_command(unit: str) -> str:
     )
 
 
-def served_release(model: ModelHost, facts: dict[str, str], releases: dict) -> str:
+def served_release(model: ModelHost, facts: f.Facts, releases: dict) -> str:
     """The release answering now: the running process's ('' when the unit is not active)."""
-    service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
-    if service.get("ActiveState") != "active":
+    if facts[model.service_fact].get("ActiveState") != "active":
         return ""
-    running = facts.get("running", "")
+    running = facts[model.running_fact]
     # a unit started before its WorkingDirectory was `current` can't tell: trust the link
-    return running if running in releases else facts.get("current", "")
+    return running if running in releases else facts[model.current_fact]
 
 
-def back_steps(model: ModelHost, release: str, served: str, current: str) -> list[Step]:
+def switch_back_steps(model: ModelHost, release: str, served: str, current: str) -> list[Step]:
     """What the host does when a switch to RELEASE fails: serve what served before, or with nothing, start nothing."""
     if served and served != release:
         script = f"{model.switch_script(served)}\nsystemctl restart {model.unit}"
@@ -192,12 +222,12 @@ def switch_transaction(model: ModelHost, release: str, served: str, current: str
     at = "@@at@@"  # stamped on the host when the gate has passed
     forward_record = history_entry(action, release, served, by, at, reason) if release != recorded else ""
     back_record = history_entry("rollback", served, release, by, at, "switch failed") if served and served != recorded else ""
-    return Transaction(model.name, release, served, forward, back_steps(model, release, served, current), model.history,
+    return Transaction(model.name, release, served, forward, switch_back_steps(model, release, served, current), model.history,
                        forward_record, back_record, deadline=2 * model.settings.health_timeout + model_switch.DEADLINE_MARGIN)
 
 
 def render_unit() -> str:
-    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=MODELS_ROOT, config_dir=CONFIG_DIR, writable=[MODEL_HOME])
+    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=MODELS_ROOT, config_dir=MODEL_CONFIG_DIR, writable=[MODEL_HOME])
 
 
 def port_conflict(name: str, port: int, ports_fact: str) -> str:
@@ -230,6 +260,8 @@ class DeployPlan:
     stage: list[Step] = field(default_factory=list)  # touches no running service
     switch: list[Step] = field(default_factory=list)  # switch current, restart, health gate
     prune: list[Step] = field(default_factory=list)
+    # the stage step that unpacks the uploaded tarball, when the release is not on the host yet
+    upload: Step | None = None
     # the release answering before the switch, and the switch as the host runs it
     served: str = ""
     transaction: Transaction | None = None
@@ -251,29 +283,28 @@ class DeployPlan:
         return any(step.changed for step in self.switch)
 
 
-def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
+def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
                 firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()) -> DeployPlan:
     """The release this host will serve (an existing one when the digest is already there) and the steps to get there."""
     settings = model.settings
-    releases = parse_releases(facts.get("releases", ""))
-    current = facts.get("current", "")
+    releases = facts[model.releases_fact]
+    current = facts[model.current_fact]
     same_digest = sorted(name for name, release in releases.items() if release.digest == deployment.artifact.digest)
     release = current if current in same_digest else (same_digest[-1] if same_digest else deployment.release)
     plan = DeployPlan(release)
 
-    conflict = port_conflict(model.name, settings.port, facts.get("ports", ""))
+    conflict = port_conflict(model.name, settings.port, facts[PORTS])
     if conflict:
         plan.stage.append(Step.failure("port", f"model {conflict} already uses port {settings.port} on this host: give [models.{model.name}] its own port"))
         return plan
 
-    spec = env_spec(settings, deployment.artifact, facts.get("python", ""))
+    spec = env_spec(settings, deployment.artifact, facts[HOST_PYTHON])
     env_path = spec.path(ENVS_ROOT, ENV_PREFIX)
-    plan.stage.append(ensure_packages(PACKAGES + firewall_policy.packages, f.parse_installed(facts.get("packages", ""))))
-    plan.stage += firewall.steps(firewall_policy, model_ports(settings.port, facts.get("ports", "")), facts)
-    plan.stage.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
-    plan.stage += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
-    markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
-    env_step = ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env")
+    plan.stage.append(ensure_packages(MODEL_PACKAGES + firewall_policy.packages, facts[INSTALLED_PACKAGES]))
+    plan.stage += firewall.steps(firewall_policy, model_ports(settings.port, facts[PORTS]), facts)
+    plan.stage.append(ensure_system_user(MODEL_USER, MODEL_HOME, facts[MODEL_USER_EXISTS]))
+    plan.stage += [ensure_directory(path, owner, group, mode, facts[f.path_stat(path)]) for path, owner, group, mode in model.directories()]
+    env_step = ensure_env(spec, env_path, facts[ENV_MARKERS].get(Path(env_path).name, ""), name="python env")
     plan.stage.append(replace(env_step, script=pinned_build_script(spec, env_path, model.name)) if env_step.changed else env_step)
 
     if release in releases:
@@ -295,12 +326,13 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
             ]
         )
         summary = f"upload {deployment.artifact.uri} (digest {deployment.artifact.digest[:12]})"
-        plan.stage.append(Step.change(f"release {release}", summary, script))
+        plan.upload = Step.change(f"release {release}", summary, script)
+        plan.stage.append(plan.upload)
 
     env_file = render("model.env.j2", name=model.name, port=settings.port, workers=settings.workers)
-    env_file_step = ensure_file(model.env_file, env_file, f.parse_file(facts.get(f"file:{model.env_file}", "")))
+    env_file_step = ensure_file(model.env_file, env_file, facts[model.env_file_fact])
     unit = render_unit()
-    unit_step = ensure_file(UNIT_TEMPLATE, unit, f.parse_file(facts.get(f"file:{UNIT_TEMPLATE}", "")))
+    unit_step = ensure_file(UNIT_TEMPLATE, unit, facts[UNIT_TEMPLATE_FILE])
     plan.stage += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
 
     plan.served = served_release(model, facts, releases)
@@ -308,25 +340,25 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
         switch = Step.ok("switch current", f"already {release}")
     else:
         switch = Step.change("switch current", f"{current or 'nothing'} -> {release}", model.switch_script(release))
-    service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
+    service = facts[model.service_fact]
     # `current` can name another release than the process runs (a switch cut short before this version): restart it
     inputs = {"release": switch.changed or plan.served not in ("", release), "settings": env_file_step.changed, "unit": unit_step.changed}
     restart = ensure_running(model.unit, service, [name for name, changed in inputs.items() if changed])
     plan.switch += [switch, ensure_enabled(model.unit, service), restart]
-    if restart.changed or not probe_healthy(facts.get("probe", ""), model.health_checks):
+    if restart.changed or not probe_healthy(facts[model.probe_fact], model.health_checks):
         plan.switch.append(model.gate(after_restart=restart.changed))
     else:
         plan.switch.append(Step.ok("health gate", "/ping and a prediction answer 200"))
-    recorded = recorded_release(parse_history(facts.get("history", "")))
+    recorded = recorded_release(facts[model.history_fact])
     plan.transaction = switch_transaction(model, release, plan.served, current, recorded, plan.switch, "deploy", deployment.by)
     plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)
     return plan
 
 
-def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> DeployPlan:
-    releases = parse_releases(facts.get("releases", ""))
-    history = parse_history(facts.get("history", ""))
-    current = facts.get("current", "")
+def plan_rollback(model: ModelHost, facts: f.Facts, to: str, by: str) -> DeployPlan:
+    releases = facts[model.releases_fact]
+    history = facts[model.history_fact]
+    current = facts[model.current_fact]
     target = to or previous_release(history)
     plan = DeployPlan(target, served=served_release(model, facts, releases))
     if not target:
@@ -337,7 +369,7 @@ def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> 
     elif target == current == plan.served:
         plan.switch.append(Step.ok("switch current", f"already {target}"))
     else:
-        service = f.parse_properties(facts.get(f"service:{model.unit}", ""))
+        service = facts[model.service_fact]
         plan.switch += [
             Step.change("switch current", f"{plan.served or current or 'nothing'} -> {target}",
                         f"{model.switch_script(target)}\nsystemctl restart {model.unit}"),
@@ -348,19 +380,18 @@ def plan_rollback(model: ModelHost, facts: dict[str, str], to: str, by: str) -> 
     return plan
 
 
-def prune_steps(model: ModelHost, facts: dict[str, str], releases: dict, current_after: str, env_path: str) -> list[Step]:
+def prune_steps(model: ModelHost, facts: f.Facts, releases: dict, current_after: str, env_path: str) -> list[Step]:
     """Releases beyond keep_releases, then envs that no remaining release of any model links to."""
-    history = parse_history(facts.get("history", ""))
+    history = facts[model.history_fact]
     doomed = releases_to_prune(sorted(set(releases) | {current_after}), history, current_after, model.settings.keep_releases)
     steps = []
     if doomed:
         paths = " ".join(f"{model.releases_dir}/{name}" for name in doomed)
         steps.append(Step.change("prune releases", f"keep {model.settings.keep_releases}, remove {', '.join(doomed)}", f"rm -rf {paths}"))
     doomed_dirs = {f"{model.releases_dir}/{name}" for name in doomed}
-    links = [line.split() for line in facts.get("env_links", "").splitlines() if len(line.split()) == 2]
-    in_use = {Path(target).name for link, target in links if str(Path(link).parent) not in doomed_dirs}
+    in_use = {Path(target).name for link, target in facts[ENV_LINKS] if str(Path(link).parent) not in doomed_dirs}
     in_use.add(Path(env_path).name)
-    unused = [name for name in facts.get("envs", "").split() if name.startswith(f"{ENV_PREFIX}-") and name not in in_use]
+    unused = [name for name in facts[ENVS] if name.startswith(f"{ENV_PREFIX}-") and name not in in_use]
     if unused:
         # what goes is decided on the host, under the env guard: other models' deploys may have pinned or linked envs since
         summary = f"remove the envs no release links and no deploy pinned (unused at preflight: {', '.join(unused)})"
@@ -408,12 +439,12 @@ class HostDeploy:
     def _show(self, step: Step) -> None:
         show_step(self.report, step)
 
-    def _gather(self) -> dict[str, str]:
+    def _gather(self) -> f.Facts:
         wanted = self.model.facts() + (firewall.facts(self.firewall) if self.deployment else [])
         facts = f.gather(self.remote, wanted)
-        if self.deployment and not facts.get("python") and not self.report.check:
+        if self.deployment and not facts[HOST_PYTHON] and not self.report.check:
             # The env's name depends on the host's Python: install it first on a fresh host, then look again.
-            packages = ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))
+            packages = ensure_packages(MODEL_PACKAGES, facts[INSTALLED_PACKAGES])
             if not apply(self.remote, [packages], self._show):
                 raise HostError("packages", packages.output[-500:] or "apt-get failed")
             facts = f.gather(self.remote, wanted)
@@ -421,13 +452,13 @@ class HostDeploy:
 
     def preflight(self) -> None:
         facts = self._gather()
-        self.recorded = recorded_release(parse_history(facts.get("history", "")))
-        platform = check_platform(facts.get("os", ""))
+        self.recorded = recorded_release(facts[self.model.history_fact])
+        platform = check_platform(facts[f.os_release()])
         if platform.failed:
             self.plan.stage.append(platform)
         elif self.deployment:
             self.plan = plan_deploy(self.model, self.deployment, facts, self.firewall)
-            warning = python_mismatch(self.deployment.artifact, facts.get("python", ""))
+            warning = python_mismatch(self.deployment.artifact, facts[HOST_PYTHON])
             if warning:
                 show_note(self.report, warning)
         else:
@@ -446,7 +477,7 @@ class HostDeploy:
             self.outcome = "unchanged"
             return
         self._acquire_lock()
-        uploads = any(step.changed and step.name.startswith("release ") for step in self.plan.stage)
+        uploads = self.plan.upload is not None
         with self.remote.private_upload(self.tarball, upload_path(self.plan.release)) if uploads else nullcontext():
             staged = apply(self.remote, self.plan.stage, self._show)
         if not staged:
@@ -466,7 +497,7 @@ class HostDeploy:
         if self.outcome == "updated" and not self.plan.touches_service:
             self.outcome = "unchanged"
 
-    def roll_back(self, reason: str) -> None:
+    def return_to_previous(self, reason: str) -> None:
         """Back to the release that served before this deploy (--rollback-all), as a switch of its own."""
         model, release = self.model, self.plan.release
         if not self.previous or self.previous == release:
@@ -556,9 +587,9 @@ def serving_note(model: ModelHost, served: str, current: str) -> str:
 
 def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
     model = ModelHost(remote, name)
-    facts = f.gather(remote, [*model.facts(), f.Fact("audit", f"tail -n 200 {AUDIT_LOG}")])
-    releases = parse_releases(facts.get("releases", ""))
-    current, previous = facts.get("current", ""), previous_release(parse_history(facts.get("history", "")))
+    facts = f.gather(remote, [*model.facts(), AUDIT_TAIL])
+    releases = facts[model.releases_fact]
+    current, previous = facts[model.current_fact], previous_release(facts[model.history_fact])
     served = served_release(model, facts, releases)
     report.details["serving"] = serving_note(model, served, current)
     report.details["rows"] = [
@@ -571,5 +602,5 @@ def list_releases_on(remote: Remote, report: HostReport, name: str) -> None:
         )
         for release in sorted(releases.values(), key=lambda r: r.name, reverse=True)
     ]
-    report.details["audit"] = parse_audit(facts.get("audit", ""), name)
+    report.details["audit"] = parse_audit(facts[AUDIT_TAIL], name)
     report.steps.append(Step.ok("releases", f"{len(releases)} kept"))

@@ -20,7 +20,7 @@ TABLE = "inet mlflow_fab"
 RULES = "/etc/mlflow/firewall.nft"
 UNIT = "mlflow-fab-firewall.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"
-PACKAGES = ["nftables"]
+FIREWALL_PACKAGES = ["nftables"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class FirewallPolicy:
 
     @property
     def packages(self) -> list[str]:
-        return PACKAGES if self.enabled else []
+        return FIREWALL_PACKAGES if self.enabled else []
 
 
 def policy(inventory: Inventory) -> FirewallPolicy:
@@ -53,15 +53,20 @@ def is_address(text: str) -> bool:
     return True
 
 
+RULES_FILE = f.file_content(RULES)
+UNIT_FILE = f.file_content(UNIT_PATH)
+TABLE_LOADED = f.Fact("firewall_table", f"nft list table {TABLE} >/dev/null && echo loaded")
+
+
+def resolved(name: str) -> f.Fact[list[str]]:
+    """The addresses a host name resolves to on this host."""
+    return f.Fact(f"resolve:{name}", f"getent ahosts {shlex.quote(name)} | cut -d' ' -f1 | sort -u", f.words)
+
+
 def facts(policy: FirewallPolicy) -> list[f.Fact]:
     """Our files, whether our table is loaded, and what each lb host name resolves to on this host."""
     names = [source for source in policy.sources if not is_address(source)]
-    return [
-        f.file_content(RULES),
-        f.file_content(UNIT_PATH),
-        f.Fact("firewall_table", f"nft list table {TABLE} >/dev/null && echo loaded"),
-        *[f.Fact(f"resolve:{name}", f"getent ahosts {shlex.quote(name)} | cut -d' ' -f1 | sort -u") for name in names],
-    ]
+    return [RULES_FILE, UNIT_FILE, TABLE_LOADED, *[resolved(name) for name in names]]
 
 
 def render_rules(ports: list[int], addresses: list[str]) -> str:
@@ -74,11 +79,11 @@ def render_unit() -> str:
     return render("mlflow-fab-firewall.service.j2", table=TABLE, rules=RULES)
 
 
-def steps(policy: FirewallPolicy, ports: list[int], facts: dict[str, str]) -> list[Step]:
+def steps(policy: FirewallPolicy, ports: list[int], facts: f.Facts) -> list[Step]:
     """On: the rules file and its unit, loaded now and at every boot. Off: our table, file and unit removed."""
-    loaded = facts.get("firewall_table", "").strip() == "loaded"
+    loaded = facts[TABLE_LOADED].strip() == "loaded"
     if not policy.enabled:
-        present = loaded or any(f.parse_file(facts.get(f"file:{path}", "")).exists for path in (RULES, UNIT_PATH))
+        present = loaded or facts[RULES_FILE].exists or facts[UNIT_FILE].exists
         if not present:
             return [Step.ok("firewall", "off (no lb hosts, or [lb] firewall = false): model ports open to every address")]
         return [Step.change("firewall", f"off: remove table {TABLE}, {RULES} and {UNIT}",
@@ -87,12 +92,12 @@ def steps(policy: FirewallPolicy, ports: list[int], facts: dict[str, str]) -> li
                             f"rm -f {RULES} {UNIT_PATH}\nsystemctl daemon-reload")]
     addresses = []
     for source in policy.sources:
-        resolved = [source] if is_address(source) else facts.get(f"resolve:{source}", "").split()
-        if not resolved:
+        found = [source] if is_address(source) else facts[resolved(source)]
+        if not found:
             return [Step.failure("firewall", f"lb host {source!r} does not resolve on this host: give its IP address as its address in hosts.toml")]
-        addresses += resolved
-    rules = ensure_file(RULES, render_rules(ports, addresses), f.parse_file(facts.get(f"file:{RULES}", "")))
-    unit = ensure_file(UNIT_PATH, render_unit(), f.parse_file(facts.get(f"file:{UNIT_PATH}", "")))
+        addresses += found
+    rules = ensure_file(RULES, render_rules(ports, addresses), facts[RULES_FILE])
+    unit = ensure_file(UNIT_PATH, render_unit(), facts[UNIT_FILE])
     summary = f"model ports {', '.join(map(str, sorted(set(ports))))} only from {', '.join(addresses)} and loopback (table {TABLE})"
     if not (rules.changed or unit.changed or not loaded):
         return [rules, unit, Step.ok("firewall", summary)]

@@ -288,7 +288,7 @@ def _roll_back_updated(updated: list[HostDeploy], balancer: Balancer | None) -> 
         if balancer:
             balancer.set_drained(balancer.drained | {deploy.name}, f"drained {deploy.name}")
         try:
-            settle([deploy], lambda d: d.roll_back("--rollback-all after failures elsewhere"),
+            settle([deploy], lambda d: d.return_to_previous("--rollback-all after failures elsewhere"),
                    deploy.model.settings.health_timeout * 2 + model_switch.DEADLINE_MARGIN + SWITCH_MARGIN)
         finally:
             if balancer and deploy.outcome not in ("unreachable", "interrupted"):

@@ -17,6 +17,7 @@ from tasks.ops import facts as f
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
+from tasks.tracking.schema import DATABASE
 from tasks.tracking.server import BACKUP_SCRIPT, RESTORE_SCRIPT, TrackingTarget
 
 
@@ -72,12 +73,13 @@ def restore_on(remote: Remote, report: HostReport, source: str) -> None:
     settings = remote.host.tracking
     # the script holds the rollback and the gate: one from before them would restore without either
     wanted = TrackingTarget(remote.host, remote.connection.host).backup_files()[RESTORE_SCRIPT][0]
-    if f.parse_file(f.gather(remote, [f.file_content(RESTORE_SCRIPT)]).get(f"file:{RESTORE_SCRIPT}", "")).content != wanted:
+    installed = f.file_content(RESTORE_SCRIPT)
+    if f.gather(remote, [installed])[installed].content != wanted:
         stale = Step.failure("restore", f"{RESTORE_SCRIPT} is missing or not this fabfile's: run fab setup-tracking first; nothing was changed")
         report.steps.append(stale)
         show_step(report, stale)
         return
-    restore = Step.change("restore", f"{source} -> database mlflow and {settings.artifacts}, then a health gate of up to {settings.health_timeout} s",
+    restore = Step.change("restore", f"{source} -> database {DATABASE} and {settings.artifacts}, then a health gate of up to {settings.health_timeout} s",
                           f"{RESTORE_SCRIPT} {shlex.quote(host_path)}")
     report.steps.append(restore)
     with remote.private_upload(local, host_path) if local.is_file() else nullcontext():

@@ -10,7 +10,7 @@ import hashlib
 import ipaddress
 import shlex
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.inventory import Host, TrackingSettings
@@ -21,6 +21,7 @@ from tasks.ops.remote import private_path
 from tasks.ops.steps import Step
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, signin_guard
+from tasks.tracking.schema import DATABASE
 
 CERTIFICATE = "/etc/ssl/certs/mlflow-tracking.pem"
 KEY = "/etc/ssl/private/mlflow-tracking.key"
@@ -31,6 +32,9 @@ ADMIN_CURL = "/etc/mlflow/admin.curl"
 ADMIN = "admin"
 # The auth app's tables live in the tracking database, in their own schema: one backup holds both.
 AUTH_SCHEMA = "auth"
+# The kinds of the certificate steps: converge uploads the key first, and learns a self-signed certificate it made.
+CERTIFICATE_STEP = "tls-certificate"
+KEY_STEP = "tls-key"
 
 
 @dataclass(frozen=True)
@@ -86,14 +90,16 @@ def tls_fact(files: TlsFiles) -> f.Fact:
                          + certificates.expiry_command(files.certificate))
 
 
+TLS_STATE = tls_fact(TlsFiles(CERTIFICATE, KEY))
+NGINX_FILE = f.file_content(NGINX_CONFIG)
+AUTH_CONFIG_FILE = f.file_content(AUTH_CONFIG)
+ADMIN_CURL_STAT = f.path_stat(ADMIN_CURL)
+AUTH_SCHEMA_PRESENT = f.Fact(
+    "auth_schema", f"cd / && runuser -u postgres -- psql -tAX -d {DATABASE} -c \"select nspname from pg_namespace where nspname='{AUTH_SCHEMA}'\"")
+
+
 def facts() -> list[f.Fact]:
-    return [
-        tls_fact(TlsFiles(CERTIFICATE, KEY)),
-        f.file_content(NGINX_CONFIG),
-        f.file_content(AUTH_CONFIG),
-        f.path_stat(ADMIN_CURL),
-        f.Fact("auth_schema", f"cd / && runuser -u postgres -- psql -tAX -d mlflow -c \"select nspname from pg_namespace where nspname='{AUTH_SCHEMA}'\""),
-    ]
+    return [TLS_STATE, NGINX_FILE, AUTH_CONFIG_FILE, ADMIN_CURL_STAT, AUTH_SCHEMA_PRESENT]
 
 
 def fingerprint(tls_fact: str) -> str:
@@ -127,23 +133,29 @@ def certificate_steps(door: FrontDoor, tls_fact: str) -> list[Step]:
             expires = certificates.not_after(tls_fact)
             if certificates.renewal_due(tls_fact):
                 return [Step.change("tls certificate", f"self-signed, expires {expires} (within {certificates.RENEW_WITHIN.days} days): "
-                                                       f"renew for {', '.join(door.names())}", self_signed_script(door))]
-            return [Step.ok("tls certificate", f"{s.certificate} (sha256 fingerprint {fingerprint(tls_fact)}, expires {expires})")]
-        return [Step.change("tls certificate", f"self-signed for {', '.join(door.names())}, generated on the host", self_signed_script(door))]
+                                                       f"renew for {', '.join(door.names())}", self_signed_script(door), kind=CERTIFICATE_STEP)]
+            return [Step.ok("tls certificate", f"{s.certificate} (sha256 fingerprint {fingerprint(tls_fact)}, expires {expires})", kind=CERTIFICATE_STEP)]
+        return [Step.change("tls certificate", f"self-signed for {', '.join(door.names())}, generated on the host", self_signed_script(door),
+                            kind=CERTIFICATE_STEP)]
     certificate = Path(s.user_certificate).read_bytes()
     steps = []
     if on_host.get(s.certificate) == hashlib.sha256(certificate).hexdigest():
-        steps.append(Step.ok("tls certificate", f"{s.certificate} from {s.user_certificate}"))
+        steps.append(Step.ok("tls certificate", f"{s.certificate} from {s.user_certificate}", kind=CERTIFICATE_STEP))
     else:
         steps.append(Step.change("tls certificate", f"install {s.user_certificate} as {s.certificate}",
-                                 ensure_file(s.certificate, certificate.decode(), f.FileState(False)).script))
+                                 ensure_file(s.certificate, certificate.decode(), f.FileState(False)).script, kind=CERTIFICATE_STEP))
     if on_host.get(s.key) == hashlib.sha256(Path(s.user_key).read_bytes()).hexdigest():
-        steps.append(Step.ok("tls key", f"{s.key} (never shown)"))
+        steps.append(Step.ok("tls key", f"{s.key} (never shown)", kind=KEY_STEP))
     else:
         upload = key_upload_path()
         steps.append(Step.change("tls key", f"install {s.user_key} as {s.key} (uploaded by SFTP, never shown)",
-                                 f"install -o root -g root -m 600 {upload} {s.key}"))
+                                 f"install -o root -g root -m 600 {upload} {s.key}", kind=KEY_STEP))
     return steps
+
+
+def key_to_upload(steps: list[Step]) -> bool:
+    """Whether the steps install the user's key, which must reach the host by SFTP before they run."""
+    return any(step.kind == KEY_STEP and step.changed for step in steps)
 
 
 def auth_schema_step(present: str) -> Step:
@@ -151,30 +163,41 @@ def auth_schema_step(present: str) -> Step:
     if present.strip() == AUTH_SCHEMA:
         return Step.ok(name, "exists (users and permissions)")
     sql = shlex.quote(f"CREATE SCHEMA IF NOT EXISTS {AUTH_SCHEMA} AUTHORIZATION mlflow")
-    return Step.change(name, "create in database mlflow, owned by mlflow", f"cd / && runuser -u postgres -- psql -q -X -d mlflow -c {sql}")
+    return Step.change(name, f"create in database {DATABASE}, owned by mlflow", f"cd / && runuser -u postgres -- psql -q -X -d {DATABASE} -c {sql}")
 
 
-def steps(door: FrontDoor, facts: dict[str, str]) -> list[Step]:
-    """Steps before the server (re)starts: certificate and nginx for tls, the auth config and schema for auth."""
+@dataclass
+class DoorSteps:
+    """The front door's steps before the server (re)starts: the auth config and schema for auth, the certificate for tls."""
+
+    auth_config: Step | None = None
+    auth_schema: Step | None = None
+    certificate: list[Step] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[Step]:
+        return [step for step in (self.auth_config, self.auth_schema) if step] + self.certificate
+
+
+def steps(door: FrontDoor, facts: f.Facts) -> DoorSteps:
     s = door.settings
-    result = []
+    result = DoorSteps()
     if s.auth:
-        result.append(ensure_file(AUTH_CONFIG, door.auth_config(), f.parse_file(facts.get(f"file:{AUTH_CONFIG}", "")), group="mlflow", mode="640"))
-        result.append(auth_schema_step(facts.get("auth_schema", "")))
+        result.auth_config = ensure_file(AUTH_CONFIG, door.auth_config(), facts[AUTH_CONFIG_FILE], group="mlflow", mode="640")
+        result.auth_schema = auth_schema_step(facts[AUTH_SCHEMA_PRESENT])
     if s.tls:
-        result += certificate_steps(door, facts.get("tls", ""))
+        result.certificate = certificate_steps(door, facts[TLS_STATE])
     return result
 
 
-def nginx_step(door: FrontDoor, facts: dict[str, str], certificate_changed: bool) -> Step:
+def nginx_step(door: FrontDoor, facts: f.Facts, certificate_changed: bool) -> Step:
     """After the server is up: nginx validated and reloaded when its config or the certificate changed."""
-    current = f.parse_file(facts.get(f"file:{NGINX_CONFIG}", ""))
-    return config_step(NGINX_CONFIG, door.nginx_config(), current, "certificate changed" if certificate_changed else "")
+    return config_step(NGINX_CONFIG, door.nginx_config(), facts[NGINX_FILE], "certificate changed" if certificate_changed else "")
 
 
-def remove_nginx_step(facts: dict[str, str]) -> Step:
+def remove_nginx_step(facts: f.Facts) -> Step:
     """tls = false: the server answers on the public port itself, so our nginx server block must go."""
-    if not f.parse_file(facts.get(f"file:{NGINX_CONFIG}", "")).exists:
+    if not facts[NGINX_FILE].exists:
         return Step.ok("tls", "off (tls = false in hosts.toml): plain HTTP")
     return Step.change("tls", "off (tls = false in hosts.toml): remove the nginx front door",
                        f"rm -f {NGINX_CONFIG}\nif systemctl is-active --quiet nginx; then\n{reload_script()}\nfi")
@@ -192,7 +215,7 @@ def pem_fingerprint(pem: str) -> str:
 
 def learn_certificate(remote, address: str, port: int, steps_done: list[Step], tls_fact: str, certificate: str = CERTIFICATE) -> tuple[Path, str]:
     """Save the host's self-signed certificate on the laptop (fetched only when new); return its path and fingerprint."""
-    made = next((step for step in steps_done if step.name == "tls certificate" and step.changed), None)
+    made = next((step for step in steps_done if step.kind == CERTIFICATE_STEP and step.changed), None)
     remote_fingerprint = fingerprint(made.output if made else tls_fact)
     path = laptop_certificate_path(address, port)
     if path.exists() and pem_fingerprint(path.read_text()) == remote_fingerprint:

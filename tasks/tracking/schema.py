@@ -6,8 +6,11 @@ schema and comparing a backup's version with the server's are Python programs in
 
 from __future__ import annotations
 
-# The alembic revision of database mlflow.
-SCHEMA = "cd / && runuser -u postgres -- psql -tAX -d mlflow -c 'select version_num from alembic_version'"
+# The tracking server's PostgreSQL database (its owner role is also called mlflow).
+DATABASE = "mlflow"
+
+# The alembic revision of the tracking database.
+SCHEMA = f"cd / && runuser -u postgres -- psql -tAX -d {DATABASE} -c 'select version_num from alembic_version'"
 
 # The MLflow version of the env a python runs in, without importing mlflow (seconds).
 ENV_VERSION = "-c 'from importlib.metadata import version; print(version(\"mlflow\"))'"

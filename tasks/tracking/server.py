@@ -20,7 +20,7 @@ from tasks.ops import postgres
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.platform import check_platform
-from tasks.ops.pyenv import EnvSpec, ensure_env
+from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
@@ -28,23 +28,23 @@ from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.report import HostReport, show_note, show_step, show_warning
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
+from tasks.tracking.schema import DATABASE
 
 UNIT = "mlflow-tracking"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}.service"
 SERVICE_USER = "mlflow"
 HOME = "/var/lib/mlflow"
-CONFIG_DIR = "/etc/mlflow"
-ENV_FILE = f"{CONFIG_DIR}/tracking.env"
-ENVS_ROOT = "/opt/mlflow/envs"
+TRACKING_CONFIG_DIR = "/etc/mlflow"
+ENV_FILE = f"{TRACKING_CONFIG_DIR}/tracking.env"
 PROFILE = "/etc/profile.d/mlflow.sh"
 BACKUP_DIR = "/var/backups/mlflow"
 BACKUP_SCRIPT = "/usr/local/sbin/mlflow-backup"
 RESTORE_SCRIPT = "/usr/local/sbin/mlflow-restore"
 BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
-BACKUP_TIMER = "/etc/systemd/system/mlflow-backup.timer"
-PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates"]
+BACKUP_TIMER_UNIT = "mlflow-backup.timer"
+BACKUP_TIMER = f"/etc/systemd/system/{BACKUP_TIMER_UNIT}"
+TRACKING_PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates"]
 TLS_PACKAGES = ["nginx", "openssl"]
-DATABASE = "mlflow"
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class TrackingTarget:
 
     @property
     def packages(self) -> list[str]:
-        return PACKAGES + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings)
+        return TRACKING_PACKAGES + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings)
 
     @property
     def admin_curl_args(self) -> str:
@@ -108,41 +108,49 @@ class TrackingTarget:
             HttpCheck(api, host_header=host_header, base=front, curl_args=f"-k {self.admin_curl_args}".strip()),
         ]
 
+    @property
+    def packages_fact(self) -> f.Fact[set[str]]:
+        return f.installed_packages(self.packages)
+
+    @property
+    def env_marker_fact(self) -> f.Fact[str]:
+        return f.Fact("env_marker", f"cat {self.env_path}/.complete")
+
+    @property
+    def probe_fact(self) -> f.Fact[str]:
+        return f.Fact("probe", probe_command(self.server_port, self.health_checks))
+
     def facts(self) -> list[f.Fact]:
         return [
             f.os_release(),
             f.node_name(),
-            f.installed_packages(self.packages),
-            f.Fact("postgresql", "systemctl is-active postgresql"),
-            f.Fact(
-                "database",
-                "cd / && runuser -u postgres -- psql -tAX -c \"select 'role' from pg_roles where rolname='mlflow' "
-                "union all select 'database' from pg_database where datname='mlflow'\"",
-            ),
-            f.user_exists(SERVICE_USER),
+            self.packages_fact,
+            POSTGRESQL_STATE,
+            DATABASE_OBJECTS,
+            SERVICE_USER_EXISTS,
             *[f.path_stat(path) for path, *_ in self.directories()],
-            f.path_stat(ENV_FILE),
-            f.Fact("env_keys", f"sed -n 's/=.*//p' {ENV_FILE}"),
-            f.Fact("role_login", ROLE_LOGIN),
-            f.Fact("secrets_after_start", SECRETS_AFTER_START),
+            ENV_FILE_STAT,
+            ENV_KEYS,
+            ROLE_SIGNS_IN,
+            SECRETS_NEWER_THAN_SERVER,
             *frontdoor.facts(),
             *signin_guard.facts(),
-            f.Fact("env_marker", f"cat {self.env_path}/.complete"),
-            f.Fact("running_marker", f"cat \"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)/.complete\""),
-            f.Fact("envs", f"ls -1 {ENVS_ROOT}"),
-            f.file_content(UNIT_PATH),
-            f.file_content(PROFILE),
+            self.env_marker_fact,
+            RUNNING_MARKER,
+            ENVS,
+            UNIT_FILE,
+            PROFILE_FILE,
             *[f.file_content(path) for path in (BACKUP_SCRIPT, RESTORE_SCRIPT, BACKUP_UNIT, BACKUP_TIMER)],
-            f.service_state("mlflow-backup.timer"),
-            f.service_state(UNIT),
-            f.Fact("probe", probe_command(self.server_port, self.health_checks)),
+            BACKUP_TIMER_STATE,
+            SERVICE_STATE,
+            self.probe_fact,
         ]
 
     def directories(self) -> list[tuple[str, str, str, str]]:
         return [
             (HOME, SERVICE_USER, SERVICE_USER, "750"),
             (self.settings.artifacts, SERVICE_USER, SERVICE_USER, "750"),
-            (CONFIG_DIR, "root", SERVICE_USER, "750"),
+            (TRACKING_CONFIG_DIR, "root", SERVICE_USER, "750"),
             (ENVS_ROOT, "root", "root", "755"),
         ]
 
@@ -202,6 +210,29 @@ ROLE_LOGIN = (f"password=$(sed -n 's/^MLFLOW_DB_PASSWORD=//p' {ENV_FILE}) && [ -
 SECRETS_AFTER_START = (f"started=$(systemctl show -p ExecMainStartTimestamp --value {UNIT}) && [ -n \"$started\" ] && "
                        f"[ \"$(stat -c %Y {ENV_FILE})\" -gt \"$(date -d \"$started\" +%s)\" ] && echo yes")
 AUTH_SECRET_KEYS = ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"]
+# The env the installed unit starts, as a shell expression for a script on the host.
+INSTALLED_ENV = f"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)"
+
+# What setup-tracking reads on the host, besides the front door's and the sign-in guard's facts and the target's own.
+POSTGRESQL_STATE = f.Fact("postgresql", "systemctl is-active postgresql")
+DATABASE_OBJECTS = f.Fact(
+    "database",
+    "cd / && runuser -u postgres -- psql -tAX -c \"select 'role' from pg_roles where rolname='mlflow' "
+    f"union all select 'database' from pg_database where datname='{DATABASE}'\"",
+    f.words,
+)
+SERVICE_USER_EXISTS = f.user_exists(SERVICE_USER)
+ENV_FILE_STAT = f.path_stat(ENV_FILE)
+ENV_KEYS = f.Fact("env_keys", f"sed -n 's/=.*//p' {ENV_FILE}", f.words)
+ROLE_SIGNS_IN = f.Fact("role_login", ROLE_LOGIN)
+SECRETS_NEWER_THAN_SERVER = f.Fact("secrets_after_start", SECRETS_AFTER_START)
+# The installed env's marker names the MLflow version the server runs.
+RUNNING_MARKER = f.Fact("running_marker", f"cat \"{INSTALLED_ENV}/.complete\"")
+ENVS = f.Fact("envs", f"ls -1 {ENVS_ROOT}", f.words)
+UNIT_FILE = f.file_content(UNIT_PATH)
+PROFILE_FILE = f.file_content(PROFILE)
+BACKUP_TIMER_STATE = f.service_state(BACKUP_TIMER_UNIT)
+SERVICE_STATE = f.service_state(UNIT)
 
 
 def generate_env_file_script(auth: bool) -> str:
@@ -213,14 +244,14 @@ def generate_env_file_script(auth: bool) -> str:
                          admin_curl=frontdoor.ADMIN_CURL, admin=frontdoor.ADMIN)
 
 
-def secrets_step(target: TrackingTarget, facts: dict[str, str]) -> Step:
+def secrets_step(target: TrackingTarget, facts: f.Facts) -> Step:
     auth = target.settings.auth
     script = generate_env_file_script(auth)
-    step = ensure_secret_file(ENV_FILE, SERVICE_USER, facts.get(f"stat:{ENV_FILE}", ""), script)
-    if not facts.get(f"stat:{ENV_FILE}"):
+    step = ensure_secret_file(ENV_FILE, SERVICE_USER, facts[ENV_FILE_STAT], script)
+    if not facts[ENV_FILE_STAT]:
         return step
-    missing = [key for key in SECRET_KEYS + (AUTH_SECRET_KEYS if auth else []) if key not in facts.get("env_keys", "").split()]
-    if auth and facts.get(f"stat:{frontdoor.ADMIN_CURL}", "").strip() != "root root 600":
+    missing = [key for key in SECRET_KEYS + (AUTH_SECRET_KEYS if auth else []) if key not in facts[ENV_KEYS]]
+    if auth and facts[frontdoor.ADMIN_CURL_STAT].strip() != "root root 600":
         missing.append(frontdoor.ADMIN_CURL)
     if missing:
         return Step.change(step.name, f"add {', '.join(missing)} (generated on the host, never shown)", script)
@@ -259,26 +290,26 @@ def set_role_password_script() -> str:
     return render_script("tracking-role-password.sh.j2", env_file=ENV_FILE)
 
 
-def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
+def plan(target: TrackingTarget, facts: f.Facts) -> list[Step]:
     """Every step setup-tracking takes, decided from the facts alone."""
     s = target.settings
-    installed = f.parse_installed(facts.get("packages", ""))
-    database = facts.get("database", "").split()
-    node_name = facts.get("node_name", "")
-    service = f.parse_properties(facts.get(f"service:{UNIT}", ""))
+    installed = facts[target.packages_fact]
+    database = facts[DATABASE_OBJECTS]
+    node_name = facts[f.node_name()]
+    service = facts[SERVICE_STATE]
 
     steps = [ensure_packages(target.packages, installed)]
-    if facts.get("postgresql") == "active":
+    if facts[POSTGRESQL_STATE] == "active":
         steps.append(Step.ok("postgresql running", "active"))
     else:
         steps.append(Step.change("postgresql running", "enable and start", "systemctl enable --now --quiet postgresql"))
-    steps.append(ensure_system_user(SERVICE_USER, HOME, bool(facts.get(f"user:{SERVICE_USER}"))))
-    steps += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in target.directories()]
+    steps.append(ensure_system_user(SERVICE_USER, HOME, facts[SERVICE_USER_EXISTS]))
+    steps += [ensure_directory(path, owner, group, mode, facts[f.path_stat(path)]) for path, owner, group, mode in target.directories()]
 
     secrets = secrets_step(target, facts)
     steps.append(secrets)
-    new_secret = not facts.get(f"stat:{ENV_FILE}")
-    if "role" in database and facts.get("role_login") == "1":
+    new_secret = not facts[ENV_FILE_STAT]
+    if "role" in database and facts[ROLE_SIGNS_IN] == "1":
         role = Step.ok("database role mlflow", "exists, signs in with the secrets file's password")
     else:
         role = Step.change("database role mlflow", "create and set its password from the secrets file", set_role_password_script())
@@ -290,15 +321,15 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
 
     door = frontdoor.FrontDoor(target.host, target.address, node_name)
     door_steps = frontdoor.steps(door, facts)
-    steps += door_steps
+    steps += door_steps.steps
 
-    env_step = ensure_env(target.env_spec, target.env_path, facts.get("env_marker", ""))
+    env_step = ensure_env(target.env_spec, target.env_path, facts[target.env_marker_fact])
     steps.append(env_step)
-    if s.auth and facts.get("auth_schema"):
-        steps += admin_password_steps(target, facts.get("probe", ""), new_secret)
-    unit_step = ensure_file(UNIT_PATH, target.unit(node_name), f.parse_file(facts.get(f"file:{UNIT_PATH}", "")))
+    if s.auth and facts[frontdoor.AUTH_SCHEMA_PRESENT]:
+        steps += admin_password_steps(target, facts[target.probe_fact], new_secret)
+    unit_step = ensure_file(UNIT_PATH, target.unit(node_name), facts[UNIT_FILE])
     steps.append(unit_step)
-    steps.append(ensure_file(PROFILE, target.profile(), f.parse_file(facts.get(f"file:{PROFILE}", ""))))
+    steps.append(ensure_file(PROFILE, target.profile(), facts[PROFILE_FILE]))
     steps += backup_steps(target, facts)
 
     steps.append(daemon_reload(unit_step.changed))
@@ -306,51 +337,49 @@ def plan(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
     if not s.tls:
         steps.append(frontdoor.remove_nginx_step(facts))
     inputs = {"unit": unit_step, "secrets": secrets, "database role": role, "python env": env_step}
-    inputs.update({"auth config": step for step in door_steps if step.name == f"file {frontdoor.AUTH_CONFIG}"})
+    if door_steps.auth_config:
+        inputs["auth config"] = door_steps.auth_config
     changed_inputs = [name for name, step in inputs.items() if step.changed]
-    if facts.get("secrets_after_start") == "yes" and "secrets" not in changed_inputs:
+    if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and "secrets" not in changed_inputs:
         changed_inputs.append("secrets (since the server started)")
     restart = ensure_running(UNIT, service, changed_inputs)
     steps.append(restart)
     if s.tls:
-        certificate_changed = any(step.changed for step in door_steps if step.name.startswith("tls "))
+        certificate_changed = any(step.changed for step in door_steps.certificate)
         steps.append(frontdoor.nginx_step(door, facts, certificate_changed))
     steps += signin_guard.steps(s, facts)
 
-    if restart.changed or not probe_healthy(facts.get("probe", ""), target.health_checks):
+    if restart.changed or not probe_healthy(facts[target.probe_fact], target.health_checks):
         gate = gate_script(UNIT, target.server_port, target.health_checks, s.health_timeout, after_restart=restart.changed)
         steps.append(Step.change("health gate", f"wait up to {s.health_timeout} s for /health and the API to answer 200", gate))
     else:
         steps.append(Step.ok("health gate", "/health and the API answer 200"))
 
-    old_envs = [name for name in facts.get("envs", "").split() if name.startswith("tracking-") and f"{ENVS_ROOT}/{name}" != target.env_path]
+    old_envs = [name for name in facts[ENVS] if name.startswith("tracking-") and f"{ENVS_ROOT}/{name}" != target.env_path]
     if old_envs:
         paths = " ".join(shlex.quote(f"{ENVS_ROOT}/{name}") for name in old_envs)
         steps.append(Step.change("old python envs", "remove " + ", ".join(old_envs), f"rm -rf {paths}"))
     return steps
 
 
-def backup_steps(target: TrackingTarget, facts: dict[str, str]) -> list[Step]:
+def backup_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
     """The backup and restore scripts; the timer and its service only when backup_schedule is set."""
-    files = target.backup_files()
-    steps = [ensure_file(path, content, f.parse_file(facts.get(f"file:{path}", "")), mode=mode) for path, (content, mode) in files.items()]
-    timer = f.parse_properties(facts.get("service:mlflow-backup.timer", ""))
-    timer_files_changed = any(step.changed for step in steps if step.name.endswith((".service", ".timer")))
+    files = {path: ensure_file(path, content, facts[f.file_content(path)], mode=mode) for path, (content, mode) in target.backup_files().items()}
+    steps = list(files.values())
+    timer = facts[BACKUP_TIMER_STATE]
+    timer_files_changed = any(files[path].changed for path in (BACKUP_UNIT, BACKUP_TIMER) if path in files)
     if target.settings.backup_schedule:
         enabled = timer.get("UnitFileState") == "enabled" and timer.get("ActiveState") == "active"
         if timer_files_changed or not enabled:
             steps.append(Step.change("backup timer", f"backups on schedule {target.settings.backup_schedule!r}",
-                                     "systemctl daemon-reload\nsystemctl enable --now --quiet mlflow-backup.timer\nsystemctl restart mlflow-backup.timer"))
+                                     f"systemctl daemon-reload\nsystemctl enable --now --quiet {BACKUP_TIMER_UNIT}\nsystemctl restart {BACKUP_TIMER_UNIT}"))
         else:
             steps.append(Step.ok("backup timer", f"scheduled {target.settings.backup_schedule!r}"))
-    elif f.parse_file(facts.get(f"file:{BACKUP_TIMER}", "")).exists:
+    elif facts[f.file_content(BACKUP_TIMER)].exists:
         steps.append(Step.change("backup timer", "no backup_schedule: remove the timer",
-                                 f"systemctl disable --now --quiet mlflow-backup.timer || true\nrm -f {BACKUP_TIMER} {BACKUP_UNIT}\nsystemctl daemon-reload"))
+                                 f"systemctl disable --now --quiet {BACKUP_TIMER_UNIT} || true\nrm -f {BACKUP_TIMER} {BACKUP_UNIT}\nsystemctl daemon-reload"))
     return steps
 
-
-# The env the installed unit starts, as a shell expression for a script on the host.
-INSTALLED_ENV = f"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)"
 
 
 def running_env_path(unit: str) -> str:
@@ -381,12 +410,12 @@ def version_guard(target: TrackingTarget, running_marker: str) -> Step:
 def converge(remote: Remote, report: HostReport) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
     facts = f.gather(remote, target.facts())
-    platform = check_platform(facts.get("os", ""))
+    platform = check_platform(facts[f.os_release()])
     report.steps.append(platform)
     show_step(report, platform)
     if platform.failed:
         return
-    guard = version_guard(target, facts.get("running_marker", ""))
+    guard = version_guard(target, facts[RUNNING_MARKER])
     if guard.failed:
         report.steps.append(guard)
         show_step(report, guard)
@@ -397,13 +426,13 @@ def converge(remote: Remote, report: HostReport) -> None:
         for step in steps:
             show_step(report, step)
         return
-    key = next((step for step in steps if step.name == "tls key" and step.changed), None)
+    key = frontdoor.key_to_upload(steps)
     with remote.private_upload(Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else nullcontext():
         applied = apply(remote, steps, lambda step: show_step(report, step))
     if applied:
         exports = f"MLFLOW_TRACKING_URI={target.url}"
         if target.settings.tls and not target.settings.tls_certificate:
-            path, fingerprint = frontdoor.learn_certificate(remote, target.address, target.settings.port, steps, facts.get("tls", ""))
+            path, fingerprint = frontdoor.learn_certificate(remote, target.address, target.settings.port, steps, facts[frontdoor.TLS_STATE])
             show_note(report, f"self-signed tls certificate, sha256 fingerprint {fingerprint}, saved to {path}")
             exports += f" MLFLOW_TRACKING_SERVER_CERT_PATH={path}"
         show_note(report, f"tracking server: {target.url}  (export {exports})")

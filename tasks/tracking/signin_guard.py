@@ -23,7 +23,7 @@ FILTER_PATH = f"/etc/fail2ban/filter.d/{JAIL}.conf"
 SIGNIN_LOG = "/var/log/nginx/mlflow-tracking-signin.log"
 # Debian 12's own sshd jail reads this file; a host that logs only to the journal has none.
 SSH_LOG = "/var/log/auth.log"
-PACKAGES = ["fail2ban", "nftables"]
+SIGNIN_GUARD_PACKAGES = ["fail2ban", "nftables"]
 START_TIMEOUT = 30
 
 
@@ -33,7 +33,7 @@ def enabled(settings: TrackingSettings) -> bool:
 
 
 def packages(settings: TrackingSettings) -> list[str]:
-    return PACKAGES if enabled(settings) else []
+    return SIGNIN_GUARD_PACKAGES if enabled(settings) else []
 
 
 def nginx_values(settings: TrackingSettings) -> dict:
@@ -43,12 +43,14 @@ def nginx_values(settings: TrackingSettings) -> dict:
     return {"signin_log": SIGNIN_LOG, "parallel_requests": settings.parallel_requests_per_address}
 
 
+JAIL_FILE = f.file_content(JAIL_PATH)
+FILTER_FILE = f.file_content(FILTER_PATH)
+# `jail running` and `ssh log`, each when it holds
+GUARD_STATE = f.Fact("signin_guard", f"fail2ban-client status {JAIL} >/dev/null && echo jail running; test -e {SSH_LOG} && echo ssh log")
+
+
 def facts() -> list[f.Fact]:
-    return [
-        f.file_content(JAIL_PATH),
-        f.file_content(FILTER_PATH),
-        f.Fact("signin_guard", f"fail2ban-client status {JAIL} >/dev/null && echo jail running; test -e {SSH_LOG} && echo ssh log"),
-    ]
+    return [JAIL_FILE, FILTER_FILE, GUARD_STATE]
 
 
 def jail_config(settings: TrackingSettings, ssh_log: bool) -> str:
@@ -74,10 +76,10 @@ def remove_script() -> str:
 rm -f {JAIL_PATH} {FILTER_PATH}"""
 
 
-def steps(settings: TrackingSettings, facts: dict[str, str]) -> list[Step]:
+def steps(settings: TrackingSettings, facts: f.Facts) -> list[Step]:
     """After nginx writes the sign-in log: the jail and its filter, and fail2ban running them."""
-    installed = [f.parse_file(facts.get(f"file:{path}", "")) for path in (JAIL_PATH, FILTER_PATH)]
-    state = facts.get("signin_guard", "")
+    installed = [facts[JAIL_FILE], facts[FILTER_FILE]]
+    state = facts[GUARD_STATE]
     if not enabled(settings):
         if not any(file.exists for file in installed):
             return [Step.ok("signin guard", "off")]

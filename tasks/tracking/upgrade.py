@@ -18,13 +18,14 @@ from tasks.ops.steps import Step, apply
 from tasks.report import HostReport, show_note, show_step
 from tasks.templates import render_script
 from tasks.tracking.backups import backup_path, download_backup
-from tasks.tracking.schema import SCHEMA
+from tasks.tracking.schema import DATABASE, SCHEMA
 from tasks.tracking.server import (
     BACKUP_SCRIPT,
-    DATABASE,
     ENV_FILE,
     RESTORE_SCRIPT,
+    RUNNING_MARKER,
     UNIT,
+    UNIT_FILE,
     UNIT_PATH,
     TrackingTarget,
     installed_mlflow_version,
@@ -33,6 +34,9 @@ from tasks.tracking.server import (
 
 # A copy of the database made with the server stopped: what a rollback puts back once the schema changed.
 COPY = f"{DATABASE}_before_upgrade"
+SCHEMA_REVISION = f.Fact("schema", SCHEMA)
+# Both scripts are there when setup-tracking ran.
+SCRIPTS = f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}", f.words)
 
 
 def migrate_script(env_path: str) -> str:
@@ -40,11 +44,10 @@ def migrate_script(env_path: str) -> str:
                          close_connections=postgres.close_connections(DATABASE), drop_copy=postgres.drop_if_exists(COPY))
 
 
-def backup_first(remote: Remote, report: HostReport, steps: list[Step], download: str) -> list[Step]:
+def backup_first(remote: Remote, report: HostReport, backup: Step, rest: list[Step], download: str) -> list[Step]:
     """With --download the backup runs alone and reaches the laptop before anything else. The steps left to run."""
     if not download:
-        return steps
-    backup, rest = steps[0], steps[1:]
+        return [backup, *rest]
     if apply(remote, [backup], lambda each: show_step(report, each)):
         try:
             download_backup(remote, report, backup_path(backup.output), download)
@@ -61,10 +64,10 @@ def backup_first(remote: Remote, report: HostReport, steps: list[Step], download
 def upgrade_on(remote: Remote, report: HostReport, version: str, download: str = "") -> None:
     new_host = dataclasses.replace(remote.host, tracking=dataclasses.replace(remote.host.tracking, mlflow_version=version))
     new = TrackingTarget(new_host, remote.connection.host)
-    facts = f.gather(remote, [*new.facts(), f.Fact("schema", SCHEMA), f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}")])
-    running = installed_mlflow_version(facts.get("running_marker", ""))
-    old_unit = f.parse_file(facts.get(f"file:{UNIT_PATH}", ""))
-    if not running or not old_unit.exists or len(facts.get("scripts", "").split()) != 2:
+    facts = f.gather(remote, [*new.facts(), SCHEMA_REVISION, SCRIPTS])
+    running = installed_mlflow_version(facts[RUNNING_MARKER])
+    old_unit = facts[UNIT_FILE]
+    if not running or not old_unit.exists or len(facts[SCRIPTS]) != 2:
         step = Step.failure("upgrade", "no tracking server set up here by setup-tracking: run fab setup-tracking first")
     elif running == version:
         step = Step.ok("upgrade", f"already runs mlflow {version}")
@@ -77,12 +80,15 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
 
     settings = new.settings
     gate = gate_script(UNIT, new.server_port, new.health_checks, settings.health_timeout, after_restart=True)
-    unit = ensure_file(UNIT_PATH, new.unit(facts.get("node_name", "")), old_unit)
+    unit = ensure_file(UNIT_PATH, new.unit(facts[f.node_name()]), old_unit)
+    backup = Step.change("backup", "database dump and artifacts before anything else (yours to keep: a rollback uses a copy made after the stop)",
+                         f"{BACKUP_SCRIPT} {settings.backup_keep + 1}")
+    env = ensure_env(new.env_spec, new.env_path, facts[new.env_marker_fact], name=f"python env (mlflow {version})")
+    migrate = Step.change("migrate", f"stop the server, copy the database, upgrade its schema with mlflow {version}", migrate_script(new.env_path))
     steps = [
-        Step.change("backup", "database dump and artifacts before anything else (yours to keep: a rollback uses a copy made after the stop)",
-                    f"{BACKUP_SCRIPT} {settings.backup_keep + 1}"),
-        ensure_env(new.env_spec, new.env_path, facts.get("env_marker", ""), name=f"python env (mlflow {version})"),
-        Step.change("migrate", f"stop the server, copy the database, upgrade its schema with mlflow {version}", migrate_script(new.env_path)),
+        backup,
+        env,
+        migrate,
         unit,
         Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\nsystemctl restart {UNIT}"),
         Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", gate),
@@ -94,12 +100,12 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         return
     show_note(report, f"upgrading mlflow {running} -> {version}")
     untouched = f"the server still runs mlflow {running}: nothing else was changed"
-    remaining = backup_first(remote, report, steps, download)
+    remaining = backup_first(remote, report, backup, steps[1:], download)
     if not remaining:
         show_note(report, untouched)
         return
     if apply(remote, remaining, lambda each: show_step(report, each)):
-        show_note(report, "database " + ", ".join(line for line in steps[2].output.splitlines() if line.startswith("schema ")))
+        show_note(report, "database " + ", ".join(line for line in migrate.output.splitlines() if line.startswith("schema ")))
         prune = [Step.change("database copy", f"the new server passed its gate: drop {COPY}", f"cd / && runuser -u postgres -- dropdb --force {COPY}")]
         old_env = running_env_path(old_unit.content)
         if old_env and old_env != new.env_path:
@@ -109,14 +115,13 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         if remote.host.tracking.mlflow_version != version:
             show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
         return
-    failed = next(each for each in steps if each.failed)
-    if steps.index(failed) < 2:
+    if backup.failed or env.failed:  # the server was never stopped
         show_note(report, untouched)
         return
-    report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), running, gate)
+    report.steps += restore_old_server(remote, report, old_unit.content, facts[SCHEMA_REVISION], running, gate)
 
 
-def roll_back_script(old_unit: str, schema_before: str) -> str:
+def restore_old_server_script(old_unit: str, schema_before: str) -> str:
     """The old unit and env again; the database copy made after the stop only when the migration got as far as changing the schema.
 
     With the schema unchanged the database stays: it holds what the new server was sent before it failed.
@@ -126,14 +131,12 @@ def roll_back_script(old_unit: str, schema_before: str) -> str:
                          database_functions=postgres.functions(), drop_copy=postgres.drop_if_exists(COPY))
 
 
-def roll_back(remote: Remote, report: HostReport, old_unit: str, schema_before: str, old_version: str, gate: str) -> list[Step]:
-    script = roll_back_script(old_unit, schema_before)
-    steps = [
-        Step.change("roll back", f"back to mlflow {old_version} and its env", script),
-        Step.change("health gate", "the old server serves again", gate),
-    ]
+def restore_old_server(remote: Remote, report: HostReport, old_unit: str, schema_before: str, old_version: str, gate: str) -> list[Step]:
+    """After a failed upgrade: the old unit, env and (when the schema changed) database, gated."""
+    restore = Step.change("roll back", f"back to mlflow {old_version} and its env", restore_old_server_script(old_unit, schema_before))
+    steps = [restore, Step.change("health gate", "the old server serves again", gate)]
     apply(remote, steps, lambda each: show_step(report, each))
-    if not steps[0].failed:  # which database the old server got back
-        for line in steps[0].output.splitlines():
+    if not restore.failed:  # which database the old server got back
+        for line in restore.output.splitlines():
             show_note(report, line)
     return steps

@@ -16,7 +16,7 @@ from tasks.fleet import guarded, run_on_hosts
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_directory, ensure_file
 from tasks.ops.platform import check_platform
-from tasks.ops.pyenv import EnvSpec, ensure_env
+from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
@@ -34,10 +34,9 @@ def run_id_in(output: str) -> str:
 TRAIN_USER = "mlflow-train"
 TRAIN_HOME = "/var/lib/mlflow-train"
 RUNS_DIR = f"{TRAIN_HOME}/runs"
-ENVS_ROOT = "/opt/mlflow/envs"
 CREDENTIALS = f"{TRAIN_HOME}/.mlflow/credentials"
 CERTIFICATE = f"{TRAIN_HOME}/tracking.pem"
-PACKAGES = ["python3-venv", "ca-certificates"]
+TRAINING_PACKAGES = ["python3-venv", "ca-certificates"]
 UNIT_PREFIX = "mlflow-run-"
 # the hardening our other units have, where a training script still works (it may write its run directory)
 HARDENING = ["NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
@@ -74,17 +73,27 @@ class RunRequest:
     def env_path(self) -> str:
         return self.spec.path(ENVS_ROOT, "project")
 
+    @property
+    def env_marker_fact(self) -> f.Fact[str]:
+        return f.Fact("env_marker", f"cat {self.env_path}/.complete")
+
+
+INSTALLED_PACKAGES = f.installed_packages(TRAINING_PACKAGES)
+TRAIN_USER_EXISTS = f.user_exists(TRAIN_USER)
+CREDENTIALS_FILE = f.file_content(CREDENTIALS)
+CERTIFICATE_FILE = f.file_content(CERTIFICATE)
+
 
 def facts(request: RunRequest) -> list[f.Fact]:
     return [
         f.os_release(),
-        f.installed_packages(PACKAGES),
-        f.user_exists(TRAIN_USER),
-        f.Fact("python", "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'"),
-        f.Fact("env_marker", f"cat {request.env_path}/.complete"),
+        INSTALLED_PACKAGES,
+        TRAIN_USER_EXISTS,
+        f.python_version(),
+        request.env_marker_fact,
         *[f.path_stat(path) for path, *_ in directories()],
-        f.file_content(CREDENTIALS),
-        f.file_content(CERTIFICATE),
+        CREDENTIALS_FILE,
+        CERTIFICATE_FILE,
     ]
 
 
@@ -97,17 +106,16 @@ def directories() -> list[tuple[str, str, str, str]]:
     ]
 
 
-def plan(request: RunRequest, facts: dict[str, str]) -> list[Step]:
+def plan(request: RunRequest, facts: f.Facts) -> list[Step]:
     """Packages, the user, its directories, the env, the credentials and certificate the run reads."""
-    steps = [ensure_packages(PACKAGES, f.parse_installed(facts.get("packages", "")))]
-    steps.append(ensure_system_user(TRAIN_USER, TRAIN_HOME, bool(facts.get(f"user:{TRAIN_USER}"))))
-    steps += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in directories()]
-    steps.append(ensure_env(request.spec, request.env_path, facts.get("env_marker", ""), name="python env"))
+    steps = [ensure_packages(TRAINING_PACKAGES, facts[INSTALLED_PACKAGES])]
+    steps.append(ensure_system_user(TRAIN_USER, TRAIN_HOME, facts[TRAIN_USER_EXISTS]))
+    steps += [ensure_directory(path, owner, group, mode, facts[f.path_stat(path)]) for path, owner, group, mode in directories()]
+    steps.append(ensure_env(request.spec, request.env_path, facts[request.env_marker_fact], name="python env"))
     if request.credentials:
-        steps.append(ensure_file(CREDENTIALS, request.credentials, f.parse_file(facts.get(f"file:{CREDENTIALS}", "")),
-                                 TRAIN_USER, TRAIN_USER, "600"))
+        steps.append(ensure_file(CREDENTIALS, request.credentials, facts[CREDENTIALS_FILE], TRAIN_USER, TRAIN_USER, "600"))
     if request.certificate:
-        steps.append(ensure_file(CERTIFICATE, request.certificate, f.parse_file(facts.get(f"file:{CERTIFICATE}", ""))))
+        steps.append(ensure_file(CERTIFICATE, request.certificate, facts[CERTIFICATE_FILE]))
     return steps
 
 
@@ -161,7 +169,7 @@ def upload_path(unit: str) -> str:
 def prepare_and_start(remote: Remote, report: HostReport, request: RunRequest) -> None:
     """Converge what the run needs, then start it; the unit runs on whatever happens to this laptop."""
     gathered = f.gather(remote, facts(request))
-    platform = check_platform(gathered.get("os", ""))
+    platform = check_platform(gathered[f.os_release()])
     steps = [platform] if platform.failed else plan(request, gathered)
     report.steps += steps
     if platform.failed:

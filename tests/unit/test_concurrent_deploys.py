@@ -13,10 +13,12 @@ import pytest
 
 from tasks.inventory import load_inventory
 from tasks.ops import envguard
+from tasks.ops import facts as f
+from tasks.ops.facts import Facts
 from tasks.ops.pyenv import EnvSpec
 from tasks.ops.remote import HostError
 from tasks.serving import balancer as lb
-from tasks.serving.deploy import Deployment, plan_deploy, prune_steps
+from tasks.serving.deploy import ENV_MARKERS, ENVS, Deployment, plan_deploy, prune_steps
 from tasks.serving.rolling import Balancer
 from tests.unit.test_models_plan import artifact, model_host, served_facts  # noqa: F401  (artifact is a fixture)
 
@@ -66,17 +68,17 @@ def file_fact(content: str) -> str:
 
 def test_setup_lb_writes_one_file_per_model_and_removes_the_single_file_and_dropped_models(inventory):
     models = lb.upstreams(inventory)
-    facts = {"model_configs": lb.config_path("iris"), f"stat:{lb.SINGLE_CONFIG}": "root root 644"}
+    facts = Facts({lb.MODEL_CONFIGS: lb.config_path("iris"), lb.SINGLE_CONFIG_STAT: "root root 644"})
     step = lb.configs_step(models, inventory.lb, facts)
     assert step.changed and lb.config_path("red") in step.summary and lb.config_path("wine") in step.summary
     assert f"rm -f {lb.config_path('iris')}" in step.script and f"rm -f {lb.SINGLE_CONFIG}" in step.script
     # every file is written before the one `nginx -t`, and every one is put back if it refuses
     assert step.script.index(f"rm -f {lb.SINGLE_CONFIG}\n") < step.script.index("if ! nginx -t -q")
     assert step.script.count(".previous ") >= 6 and "flock -w" in step.script
-    done = {f"file:{lb.config_path(m.name)}": file_fact(lb.render_config(m, inventory.lb)) for m in models}
-    done["model_configs"] = "\n".join(lb.config_path(m.name) for m in models)
-    assert not lb.configs_step(models, inventory.lb, done).changed
-    assert lb.configs_step(models, inventory.lb, done, "certificate changed").script.count("nginx -t -q") == 1
+    done = {f.file_content(lb.config_path(m.name)): file_fact(lb.render_config(m, inventory.lb)) for m in models}
+    done[lb.MODEL_CONFIGS] = "\n".join(lb.config_path(m.name) for m in models)
+    assert not lb.configs_step(models, inventory.lb, Facts(done)).changed
+    assert lb.configs_step(models, inventory.lb, Facts(done), "certificate changed").script.count("nginx -t -q") == 1
 
 
 def test_a_name_the_balancer_does_not_front_is_named(inventory, tmp_path):
@@ -196,12 +198,12 @@ def test_a_deploy_pins_its_env_before_building_it_and_again_before_linking_it(ar
     model = model_host()
     old = Deployment("wine", artifact, sample="{}")
     facts = served_facts(model, old, "r1")
-    facts["env_markers"] = ""
+    facts[ENV_MARKERS] = ""
     new = Deployment("wine", artifact, sample="{}", stamp="20261126T120000Z")
-    facts["releases"] = "r1\t" + json.dumps({"digest": "other"})
-    plan = plan_deploy(model, new, facts)
+    facts[model.releases_fact] = "r1\t" + json.dumps({"digest": "other"})
+    plan = plan_deploy(model, new, Facts(facts))
     env = next(step for step in plan.stage if step.name == "python env")
-    release = next(step for step in plan.stage if step.name.startswith("release "))
+    release = plan.upload
     for step in (env, release):
         assert f"{envguard.PINS}/wine" in step.script and "flock -s 8" in step.script
     assert release.script.index(envguard.PINS) < release.script.index("ln -sfn")
@@ -211,8 +213,8 @@ def test_the_env_prune_is_decided_on_the_host(artifact):  # noqa: F811
     model = model_host()
     deployment = Deployment("wine", artifact, sample="{}")
     facts = served_facts(model, deployment, "r1")
-    facts["envs"] += "\nmodel-other"
-    steps = prune_steps(model, facts, {}, current_after="r1", env_path="/opt/mlflow/envs/" + facts["envs"].split()[0])
+    facts[ENVS] += "\nmodel-other"
+    steps = prune_steps(model, Facts(facts), {}, current_after="r1", env_path="/opt/mlflow/envs/" + facts[ENVS].split()[0])
     prune = next(step for step in steps if step.name == "prune envs")
     assert "model-other" in prune.summary and "rm -rf /opt/mlflow/envs/model-other" not in prune.script
     assert f"flock -w {envguard.PRUNE_WAIT} -x 8" in prune.script and envguard.PINS in prune.script

@@ -24,7 +24,7 @@ from tasks.serving.users import users_script
 from tasks.templates import PROGRAMS, TEMPLATES, program, render_script
 from tasks.tracking import frontdoor, server
 from tasks.tracking.signin_guard import start_jail_script
-from tasks.tracking.upgrade import migrate_script, roll_back_script
+from tasks.tracking.upgrade import migrate_script, restore_old_server_script
 from tasks.tracking.users import create_user_script, remove_user_script, reset_password_script
 from tasks.training.run import follow_script
 from tests.unit.test_hostile_values import PAYLOADS, run_recorded, tracking_target
@@ -53,7 +53,7 @@ def shell_scripts() -> dict[str, str]:
         "admin password in restore": server.reset_admin_password_script('"$env"'),
         "role password": server.set_role_password_script(),
         "migrate": migrate_script(target.env_path),
-        "upgrade rollback": roll_back_script("[Unit]\nDescription=x\n", "1bd49d398cd23"),
+        "upgrade rollback": restore_old_server_script("[Unit]\nDescription=x\n", "1bd49d398cd23"),
         "follow": follow_script("mlflow-run-20261129T101010Z-abcdef"),
         "gate": gate_script("mlflow-model@wine", 5001, checks, 30, after_restart=True),
         "nginx reload": reload_script(),
@@ -131,9 +131,9 @@ def test_tracking_user_script_sends_the_name_as_json(tmp_path, name):
 def test_upgrade_rollback_compares_the_schema_verbatim(tmp_path, schema):
     """The schema revision read before the upgrade is one word: the same text on the host means unchanged."""
     answers = f"runuser() {{ command_not_found_handle runuser \"$@\"; [ \"$4\" != psql ] || printf '%s\\n' {shlex.quote(schema)}; }}\n"
-    run = run_recorded(roll_back_script("[Unit]\n", schema), tmp_path / "same", answers=answers)
+    run = run_recorded(restore_old_server_script("[Unit]\n", schema), tmp_path / "same", answers=answers)
     assert "the schema is unchanged" in run.result.stdout and not run.pwned
-    run = run_recorded(roll_back_script("[Unit]\n", schema + "-before"), tmp_path / "changed", answers=answers)
+    run = run_recorded(restore_old_server_script("[Unit]\n", schema + "-before"), tmp_path / "changed", answers=answers)
     assert "the migration changed the schema" in run.result.stdout and not run.pwned
 
 

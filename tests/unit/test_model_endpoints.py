@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from tasks.inventory import InventoryError, LbSettings, load_inventory
+from tasks.ops import facts as f
+from tasks.ops.facts import Facts
 from tasks.serving import firewall
-from tasks.serving.balancer import CERTIFICATE, KEY, USERS, BalancerDoor, config_path, plan_lb, render_config, upstream, upstreams
+from tasks.serving.balancer import CERTIFICATE, KEY, USERS, USERS_STAT, BalancerDoor, config_path, plan_lb, render_config, upstream, upstreams
 from tasks.serving.deploy import model_ports
 from tasks.serving.users import users_script
 
@@ -54,7 +56,7 @@ def test_lb_certificate_and_key_go_together(tmp_path):
 def test_setup_lb_makes_a_certificate_and_an_empty_users_file_before_the_config(tmp_path):
     inventory = load_inventory(inventory_file(tmp_path))
     door = BalancerDoor(inventory.hosts["lb1"], "10.0.0.1", lb=inventory.lb)
-    steps = plan_lb(door, upstreams(inventory), {})
+    steps = plan_lb(door, upstreams(inventory), Facts({}))
     names = [step.name for step in steps]
     assert names.index("tls certificate") < names.index(f"secrets {USERS}") < names.index("nginx config")
     certificate = steps[names.index("tls certificate")]
@@ -66,7 +68,7 @@ def test_a_new_certificate_reloads_an_unchanged_config(tmp_path):
     inventory = load_inventory(inventory_file(tmp_path))
     door = BalancerDoor(inventory.hosts["lb1"], "10.0.0.1", lb=inventory.lb)
     content = base64.b64encode(render_config(upstream(inventory, "model"), inventory.lb).encode()).decode()
-    facts = {f"file:{config_path('model')}": f"root root 644\n{content}", f"stat:{USERS}": "root www-data 640"}
+    facts = Facts({f.file_content(config_path("model")): f"root root 644\n{content}", USERS_STAT: "root www-data 640"})
     step = next(step for step in plan_lb(door, upstreams(inventory), facts) if step.name == "nginx config")
     assert step.changed and "certificate changed" in step.summary and "nginx -t" in step.script
 
@@ -88,16 +90,16 @@ def test_firewall_rules_allow_the_balancers_and_loopback_only():
 
 
 def test_firewall_steps_on_off_and_unresolved():
-    on = firewall.steps(firewall.FirewallPolicy(("10.0.0.1",)), [5001], {})
+    on = firewall.steps(firewall.FirewallPolicy(("10.0.0.1",)), [5001], Facts({}))
     assert [step.name for step in on] == [f"file {firewall.RULES}", f"file {firewall.UNIT_PATH}", "firewall"]
     assert f"systemctl enable --quiet {firewall.UNIT}" in on[-1].script
-    off_clean = firewall.steps(firewall.FirewallPolicy(), [5001], {})
+    off_clean = firewall.steps(firewall.FirewallPolicy(), [5001], Facts({}))
     assert not off_clean[0].changed
-    off = firewall.steps(firewall.FirewallPolicy(), [5001], {"firewall_table": "loaded"})
+    off = firewall.steps(firewall.FirewallPolicy(), [5001], Facts({firewall.TABLE_LOADED: "loaded"}))
     assert off[0].changed and "nft delete table inet mlflow_fab" in off[0].script and "flush" not in off[0].script
-    unresolved = firewall.steps(firewall.FirewallPolicy(("lb.example",)), [5001], {"resolve:lb.example": ""})
+    unresolved = firewall.steps(firewall.FirewallPolicy(("lb.example",)), [5001], Facts({firewall.resolved("lb.example"): ""}))
     assert unresolved[0].failed and "lb.example" in unresolved[0].summary
-    resolved = firewall.steps(firewall.FirewallPolicy(("lb.example",)), [5001], {"resolve:lb.example": "10.0.0.9"})
+    resolved = firewall.steps(firewall.FirewallPolicy(("lb.example",)), [5001], Facts({firewall.resolved("lb.example"): "10.0.0.9"}))
     assert "10.0.0.9" in resolved[0].diff
 
 

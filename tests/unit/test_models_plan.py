@@ -8,21 +8,20 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.inventory import Host, ModelSettings
+from tasks.ops import facts as f
+from tasks.ops.facts import Facts
 from tasks.ops.health import SKIPPED, gate_script, probe_healthy
 from tasks.ops.remote import PRIVATE_DIRECTORY
+from tasks.serving import deploy
 from tasks.serving.deploy import (
-    CONFIG_DIR,
-    UNIT_TEMPLATE,
+    MODEL_CONFIG_DIR,
     Deployment,
     ModelHost,
     env_spec,
-    plan_deploy,
-    plan_rollback,
     port_conflict,
     python_mismatch,
     release_state,
     render_unit,
-    served_release,
     serving_note,
 )
 from tasks.serving.history import history_entry
@@ -51,28 +50,41 @@ def file_fact(content):
     return "root root 644\n" + base64.b64encode(content.encode()).decode()
 
 
-def served_facts(model, deployment, release):
+def served_facts(model, deployment, release) -> dict:
+    """What a host serving RELEASE of the deployment answers, by fact."""
     spec = env_spec(model.settings, deployment.artifact, "3.11")
     env = spec.path("/opt/mlflow/envs", "model")
     manifest = {"digest": deployment.artifact.digest, "env_hash": spec.digest}
     facts = {
-        "packages": "python3-venv ii\ncurl ii\nca-certificates ii",
-        "user:mlflow-model": "997",
-        "python": "3.11",
-        "releases": f"{release}\t{json.dumps(manifest)}",
-        "current": release,
-        "history": history_entry("deploy", release, "", "me", "t"),
-        "env_markers": f"{Path(env).name}\t{spec.text}",
-        "envs": Path(env).name,
-        "env_links": f"{model.releases_dir}/{release}/env {env}",
-        f"file:{UNIT_TEMPLATE}": file_fact(render_unit()),
-        f"file:{model.env_file}": file_fact(render("model.env.j2", name="wine", port=5001, workers=1)),
-        f"service:{model.unit}": "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
-        "probe": "/ping 200\n/invocations 200",
+        deploy.INSTALLED_PACKAGES: "python3-venv ii\ncurl ii\nca-certificates ii",
+        deploy.MODEL_USER_EXISTS: "997",
+        deploy.HOST_PYTHON: "3.11",
+        model.releases_fact: f"{release}\t{json.dumps(manifest)}",
+        model.current_fact: release,
+        model.history_fact: history_entry("deploy", release, "", "me", "t"),
+        deploy.ENV_MARKERS: f"{Path(env).name}\t{spec.text}",
+        deploy.ENVS: Path(env).name,
+        deploy.ENV_LINKS: f"{model.releases_dir}/{release}/env {env}",
+        deploy.UNIT_TEMPLATE_FILE: file_fact(render_unit()),
+        model.env_file_fact: file_fact(render("model.env.j2", name="wine", port=5001, workers=1)),
+        model.service_fact: "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
+        model.probe_fact: "/ping 200\n/invocations 200",
     }
     for path, owner, group, mode in model.directories():
-        facts[f"stat:{path}"] = f"{owner} {group} {mode}"
+        facts[f.path_stat(path)] = f"{owner} {group} {mode}"
     return facts
+
+
+def plan_deploy(model, deployment, facts: dict):
+    return deploy.plan_deploy(model, deployment, Facts(facts))
+
+
+def plan_rollback(model, facts: dict, to: str, by: str):
+    return deploy.plan_rollback(model, Facts(facts), to, by)
+
+
+def served_release(model, facts: dict, releases: dict) -> str:
+    return deploy.served_release(model, Facts(facts), releases)
 
 
 def changed(steps):
@@ -107,8 +119,8 @@ def test_an_older_digest_still_on_the_host_is_switched_to_without_upload(artifac
     model = model_host()
     deployment = Deployment("wine", artifact, sample="{}")
     facts = served_facts(model, deployment, "r1")
-    facts["current"] = "r2"
-    facts["releases"] += "\nr2\t" + json.dumps({"digest": "other"})
+    facts[model.current_fact] = "r2"
+    facts[model.releases_fact] += "\nr2\t" + json.dumps({"digest": "other"})
     plan = plan_deploy(model, deployment, facts)
     assert plan.release == "r1"
     assert changed(plan.stage) == [] and "switch current" in changed(plan.switch)
@@ -128,25 +140,25 @@ def test_changed_requirements_build_a_new_env(artifact):
 def test_port_taken_by_another_model_is_refused_before_any_change(artifact):
     model = model_host()
     deployment = Deployment("wine", artifact, sample="{}")
-    facts = served_facts(model, deployment, "r1") | {"ports": f"{CONFIG_DIR}/iris.env:PORT=5001"}
+    facts = served_facts(model, deployment, "r1") | {deploy.PORTS: f"{MODEL_CONFIG_DIR}/iris.env:PORT=5001"}
     steps = plan_deploy(model, deployment, facts).steps
     assert len(steps) == 1 and steps[0].failed and "model iris already uses port 5001" in steps[0].summary
-    assert port_conflict("wine", 5001, f"{CONFIG_DIR}/wine.env:PORT=5001") == ""
+    assert port_conflict("wine", 5001, f"{MODEL_CONFIG_DIR}/wine.env:PORT=5001") == ""
 
 
 def test_rollback_plan(artifact):
     model = model_host()
     facts = {
-        "releases": "r1\t{}\nr2\t{}",
-        "current": "r2",
-        "history": history_entry("deploy", "r1", "", "me", "t") + "\n" + history_entry("deploy", "r2", "r1", "me", "t"),
-        f"service:{model.unit}": "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
-        "running": "r2",
+        model.releases_fact: "r1\t{}\nr2\t{}",
+        model.current_fact: "r2",
+        model.history_fact: history_entry("deploy", "r1", "", "me", "t") + "\n" + history_entry("deploy", "r2", "r1", "me", "t"),
+        model.service_fact: "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
+        model.running_fact: "r2",
     }
     steps = plan_rollback(model, facts, "", "me").steps
     assert changed(steps) == ["switch current", "health gate"] and "r2 -> r1" in steps[0].summary
     assert plan_rollback(model, facts, "r9", "me").failed
-    assert plan_rollback(model, facts | {"history": ""}, "", "me").steps[0].summary.startswith("no earlier release")
+    assert plan_rollback(model, facts | {model.history_fact: ""}, "", "me").steps[0].summary.startswith("no earlier release")
     assert not plan_rollback(model, facts, "r2", "me").changes_anything
 
 
@@ -224,7 +236,7 @@ def test_a_failed_switch_goes_back_to_what_served_and_only_a_passed_gate_is_reco
 def test_a_first_deploy_that_fails_stops_disables_and_removes_current(artifact):
     model = model_host()
     facts = served_facts(model, Deployment("wine", artifact, sample="{}"), "r1")
-    facts |= {"current": "", "history": "", f"service:{model.unit}": "ActiveState=inactive\nUnitFileState=disabled\nMainPID=0"}
+    facts |= {model.current_fact: "", model.history_fact: "", model.service_fact: "ActiveState=inactive\nUnitFileState=disabled\nMainPID=0"}
     transaction = plan_deploy(model, new_deployment(artifact), facts).transaction
     assert transaction.served == "" and transaction.back_outcome == "stopped"
     [stop] = transaction.back
@@ -234,8 +246,8 @@ def test_a_first_deploy_that_fails_stops_disables_and_removes_current(artifact):
 def test_a_process_running_another_release_than_current_is_restarted(artifact):
     model = model_host()
     deployment = Deployment("wine", artifact, sample="{}")
-    facts = served_facts(model, deployment, "r1") | {"running": "r0"}
-    facts["releases"] += "\nr0\t" + json.dumps({"digest": "older"})
+    facts = served_facts(model, deployment, "r1") | {model.running_fact: "r0"}
+    facts[model.releases_fact] += "\nr0\t" + json.dumps({"digest": "older"})
     plan = plan_deploy(model, deployment, facts)
     assert plan.served == "r0" and plan.release == "r1"
     assert changed(plan.switch) == ["restart mlflow-model@wine", "health gate"]
@@ -247,10 +259,10 @@ def test_a_process_running_another_release_than_current_is_restarted(artifact):
 def test_served_release_trusts_the_process_and_falls_back_to_the_link():
     model = model_host()
     releases = {"r1": None, "r2": None}
-    active = {f"service:{model.unit}": "ActiveState=active", "current": "r2"}
-    assert served_release(model, active | {"running": "r1"}, releases) == "r1"
-    assert served_release(model, active | {"running": ""}, releases) == "r2"
-    assert served_release(model, active | {f"service:{model.unit}": "ActiveState=failed"}, releases) == ""
+    active = {model.service_fact: "ActiveState=active", model.current_fact: "r2"}
+    assert served_release(model, active | {model.running_fact: "r1"}, releases) == "r1"
+    assert served_release(model, active | {model.running_fact: ""}, releases) == "r2"
+    assert served_release(model, active | {model.service_fact: "ActiveState=failed"}, releases) == ""
 
 
 def test_release_states_say_what_serves():

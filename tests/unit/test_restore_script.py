@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tasks.templates import PROGRAMS
-from tasks.tracking.upgrade import migrate_script, roll_back_script
+from tasks.tracking.upgrade import migrate_script, restore_old_server_script
 from tests.unit.test_hostile_values import recordable_restore_script, run_recorded, tracking_target
 
 STOP = ["systemctl", "stop", "mlflow-tracking"]
@@ -127,7 +127,7 @@ def test_upgrade_copies_the_database_after_the_stop_and_before_the_migration():
 
 @pytest.mark.parametrize("changed", [True, False])
 def test_upgrade_rollback_puts_the_copy_back_only_when_the_schema_changed(tmp_path, changed):
-    run = run_recorded(roll_back_script("[Unit]\n", "rev-old"), tmp_path, answers=answers(schema="rev-new" if changed else "rev-old"))
+    run = run_recorded(restore_old_server_script("[Unit]\n", "rev-old"), tmp_path, answers=answers(schema="rev-new" if changed else "rev-old"))
     sql = (tmp_path / "sql").read_text() if (tmp_path / "sql").exists() else ""
     swapped = 'ALTER DATABASE "mlflow" RENAME TO "mlflow_failed_upgrade";\nALTER DATABASE "mlflow_before_upgrade" RENAME TO "mlflow";' in sql
     assert swapped == changed

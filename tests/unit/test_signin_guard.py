@@ -3,6 +3,7 @@ import base64
 import pytest
 
 from tasks.inventory import Host, InventoryError, TrackingSettings, load_inventory
+from tasks.ops.facts import Facts
 from tasks.tracking import frontdoor, signin_guard
 from tasks.tracking.signin_guard import FILTER_PATH, JAIL, JAIL_PATH, SIGNIN_LOG
 
@@ -15,12 +16,12 @@ def file_fact(content: str) -> str:
     return f"root root 644\n{base64.b64encode(content.encode()).decode()}"
 
 
-def installed(s: TrackingSettings, state: str = "jail running") -> dict[str, str]:
-    return {
-        f"file:{JAIL_PATH}": file_fact(signin_guard.jail_config(s, ssh_log=False)),
-        f"file:{FILTER_PATH}": file_fact(signin_guard.filter_config()),
-        "signin_guard": state,
-    }
+def installed(s: TrackingSettings, state: str = "jail running") -> Facts:
+    return Facts({
+        signin_guard.JAIL_FILE: file_fact(signin_guard.jail_config(s, ssh_log=False)),
+        signin_guard.FILTER_FILE: file_fact(signin_guard.filter_config()),
+        signin_guard.GUARD_STATE: state,
+    })
 
 
 def changed(steps):
@@ -28,7 +29,7 @@ def changed(steps):
 
 
 def test_a_fresh_host_gets_the_jail_its_filter_and_fail2ban_running_it():
-    steps = signin_guard.steps(settings(), {})
+    steps = signin_guard.steps(settings(), Facts({}))
     assert changed(steps) == [f"file {JAIL_PATH}", f"file {FILTER_PATH}", f"fail2ban jail {JAIL}"]
     start = steps[-1].script
     assert f"install -m 640 -o www-data -g adm /dev/null {SIGNIN_LOG}" in start
@@ -66,7 +67,7 @@ def test_debians_sshd_jail_is_turned_off_only_where_it_cannot_run():
     without_log = signin_guard.jail_config(settings(), ssh_log=False)
     assert "[sshd]\nenabled = false" in without_log
     s = settings()
-    steps = signin_guard.steps(s, {**installed(s), "signin_guard": "jail running\nssh log"})
+    steps = signin_guard.steps(s, installed(s, state="jail running\nssh log"))
     assert changed(steps) == [f"file {JAIL_PATH}", f"fail2ban jail {JAIL}"]
     assert "-[sshd]" in steps[0].diff
 
@@ -76,7 +77,7 @@ def test_turned_off_the_jail_is_stopped_and_removed_then_nothing_more():
         steps = signin_guard.steps(off, installed(settings()))
         assert changed(steps) == ["signin guard"]
         assert f"fail2ban-client stop {JAIL}" in steps[0].script and f"rm -f {JAIL_PATH} {FILTER_PATH}" in steps[0].script
-        assert changed(signin_guard.steps(off, {})) == []
+        assert changed(signin_guard.steps(off, Facts({}))) == []
         assert signin_guard.packages(off) == []
 
 

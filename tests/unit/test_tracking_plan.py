@@ -3,12 +3,14 @@ import base64
 import pytest
 
 from tasks.inventory import Host, TrackingSettings
+from tasks.ops import facts as f
+from tasks.ops.facts import Facts
 from tasks.ops.platform import check_platform
 from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.ops.steps import apply_script
 from tasks.tracking import certificates, frontdoor, signin_guard
 from tasks.tracking import server as tracking
-from tasks.tracking.server import ENV_FILE, PROFILE, UNIT, UNIT_PATH, TrackingTarget, plan
+from tasks.tracking.server import ENV_FILE, UNIT, UNIT_PATH, TrackingTarget
 
 DEBIAN = "debian||Debian GNU/Linux 12 (bookworm)\nsystemd"
 
@@ -22,39 +24,44 @@ def file_fact(content, owner="root", group="root", mode="644"):
     return f"{owner} {group} {mode}\n{base64.b64encode(content.encode()).decode()}"
 
 
-def converged_facts(t: TrackingTarget):
+def converged_facts(t: TrackingTarget) -> dict:
+    """What a host set up for t answers, by fact."""
     facts = {
-        "os": DEBIAN,
-        "node_name": "prod1",
-        "packages": "\n".join(f"{name} ii " for name in t.packages),
-        "postgresql": "active",
-        "database": "role\ndatabase",
-        "role_login": "1",
-        "user:mlflow": "998",
-        f"stat:{ENV_FILE}": "root mlflow 640",
-        "env_keys": "\n".join(tracking.SECRET_KEYS + tracking.AUTH_SECRET_KEYS),
-        f"stat:{frontdoor.ADMIN_CURL}": "root root 600",
-        "tls": f"abc {frontdoor.CERTIFICATE}\ndef {frontdoor.KEY}\nsha256 Fingerprint=AB:CD\nnotAfter=Mar  4 10:00:00 2029 GMT\n{certificates.NOT_DUE}",
-        f"file:{frontdoor.NGINX_CONFIG}": file_fact(frontdoor.FrontDoor(t.host, t.address).nginx_config()),
-        f"file:{frontdoor.AUTH_CONFIG}": file_fact(frontdoor.FrontDoor(t.host, t.address).auth_config(), group="mlflow", mode="640"),
-        "auth_schema": "auth",
-        "env_marker": t.env_spec.text,
-        "envs": t.env_path.rsplit("/", 1)[1],
-        f"file:{UNIT_PATH}": file_fact(t.unit("prod1")),
-        f"file:{PROFILE}": file_fact(t.profile()),
-        f"service:{UNIT}": "ActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=4242\nNRestarts=0",
-        "probe": "\n".join(f"{check.label} 200" for check in t.health_checks),
-        f"file:{signin_guard.JAIL_PATH}": file_fact(signin_guard.jail_config(t.settings, ssh_log=False)),
-        f"file:{signin_guard.FILTER_PATH}": file_fact(signin_guard.filter_config()),
-        "signin_guard": "jail running",
+        f.os_release(): DEBIAN,
+        f.node_name(): "prod1",
+        t.packages_fact: "\n".join(f"{name} ii " for name in t.packages),
+        tracking.POSTGRESQL_STATE: "active",
+        tracking.DATABASE_OBJECTS: "role\ndatabase",
+        tracking.ROLE_SIGNS_IN: "1",
+        tracking.SERVICE_USER_EXISTS: "998",
+        tracking.ENV_FILE_STAT: "root mlflow 640",
+        tracking.ENV_KEYS: "\n".join(tracking.SECRET_KEYS + tracking.AUTH_SECRET_KEYS),
+        frontdoor.ADMIN_CURL_STAT: "root root 600",
+        frontdoor.TLS_STATE: f"abc {frontdoor.CERTIFICATE}\ndef {frontdoor.KEY}\nsha256 Fingerprint=AB:CD\nnotAfter=Mar  4 10:00:00 2029 GMT\n{certificates.NOT_DUE}",
+        frontdoor.NGINX_FILE: file_fact(frontdoor.FrontDoor(t.host, t.address).nginx_config()),
+        frontdoor.AUTH_CONFIG_FILE: file_fact(frontdoor.FrontDoor(t.host, t.address).auth_config(), group="mlflow", mode="640"),
+        frontdoor.AUTH_SCHEMA_PRESENT: "auth",
+        t.env_marker_fact: t.env_spec.text,
+        tracking.ENVS: t.env_path.rsplit("/", 1)[1],
+        tracking.UNIT_FILE: file_fact(t.unit("prod1")),
+        tracking.PROFILE_FILE: file_fact(t.profile()),
+        tracking.SERVICE_STATE: "ActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=4242\nNRestarts=0",
+        t.probe_fact: "\n".join(f"{check.label} 200" for check in t.health_checks),
+        signin_guard.JAIL_FILE: file_fact(signin_guard.jail_config(t.settings, ssh_log=False)),
+        signin_guard.FILTER_FILE: file_fact(signin_guard.filter_config()),
+        signin_guard.GUARD_STATE: "jail running",
     }
     for path, owner, group, mode in t.directories():
-        facts[f"stat:{path}"] = f"{owner} {group} {mode}"
+        facts[f.path_stat(path)] = f"{owner} {group} {mode}"
     for path, (content, mode) in t.backup_files().items():
-        facts[f"file:{path}"] = file_fact(content, mode=mode)
+        facts[f.file_content(path)] = file_fact(content, mode=mode)
     if t.settings.backup_schedule:
-        facts["service:mlflow-backup.timer"] = "ActiveState=active\nUnitFileState=enabled"
+        facts[tracking.BACKUP_TIMER_STATE] = "ActiveState=active\nUnitFileState=enabled"
     return facts
+
+
+def plan(t: TrackingTarget, facts: dict):
+    return tracking.plan(t, Facts(facts))
 
 
 def changed(steps):
@@ -70,7 +77,7 @@ def test_converged_host_is_a_no_op():
 
 def test_fresh_host_gets_everything_in_order():
     t = target()
-    steps = plan(t, {"os": DEBIAN, "node_name": "prod1"})
+    steps = plan(t, {f.os_release(): DEBIAN, f.node_name(): "prod1"})
     names = changed(steps)
     assert names[0] == "packages" and names[-1] == "health gate"
     assert names.index("secrets /etc/mlflow/tracking.env") < names.index("database role mlflow") < names.index("database mlflow")
@@ -103,14 +110,14 @@ def test_new_mlflow_version_builds_a_new_env_beside_the_old_and_prunes_it_after_
 
 def test_stopped_service_is_started_and_gated():
     t = target()
-    facts = converged_facts(t) | {f"service:{UNIT}": "ActiveState=inactive\nUnitFileState=enabled\nMainPID=0"}
-    facts["probe"] = "/health 000\n/api 000"
+    facts = converged_facts(t) | {tracking.SERVICE_STATE: "ActiveState=inactive\nUnitFileState=enabled\nMainPID=0"}
+    facts[t.probe_fact] = "/health 000\n/api 000"
     assert changed(plan(t, facts)) == ["auth admin password", f"restart {UNIT}", "health gate"]
 
 
 def test_unhealthy_but_running_server_is_gated_without_restart():
     t = target()
-    facts = converged_facts(t) | {"probe": "/health 200\n/api 403"}
+    facts = converged_facts(t) | {t.probe_fact: "/health 200\n/api 403"}
     steps = plan(t, facts)
     assert changed(steps) == ["auth admin password", "health gate"]
     assert "NRestarts" in steps[-1].script and '"${restarts:-0}" -gt 0' not in steps[-1].script
@@ -118,8 +125,8 @@ def test_unhealthy_but_running_server_is_gated_without_restart():
 
 def test_lost_secret_file_is_regenerated_and_the_role_password_reset():
     t = target()
-    facts = converged_facts(t) | {"role_login": ""}  # no secrets file: no password to sign in with
-    del facts[f"stat:{ENV_FILE}"]
+    facts = converged_facts(t) | {tracking.ROLE_SIGNS_IN: ""}  # no secrets file: no password to sign in with
+    del facts[tracking.ENV_FILE_STAT]
     names = changed(plan(t, facts))
     assert names == [f"secrets {ENV_FILE}", "database role mlflow", "auth admin password", f"restart {UNIT}", "health gate"]
 
@@ -127,14 +134,14 @@ def test_lost_secret_file_is_regenerated_and_the_role_password_reset():
 def test_a_role_whose_password_is_not_the_secrets_files_gets_it_and_the_server_restarts():
     """An earlier run cut off after writing tracking.env left the role on the old password."""
     t = target()
-    steps = plan(t, converged_facts(t) | {"role_login": ""})
+    steps = plan(t, converged_facts(t) | {tracking.ROLE_SIGNS_IN: ""})
     assert changed(steps) == ["database role mlflow", f"restart {UNIT}", "health gate"]
     assert next(step for step in steps if step.name == f"restart {UNIT}").summary == "because database role changed"
 
 
 def test_a_server_started_before_the_secrets_file_was_written_restarts():
     t = target()
-    steps = plan(t, converged_facts(t) | {"secrets_after_start": "yes"})
+    steps = plan(t, converged_facts(t) | {tracking.SECRETS_NEWER_THAN_SERVER: "yes"})
     assert changed(steps) == [f"restart {UNIT}", "health gate"]
     assert next(step for step in steps if step.name == f"restart {UNIT}").summary == "because secrets (since the server started) changed"
 
@@ -142,8 +149,8 @@ def test_a_server_started_before_the_secrets_file_was_written_restarts():
 def test_a_server_that_does_not_answer_gets_the_admin_password_set_again():
     """Whether the stored admin password is right can't be seen while the API doesn't answer: set it (it is idempotent)."""
     t = target()
-    facts = converged_facts(t) | {f"service:{UNIT}": "ActiveState=activating\nUnitFileState=enabled\nMainPID=0"}
-    facts["probe"] = "\n".join(f"{check.label} {'000' if check.path == '/health' else '502'}" for check in t.health_checks)
+    facts = converged_facts(t) | {tracking.SERVICE_STATE: "ActiveState=activating\nUnitFileState=enabled\nMainPID=0"}
+    facts[t.probe_fact] = "\n".join(f"{check.label} {'000' if check.path == '/health' else '502'}" for check in t.health_checks)
     reset = next(step for step in plan(t, facts) if step.name == "auth admin password")
     assert reset.changed and "(502)" in reset.summary
 
@@ -152,7 +159,7 @@ def test_a_refused_admin_credential_is_set_from_the_secrets_file_without_a_resta
     """A backup of another host restored here holds that host's admin password hash: the API answers admin.curl 401."""
     t = target()
     facts = converged_facts(t)
-    facts["probe"] = "\n".join(f"{check.label} {'200' if check.path == '/health' else '401'}" for check in t.health_checks)
+    facts[t.probe_fact] = "\n".join(f"{check.label} {'200' if check.path == '/health' else '401'}" for check in t.health_checks)
     steps = plan(t, facts)
     assert changed(steps) == ["auth admin password", "health gate"]
     reset = next(step for step in steps if step.name == "auth admin password")
@@ -245,7 +252,7 @@ def test_plain_http_only_when_asked_and_our_nginx_server_block_goes_first():
 
 def test_secrets_added_to_an_existing_file_restart_the_server():
     t = target()
-    facts = converged_facts(t) | {"env_keys": "\n".join(tracking.SECRET_KEYS)}
+    facts = converged_facts(t) | {tracking.ENV_KEYS: "\n".join(tracking.SECRET_KEYS)}
     steps = plan(t, facts)
     secrets = next(step for step in steps if step.name == f"secrets {ENV_FILE}")
     assert secrets.changed and "MLFLOW_AUTH_ADMIN_PASSWORD" in secrets.summary and "setdefault" in secrets.script
