@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import re
 import shlex
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from invoke.exceptions import Exit
 
+from tasks.converge import apply_shown, converge_host
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops import postgres
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
-from tasks.ops.platform import check_platform
 from tasks.ops.pyenv import EnvSpec, ensure_env
 from tasks.ops.remote import Remote
-from tasks.ops.steps import Step, apply
+from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
-from tasks.report import HostReport, show_note, show_step, show_warning
+from tasks.report import HostReport, show_note, show_warning
 from tasks.templates import render
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 
@@ -416,27 +415,18 @@ def version_guard(target: TrackingTarget, running_marker: str) -> Step:
 
 def converge(remote: Remote, report: HostReport) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
-    facts = f.gather(remote, target.facts())
-    platform = check_platform(facts.get("os", ""))
-    report.steps.append(platform)
-    show_step(report, platform)
-    if platform.failed:
-        return
-    guard = version_guard(target, facts.get("running_marker", ""))
-    if guard.failed:
-        report.steps.append(guard)
-        show_step(report, guard)
-        return
-    steps = [guard] + plan(target, facts)
-    report.steps += steps
-    if report.check:
-        for step in steps:
-            show_step(report, step)
-        return
-    key = next((step for step in steps if step.name == "tls key" and step.changed), None)
-    with remote.private_upload(Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else nullcontext():
-        applied = apply(remote, steps, lambda step: show_step(report, step))
-    if applied:
+
+    def guarded_plan(facts: dict[str, str]) -> list[Step]:
+        guard = version_guard(target, facts.get("running_marker", ""))
+        return [guard] if guard.failed else [guard] + plan(target, facts)
+
+    def apply_with_key(facts: dict[str, str], steps: list[Step]) -> bool:
+        key = next((step for step in steps if step.name == "tls key" and step.changed), None)
+        return apply_shown(remote, report, steps, (Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else None)
+
+    converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), guarded_plan, apply_with_key)
+    facts, steps = converged.facts, converged.steps
+    if converged.done:
         exports = f"MLFLOW_TRACKING_URI={target.url}"
         if target.settings.tls and not target.settings.tls_certificate:
             path, fingerprint = frontdoor.learn_certificate(remote, target.address, target.settings.port, steps, facts.get("tls", ""))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from tasks.converge import converge_host
 from tasks.ops import facts as f
 from tasks.ops import postgres
 from tasks.ops.files import ensure_file
@@ -69,43 +70,48 @@ def backup_first(remote: Remote, report: HostReport, steps: list[Step], download
 def upgrade_on(remote: Remote, report: HostReport, version: str, download: str = "") -> None:
     new_host = dataclasses.replace(remote.host, tracking=dataclasses.replace(remote.host.tracking, mlflow_version=version))
     new = TrackingTarget(new_host, remote.connection.host)
-    facts = f.gather(remote, [*new.facts(), f.Fact("schema", SCHEMA), f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}")])
+    wanted = [*new.facts(), f.Fact("schema", SCHEMA), f.Fact("scripts", f"ls {BACKUP_SCRIPT} {RESTORE_SCRIPT}")]
+    converge_host(remote, report, lambda: f.gather(remote, wanted), lambda facts: plan_upgrade(new, facts),
+                  lambda facts, steps: upgrade(remote, report, new, facts, steps, download))
+
+
+def upgrade_gate(new: TrackingTarget) -> str:
+    return gate_script(UNIT, new.server_port, new.health_checks, new.settings.health_timeout, after_restart=True)
+
+
+def plan_upgrade(new: TrackingTarget, facts: dict[str, str]) -> list[Step]:
+    """Backup first, the new env beside the old, then migrate, start and gate; nothing when not set up or already there."""
+    version = new.settings.mlflow_version
     running = installed_mlflow_version(facts.get("running_marker", ""))
     old_unit = f.parse_file(facts.get(f"file:{UNIT_PATH}", ""))
     if not running or not old_unit.exists or len(facts.get("scripts", "").split()) != 2:
-        step = Step.failure("upgrade", "no tracking server set up here by setup-tracking: run fab setup-tracking first")
-    elif running == version:
-        step = Step.ok("upgrade", f"already runs mlflow {version}")
-    else:
-        step = None
-    if step:
-        report.steps.append(step)
-        show_step(report, step)
-        return
-
+        return [Step.failure("upgrade", "no tracking server set up here by setup-tracking: run fab setup-tracking first")]
+    if running == version:
+        return [Step.ok("upgrade", f"already runs mlflow {version}")]
     settings = new.settings
-    gate = gate_script(UNIT, new.server_port, new.health_checks, settings.health_timeout, after_restart=True)
     unit = ensure_file(UNIT_PATH, new.unit(facts.get("node_name", "")), old_unit)
-    steps = [
+    return [
         Step.change("backup", "database dump and artifacts before anything else (yours to keep: a rollback uses a copy made after the stop)",
                     f"{BACKUP_SCRIPT} {settings.backup_keep + 1}"),
         ensure_env(new.env_spec, new.env_path, facts.get("env_marker", ""), name=f"python env (mlflow {version})"),
         Step.change("migrate", f"stop the server, copy the database, upgrade its schema with mlflow {version}", migrate_script(new.env_path)),
         unit,
         Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\nsystemctl restart {UNIT}"),
-        Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", gate),
+        Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", upgrade_gate(new)),
     ]
-    report.steps += steps
-    if report.check:
-        for each in steps:
-            show_step(report, each)
-        return
+
+
+def upgrade(remote: Remote, report: HostReport, new: TrackingTarget, facts: dict[str, str], steps: list[Step], download: str) -> bool:
+    """Run the planned upgrade: the backup first, then the rest; prune after the gate passed, roll back after a failed migration."""
+    version = new.settings.mlflow_version
+    running = installed_mlflow_version(facts.get("running_marker", ""))
+    old_unit = f.parse_file(facts.get(f"file:{UNIT_PATH}", ""))
     show_note(report, f"upgrading mlflow {running} -> {version}")
     untouched = f"the server still runs mlflow {running}: nothing else was changed"
     remaining = backup_first(remote, report, steps, download)
     if not remaining:
         show_note(report, untouched)
-        return
+        return False
     if apply(remote, remaining, lambda each: show_step(report, each)):
         show_note(report, "database " + ", ".join(line for line in steps[2].output.splitlines() if line.startswith("schema ")))
         prune = [Step.change("database copy", f"the new server passed its gate: drop {COPY}", f"cd / && runuser -u postgres -- dropdb --force {COPY}")]
@@ -116,12 +122,13 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         apply(remote, prune, lambda each: show_step(report, each))
         if remote.host.tracking.mlflow_version != version:
             show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
-        return
+        return True
     failed = next(each for each in steps if each.failed)
     if steps.index(failed) < 2:
         show_note(report, untouched)
-        return
-    report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), running, gate)
+        return False
+    report.steps += roll_back(remote, report, old_unit.content, facts.get("schema", ""), running, upgrade_gate(new))
+    return False
 
 
 def roll_back_script(old_unit: str, schema_before: str) -> str:
