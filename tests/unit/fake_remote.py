@@ -3,7 +3,7 @@ dict, records every script it was sent, and plays back the step markers of apply
 real orchestration (plans, rolling, balancer, locks) runs in milliseconds without a host.
 
 Scripted per host: a step whose script contains `fail` fails, `unreachable` refuses every command, `hang` blocks
-the command whose step label it names until the test lets go (or the host is abandoned), `lock_held` refuses the lock.
+the command whose step label starts with it until the host is abandoned, `lock_held` refuses the lock.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -51,6 +52,8 @@ class FakeHost:
     sent: list[Sent] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     let_go: threading.Event = field(default_factory=threading.Event)
+    # set when the hung command has returned (raised, since only an abandon lets it go)
+    hang_ended: threading.Event = field(default_factory=threading.Event)
 
 
 class FakeFleet:
@@ -59,24 +62,31 @@ class FakeFleet:
     def __init__(self, hosts: dict[str, FakeHost]):
         self.hosts = hosts
         self.remotes: list[FakeRemote] = []
+        # (host, step label) of every command in the order the hosts got them
+        self.log: list[tuple[str, str]] = []
 
     def __call__(self, host, config=None) -> "FakeRemote":
-        remote = FakeRemote(host, self.hosts.setdefault(host.name, FakeHost()))
+        remote = FakeRemote(host, self.hosts.setdefault(host.name, FakeHost()), self.log)
         self.remotes.append(remote)
         return remote
 
     def sent(self, name: str) -> list[Sent]:
-        return self.hosts[name].sent
+        """Every script NAME was sent, over any of its connections (none when it was never connected to)."""
+        return self.hosts[name].sent if name in self.hosts else []
 
     def steps(self, name: str) -> list[str]:
-        return [each.step for each in self.hosts[name].sent]
+        return [each.step for each in self.sent(name)]
+
+    def first(self, name: str, step: str) -> int:
+        """Where in the log NAME first got a command labelled STEP (a ValueError when it never did)."""
+        return self.log.index((name, step))
 
 
 class FakeRemote:
     """The tasks.ops.remote.Remote interface over a FakeHost; after abandon() nothing goes out, as with Remote."""
 
-    def __init__(self, host, fake: FakeHost):
-        self.host, self.fake = host, fake
+    def __init__(self, host, fake: FakeHost, log: list[tuple[str, str]]):
+        self.host, self.fake, self.log = host, fake, log
         self.connection = SimpleNamespace(host=host.address, user=host.user, port=host.port, is_connected=True)
         self.commands_run = 0
         self.abandoned = self.closed = False
@@ -91,13 +101,16 @@ class FakeRemote:
         if self.fake.unreachable:
             raise HostError(step, f"connection to {self.target} lost: is the host down?", unreachable=True)
         self.fake.sent.append(Sent(step, script, stdin))
+        self.log.append((self.host.name, step))
         self.commands_run += 1
         if self.fake.on_command:
             self.fake.on_command(self, step, script)
-        if self.fake.hang and self.fake.hang == step:
-            self.fake.let_go.wait(10)
-            if self.abandoned:
-                raise HostError(step, f"connection to {self.target} lost: {self.target} closed", unreachable=True)
+        if self.fake.hang and step.startswith(self.fake.hang):
+            try:
+                self.fake.let_go.wait(10)
+                raise HostError(step, f"connection to {self.target} lost: closed after its deadline", unreachable=True)
+            finally:
+                self.fake.hang_ended.set()
         exited, stdout = self._answer(script, step)
         if out_stream is not None:
             out_stream.write(stdout)
@@ -107,7 +120,7 @@ class FakeRemote:
         if MARKER in script:
             return 0, "".join(f"\n{MARKER}{name}\n{self.fake.facts.get(name, '')}\n" for name in fact_names(script))
         if step == "lock" and self.fake.lock_held:
-            holder = Lock(id="other", by="bob@desk", pid=7, what="deploy runs:/other/model as wine", at=0)
+            holder = Lock(id="other", by="bob@desk", pid=7, what="deploy runs:/other/model as wine", at=time.time())
             return 3, f"{HELD}{holder.to_json()}\n"
         embedded = EMBEDDED.search(script)
         if embedded:
