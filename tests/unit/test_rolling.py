@@ -232,9 +232,27 @@ def test_a_rollback_serves_the_previous_release_again(inventory, deployment):
     assert fleet.steps("m1") == ["gather facts", "lock", "switch", "unlock"] and '"action": "rollback"' in fleet.sent("m1")[-1].script
 
 
+class Announcements:
+    """rolling's console, noting when the deploy says it waits for the hosts still working after a Ctrl-C."""
+
+    def __init__(self, console):
+        self.console, self.waiting = console, threading.Event()
+
+    def print(self, text, *args, **kwargs):
+        if "to finish what they started" in str(text):
+            self.waiting.set()
+        self.console.print(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.console, name)
+
+
 @pytest.fixture
-def ctrl_c():
-    """SIGINT as a terminal sends it to fab, delivered to the main thread while the hosts' threads work."""
+def ctrl_c(monkeypatch):
+    """SIGINT as a terminal sends it to fab, delivered to the main thread while a host's switch runs; that switch
+    ends only once the deploy announced it waits for it."""
+    announcements = Announcements(rolling.console)
+    monkeypatch.setattr(rolling, "console", announcements)
     interrupted = threading.Event()
 
     def handler(signum, frame):
@@ -248,21 +266,22 @@ def ctrl_c():
         if step == "switch":
             signal.pthread_kill(main, signal.SIGINT)
             assert interrupted.wait(10), "the main thread never got the SIGINT"
+            announcements.waiting.wait(10)
 
-    yield press
+    yield press, announcements.waiting
     signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_mid_batch_lets_the_switch_in_flight_settle_and_switches_no_further_host(inventory, deployment, ctrl_c):
-    pressed = FakeHost(facts=serving_r1(deployment), on_command=ctrl_c)
-    fleet = fleet_of(deployment, m2=pressed)
+    press, waited = ctrl_c
+    fleet = fleet_of(deployment, m2=FakeHost(facts=serving_r1(deployment), on_command=press))
     made = {}
     with pytest.raises(Exit) as stopped:
         made = roll(inventory, fleet, lambda remote, report: made.setdefault(report.host, deploying(deployment)(remote, report)))
-    assert stopped.value.code == 130
+    assert stopped.value.code == 130 and waited.is_set()
     assert outcomes(made) == {"m1": "updated", "m2": "updated", "m3": "untouched", "m4": "untouched"}
     assert switched(fleet) == ["m1", "m2"] and drains(fleet, "lb1")[-1] == set()
-    assert all(fleet.steps(name)[-1] == "unlock" for name in MODELS)
+    assert all(fleet.steps(name)[-1] == "unlock" for name in MODELS) and '"result": "updated"' in fleet.sent("m2")[-1].script
 
 
 def deploy_past_its_deadline(monkeypatch, inventory, deployment, unlock_reaches_the_host: bool):
