@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -378,7 +379,7 @@ def python_mismatch(artifact: ModelArtifact, host_python: str) -> str:
     return ""
 
 
-class HostRollout:
+class HostRollout(ABC):
     """One model on one host, in the phases a rolling deploy or rollback interleaves: preflight (facts, lock, stage:
     touches no service), switch (restart + gate, rolled back on failure), finish."""
 
@@ -408,14 +409,18 @@ class HostRollout:
     def gather(self) -> dict[str, str]:
         return f.gather(self.remote, self.model.facts())
 
+    @abstractmethod
     def plan_for(self, facts: dict[str, str]) -> DeployPlan:
-        raise NotImplementedError
+        """This host's plan from its facts."""
 
     def upload(self) -> tuple[bytes, str] | None:
         """What the stage needs on the host while it runs (data, path), if anything."""
         return None
 
     def preflight(self) -> None:
+        """The converge sequence up to the stage: facts, plan, then (unless checking, or nothing changes) the stage under
+        this deploy's lock."""
+
         def planned(facts: dict[str, str]) -> list[Step]:
             self.plan = self.plan_for(facts)
             return self.plan.steps

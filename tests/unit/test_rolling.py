@@ -59,19 +59,12 @@ def test_lock_scripts_and_the_holder_message():
     assert "STALE" in holder_message("@@lock-held " + lock.to_json(), "wine", now=1_800_000_000 + 7200)
 
 
-INVENTORY = """
-[lb]
-tls = false
-auth = false
-[models.wine]
-port = 5001
-[hosts.lb1]
-address = "10.0.0.1"
-roles = ["lb"]
-[hosts.lb2]
-address = "10.0.0.2"
-roles = ["lb"]
-""" + "".join(f'[hosts.m{n}]\naddress = "10.0.1.{n}"\nroles = ["models"]\n' for n in range(1, 5))
+def entries(role: str, prefix: str, subnet: int, count: int) -> str:
+    return "".join(f'[hosts.{prefix}{n}]\naddress = "10.0.{subnet}.{n}"\nroles = ["{role}"]\n' for n in range(1, count + 1))
+
+
+# two lb hosts in front of four model hosts serving one model
+INVENTORY = "[lb]\ntls = false\nauth = false\n[models.wine]\nport = 5001\n" + entries("lb", "lb", 0, 2) + entries("models", "m", 1, 4)
 MODELS = ["m1", "m2", "m3", "m4"]
 LOCK = Lock(id="lock-1", by="ann@laptop", pid=42, what="deploy runs:/abc/model as wine", at=0)
 
