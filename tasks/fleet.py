@@ -15,6 +15,8 @@ from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, show_error, show_recap
 
 HOST_TIMEOUT = 3600
+# How orchestration reaches a host: the real SSH Remote, or a test's fake.
+Connect = Callable[[Host, Config], Remote]
 
 
 def in_parallel(items: list, work: Callable, timeout: float, on_timeout: Callable) -> None:
@@ -53,9 +55,10 @@ def timed_out(report: HostReport, remote: Remote, seconds: float) -> None:
     remote.abandon()
 
 
-def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, timeout: float = HOST_TIMEOUT) -> list[HostReport]:
+def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, timeout: float = HOST_TIMEOUT,
+                 connect: Connect = Remote) -> list[HostReport]:
     """Run work(remote, report) on every host concurrently; a hung host is reported after the timeout."""
-    jobs = [(Remote(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
+    jobs = [(connect(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
 
     def run(job) -> None:
         remote, report = job

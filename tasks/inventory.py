@@ -14,8 +14,18 @@ from pathlib import Path
 
 from tasks.oncalendar import check_calendar
 from tasks.requirements import RequirementError, check_packages
-from tasks.values import (check_address, check_allowed_host, check_host_name, check_mlflow_version, check_model_name, check_port,
-                          check_printable, check_remote_path, check_user_name, check_version)
+from tasks.values import (
+    check_address,
+    check_allowed_host,
+    check_host_name,
+    check_mlflow_version,
+    check_model_name,
+    check_port,
+    check_printable,
+    check_remote_path,
+    check_user_name,
+    check_version,
+)
 
 KNOWN_ROLES = ("tracking", "models", "lb", "train")
 

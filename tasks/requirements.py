@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-
 # pip installs a "name" ending like this as a local file, not as a package from the index.
 ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tlz", ".tar.lz", ".tar.lzma")
 INLINE_COMMENT = re.compile(r"(^|\s+)#.*$")

@@ -11,7 +11,6 @@ import ipaddress
 import re
 import unicodedata
 
-
 # The first MLflow that reads the admin password from MLFLOW_AUTH_ADMIN_PASSWORD: older ones read it only from
 # basic_auth.ini (KeyError 'admin_password' without it), where this suite keeps no secret.
 OLDEST_MLFLOW = "3.16.1"

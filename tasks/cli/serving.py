@@ -105,7 +105,7 @@ def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0
                    rollback_all=False, break_lock=False):
     """Serve the previous release of a model again (or --to RELEASE), rolled across hosts like a deploy."""
     from tasks.ops.audit import operator
-    from tasks.serving.deploy import HostDeploy
+    from tasks.serving.deploy import HostRollback
     from tasks.serving.rolling import new_lock, rolling
 
     name = checked_name(name)
@@ -115,7 +115,7 @@ def rollback_model(c, name="model", to="", check=False, batch_size="1", canary=0
     lock = new_lock(operator(), f"rollback {name}" + (f" to {to}" if to else ""))
 
     def make_deploy(remote, report):
-        return HostDeploy(remote, report, name, lock, rollback_to=to, break_lock=options.break_lock)
+        return HostRollback(remote, report, name, lock, to=to, break_lock=options.break_lock)
 
     end_with_recap(rolling(c.config, arguments.inventory(c), hosts, make_deploy, options, check, name))
 

@@ -7,20 +7,19 @@ comment a server out before touching its host, reload again, and hope nothing wa
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.converge import apply_shown, converge_host
 from tasks.inventory import Inventory, LbSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_secret_file, unified_diff
 from tasks.ops.nginx import install_config_script, install_configs_script, reload_step
-from tasks.ops.platform import check_platform
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled
-from tasks.report import HostReport, show_note, show_step
+from tasks.report import HostReport, show_note
 from tasks.templates import render
 from tasks.tracking.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_to_upload, key_upload_path, learn_certificate, tls_fact
 
@@ -145,20 +144,14 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
     lb = inventory.lb
     door = BalancerDoor(remote.host, remote.connection.host, lb=lb)
     models = upstreams(inventory)
-    facts = f.gather(remote, lb_facts(models))
-    platform = check_platform(facts[f.os_release()])
-    steps = [platform]
-    if not platform.failed:
-        steps += plan_lb(door, models, facts)
-    report.steps += steps
-    if report.check or platform.failed:
-        for step in steps:
-            show_step(report, step)
-        return
-    key = key_to_upload(steps)
-    with remote.private_upload(Path(lb.tls_key), key_upload_path()) if key else nullcontext():
-        applied = apply(remote, steps, lambda step: show_step(report, step))
-    if not applied:
+
+    def apply_with_key(facts: f.Facts, steps: list[Step]) -> bool:
+        key = key_to_upload(steps)
+        return apply_shown(remote, report, steps, (Path(lb.tls_key), key_upload_path()) if key else None)
+
+    converged = converge_host(remote, report, lambda: f.gather(remote, lb_facts(models)), lambda facts: plan_lb(door, models, facts), apply_with_key)
+    facts, steps = converged.facts, converged.steps
+    if not converged.done:
         return
     address = remote.connection.host
     for model in models:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import tarfile
-from contextlib import nullcontext
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tasks.converge import APPLIED, apply_shown, converge_host
 from tasks.inventory import ModelSettings
 from tasks.ops import facts as f
 from tasks.ops.audit import AUDIT_LOG, operator
@@ -22,7 +23,6 @@ from tasks.ops.envguard import pinned_build_script, prune_script, unpin_script
 from tasks.ops.files import ensure_directory, ensure_file, write_file_script
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.lock import Lock, acquire_script, holder_message, release_script
-from tasks.ops.platform import check_platform
 from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
@@ -410,18 +410,16 @@ def python_mismatch(artifact: ModelArtifact, host_python: str) -> str:
     return ""
 
 
-class HostDeploy:
-    """deploy-model (or rollback-model) on one host, in the phases a rolling deploy interleaves:
-    preflight (facts, lock, stage: touches no service), switch (restart + gate, rolled back on failure), finish."""
+class HostRollout(ABC):
+    """One model on one host, in the phases a rolling deploy or rollback interleaves: preflight (facts, lock, stage:
+    touches no service), switch (restart + gate, rolled back on failure), finish."""
 
-    def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, deployment: Deployment | None = None,
-                 tarball: bytes = b"", rollback_to: str = "", break_lock: bool = False,
-                 firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()):
+    action = ""  # what the audit log calls it
+
+    def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, break_lock: bool = False):
         self.remote, self.report = remote, report
-        self.firewall = firewall_policy
         self.model = ModelHost(remote, name)
         self.lock, self.break_lock = lock, break_lock
-        self.deployment, self.tarball, self.rollback_to = deployment, tarball, rollback_to
         self.plan = DeployPlan("")
         self.previous = ""
         # what the history says this host serves, and the switch directories to remove when done
@@ -439,51 +437,35 @@ class HostDeploy:
     def _show(self, step: Step) -> None:
         show_step(self.report, step)
 
-    def _gather(self) -> f.Facts:
-        wanted = self.model.facts() + (firewall.facts(self.firewall) if self.deployment else [])
-        facts = f.gather(self.remote, wanted)
-        if self.deployment and not facts[HOST_PYTHON] and not self.report.check:
-            # The env's name depends on the host's Python: install it first on a fresh host, then look again.
-            packages = ensure_packages(MODEL_PACKAGES, facts[INSTALLED_PACKAGES])
-            if not apply(self.remote, [packages], self._show):
-                raise HostError("packages", packages.output[-500:] or "apt-get failed")
-            facts = f.gather(self.remote, wanted)
-        return facts
+    def gather(self) -> f.Facts:
+        return f.gather(self.remote, self.model.facts())
+
+    @abstractmethod
+    def plan_for(self, facts: f.Facts) -> DeployPlan:
+        """This host's plan from its facts."""
+
+    def upload(self) -> tuple[bytes, str] | None:
+        """What the stage needs on the host while it runs (data, path), if anything."""
+        return None
 
     def preflight(self) -> None:
-        facts = self._gather()
-        self.recorded = recorded_release(facts[self.model.history_fact])
-        platform = check_platform(facts[f.os_release()])
-        if platform.failed:
-            self.plan.stage.append(platform)
-        elif self.deployment:
-            self.plan = plan_deploy(self.model, self.deployment, facts, self.firewall)
-            warning = python_mismatch(self.deployment.artifact, facts[HOST_PYTHON])
-            if warning:
-                show_note(self.report, warning)
-        else:
-            self.plan = plan_rollback(self.model, facts, self.rollback_to, self.lock.by)
+        """The converge sequence up to the stage: facts, plan, then (unless checking, or nothing changes) the stage under
+        this deploy's lock."""
+
+        def planned(facts: f.Facts) -> list[Step]:
+            self.plan = self.plan_for(facts)
+            return self.plan.steps
+
+        converged = converge_host(self.remote, self.report, self.gather, planned, lambda facts, steps: self._stage())
+        self.recorded = recorded_release(converged.facts[self.model.history_fact])
         self.previous = self.plan.served
         self.serving = self.plan.served or "nothing"
-        self.report.steps += self.plan.steps
-        if self.report.check or self.plan.failed:
-            for step in self.plan.steps:
-                self._show(step)
-            self.outcome = "failed" if self.plan.failed else "checked"
-            return
-        if not self.plan.changes_anything:
-            for step in self.plan.steps:
-                self._show(step)
-            self.outcome = "unchanged"
-            return
+        self.outcome = "staged" if converged.outcome == APPLIED else converged.outcome
+
+    def _stage(self) -> bool:
+        """Under this deploy's lock, the steps that touch no running service."""
         self._acquire_lock()
-        uploads = self.plan.upload is not None
-        with self.remote.private_upload(self.tarball, upload_path(self.plan.release)) if uploads else nullcontext():
-            staged = apply(self.remote, self.plan.stage, self._show)
-        if not staged:
-            self.outcome = "failed"
-            return
-        self.outcome = "staged"
+        return apply_shown(self.remote, self.report, self.plan.stage, self.upload())
 
     def _acquire_lock(self) -> None:
         result = self.remote.run_script(acquire_script(self.model.name, self.lock, self.break_lock), step="lock")
@@ -547,8 +529,7 @@ class HostDeploy:
         steps = self.plan.prune if self.outcome == "updated" else []
         script = [model_switch.remove_script(transaction) for transaction in self.switches]
         if self.outcome in ("updated", "rolled back", "stopped", "failed") and self.locked:
-            action = "rollback" if self.rollback_to or not self.deployment else "deploy"
-            script.append(append_audit(self.audit_record(action)))
+            script.append(append_audit(self.audit_record()))
         if self.locked:
             script += [unpin_script(self.model.name), release_script(self.model.name, self.lock)]
         if steps:
@@ -563,10 +544,63 @@ class HostDeploy:
             step.summary = step.output.splitlines()[-1]
         self._show(step)
 
-    def audit_record(self, action: str) -> dict:
-        uri = self.deployment.artifact.uri if self.deployment else ""
-        return {"model": self.model.name, "action": action, "from": self.previous, "to": self.plan.release,
-                "model_uri": uri, "result": self.outcome, "by": self.lock.by}
+    def audit_record(self) -> dict:
+        return {"model": self.model.name, "action": self.action, "from": self.previous, "to": self.plan.release,
+                "model_uri": self.model_uri, "result": self.outcome, "by": self.lock.by}
+
+    @property
+    def model_uri(self) -> str:
+        return ""
+
+
+class HostDeploy(HostRollout):
+    """deploy-model on one host: the fetched model staged as a release (or one already there with its digest), then served."""
+
+    action = "deploy"
+
+    def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, deployment: Deployment, tarball: bytes = b"",
+                 break_lock: bool = False, firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()):
+        super().__init__(remote, report, name, lock, break_lock)
+        self.deployment, self.tarball, self.firewall = deployment, tarball, firewall_policy
+
+    @property
+    def model_uri(self) -> str:
+        return self.deployment.artifact.uri
+
+    def gather(self) -> f.Facts:
+        wanted = self.model.facts() + firewall.facts(self.firewall)
+        facts = f.gather(self.remote, wanted)
+        if not facts[HOST_PYTHON] and not self.report.check:
+            # The env's name depends on the host's Python: install it first on a fresh host, then look again.
+            packages = ensure_packages(MODEL_PACKAGES, facts[INSTALLED_PACKAGES])
+            if not apply(self.remote, [packages], self._show):
+                raise HostError("packages", packages.output[-500:] or "apt-get failed")
+            facts = f.gather(self.remote, wanted)
+        return facts
+
+    def plan_for(self, facts: f.Facts) -> DeployPlan:
+        plan = plan_deploy(self.model, self.deployment, facts, self.firewall)
+        warning = python_mismatch(self.deployment.artifact, facts[HOST_PYTHON])
+        if warning:
+            show_note(self.report, warning)
+        return plan
+
+    def upload(self) -> tuple[bytes, str] | None:
+        uploads = self.plan.upload is not None
+        return (self.tarball, upload_path(self.plan.release)) if uploads else None
+
+
+class HostRollback(HostRollout):
+    """rollback-model on one host: serve an earlier release still there again (the previous one, or TO)."""
+
+    action = "rollback"
+
+    def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, to: str = "", break_lock: bool = False):
+        super().__init__(remote, report, name, lock, break_lock)
+        self.to = to
+
+    def plan_for(self, facts: f.Facts) -> DeployPlan:
+        return plan_rollback(self.model, facts, self.to, self.lock.by)
 
 
 def release_state(name: str, served: str, current: str, previous: str) -> str:

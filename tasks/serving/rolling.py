@@ -18,13 +18,13 @@ from invoke.exceptions import Exit
 from rich.table import Table
 
 from tasks import fleet
-from tasks.fleet import in_parallel
+from tasks.fleet import Connect, in_parallel
 from tasks.inventory import Host, Inventory
 from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, console, show_error, show_note, show_recap
 from tasks.serving import switch as model_switch
-from tasks.serving.deploy import HostDeploy
+from tasks.serving.deploy import HostRollout
 
 PREFLIGHT_TIMEOUT = 1800
 UNLOCK_TIMEOUT = 120
@@ -77,24 +77,24 @@ class RollingOptions:
     break_lock: bool = False
 
 
-def guarded(deploy: HostDeploy, phase: Callable[[], None]) -> None:
+def guarded(deploy: HostRollout, phase: Callable[[], None]) -> None:
     """Run one phase of one host; its failure is reported on that host and recorded as its outcome."""
     if not fleet.guarded(deploy.report, phase):
         deploy.outcome = "unreachable" if deploy.report.unreachable else "failed"
 
 
-def timed_out(deploy: HostDeploy, seconds: float) -> None:
+def timed_out(deploy: HostRollout, seconds: float) -> None:
     fleet.timed_out(deploy.report, deploy.remote, seconds)
     deploy.outcome = "unreachable"
 
 
-def release_abandoned_locks(config: Config, deploys: list[HostDeploy]) -> None:
+def release_abandoned_locks(config: Config, deploys: list[HostRollout], connect: Connect = Remote) -> None:
     """A host that timed out or lost its connection may still hold this deploy's lock: release it over a new connection,
     or say which lock stays and how to remove it. Only a lock with this deploy's id is ever removed."""
     released: set[str] = set()
 
-    def release(deploy: HostDeploy) -> None:
-        remote = Remote(deploy.remote.host, config.clone())
+    def release(deploy: HostRollout) -> None:
+        remote = connect(deploy.remote.host, config.clone())
         try:
             remote.run_script(release_script(deploy.model.name, deploy.lock), step="unlock")
             released.add(deploy.name)
@@ -113,7 +113,7 @@ def release_abandoned_locks(config: Config, deploys: list[HostDeploy]) -> None:
                                     f"{deploy.name} answers again, rerun with --break-lock, or run `rm -f {path}` on it")
 
 
-def abandoned(deploy: HostDeploy) -> None:
+def abandoned(deploy: HostRollout) -> None:
     """Ctrl-C twice: we stop waiting for this host; what it started on the host ends by itself, and keeps its lock until then."""
     deploy.outcome = "interrupted"
     deploy.report.error = ("interrupted while working: a switch started there finishes or rolls back by itself; "
@@ -121,12 +121,12 @@ def abandoned(deploy: HostDeploy) -> None:
     show_error(deploy.report)
 
 
-def settle(deploys: list[HostDeploy], phase: Callable[[HostDeploy], None], timeout: float) -> None:
+def settle(deploys: list[HostRollout], phase: Callable[[HostRollout], None], timeout: float) -> None:
     """phase(deploy) on every host in parallel; on Ctrl-C, wait for the hosts still working (a second Ctrl-C stops
     waiting), then raise Interrupted. Invoke turns SIGINT into KeyboardInterrupt in this thread only: the others go on."""
     settled = {id(deploy): threading.Event() for deploy in deploys}
 
-    def run(deploy: HostDeploy) -> None:
+    def run(deploy: HostRollout) -> None:
         try:
             guarded(deploy, lambda: phase(deploy))
         finally:
@@ -156,9 +156,9 @@ class Balancer:
     """The lb hosts of the inventory; a drain rewrites this model's own nginx config on each of them (other models'
     drained hosts stay as their deploys set them) and waits for in-flight requests."""
 
-    def __init__(self, inventory: Inventory, config: Config, model: str):
+    def __init__(self, inventory: Inventory, config: Config, model: str, connect: Connect = Remote):
         self.inventory, self.model = inventory, model
-        self.remotes = [Remote(host, config.clone()) for host in inventory.with_role("lb")]
+        self.remotes = [connect(host, config.clone()) for host in inventory.with_role("lb")]
         self.drained: set[str] = set()
 
     def set_drained(self, hosts: set[str], why: str) -> None:
@@ -206,11 +206,11 @@ def new_lock(by: str, what: str) -> Lock:
     return Lock(id=uuid.uuid4().hex, by=by, pid=os.getpid(), what=what, at=time.time())
 
 
-def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy: Callable[[Remote, HostReport], HostDeploy],
-            options: RollingOptions, check: bool, model: str) -> list[HostReport]:
-    deploys = [make_deploy(Remote(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
+def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy: Callable[[Remote, HostReport], HostRollout],
+            options: RollingOptions, check: bool, model: str, connect: Connect = Remote) -> list[HostReport]:
+    deploys = [make_deploy(connect(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
     by_name = {deploy.name: deploy for deploy in deploys}
-    balancer = Balancer(inventory, config, model) if not check else None
+    balancer = Balancer(inventory, config, model, connect) if not check else None
     interrupted = False
     try:
         console.rule("preflight: every host in parallel, no service touched")
@@ -254,7 +254,7 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
                 deploy.outcome = "untouched"
         reachable = [d for d in deploys if d.outcome not in ("unreachable", "interrupted") and d.locked]
         in_parallel(reachable, lambda d: guarded(d, d.finish), UNLOCK_TIMEOUT, lambda d: timed_out(d, UNLOCK_TIMEOUT))
-        release_abandoned_locks(config, [d for d in deploys if d.outcome == "unreachable" and (d.locked or d.report.timed_out)])
+        release_abandoned_locks(config, [d for d in deploys if d.outcome == "unreachable" and (d.locked or d.report.timed_out)], connect)
         if balancer:
             balancer.close()
         for deploy in deploys:
@@ -267,7 +267,7 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
     return [deploy.report for deploy in deploys]
 
 
-def _switch_batch(batch: list[HostDeploy], balancer: Balancer | None) -> None:
+def _switch_batch(batch: list[HostRollout], balancer: Balancer | None) -> None:
     names = {deploy.name for deploy in batch}
     if balancer:
         balancer.set_drained(balancer.drained | names, f"drained {', '.join(sorted(names))}")
@@ -282,7 +282,7 @@ def _switch_batch(batch: list[HostDeploy], balancer: Balancer | None) -> None:
             balancer.set_drained((balancer.drained - names) | keep_out, f"back in the balancer: {', '.join(sorted(back)) or 'none'}")
 
 
-def _roll_back_updated(updated: list[HostDeploy], balancer: Balancer | None) -> None:
+def _roll_back_updated(updated: list[HostRollout], balancer: Balancer | None) -> None:
     console.rule(f"--rollback-all: {', '.join(d.name for d in updated) or 'nothing to roll back'}")
     for deploy in updated:
         if balancer:
@@ -295,7 +295,7 @@ def _roll_back_updated(updated: list[HostDeploy], balancer: Balancer | None) -> 
                 balancer.set_drained(balancer.drained - {deploy.name}, f"back in the balancer: {deploy.name}")
 
 
-def _show_outcomes(deploys: list[HostDeploy]) -> None:
+def _show_outcomes(deploys: list[HostRollout]) -> None:
     table = Table("host", "outcome", "serves", "release", "from", "detail", title="deploy")
     for deploy in deploys:
         table.add_row(deploy.name, deploy.outcome, deploy.serving, deploy.plan.release or "-", deploy.previous or "-", deploy.report.error or "")

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import re
 import shlex
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from invoke.exceptions import Exit
 
+from tasks.converge import apply_shown, converge_host
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops import postgres
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
-from tasks.ops.platform import check_platform
 from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import Remote
-from tasks.ops.steps import Step, apply
+from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
-from tasks.report import HostReport, show_note, show_step, show_warning
+from tasks.report import HostReport, show_note, show_warning
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 from tasks.tracking.schema import DATABASE
@@ -409,27 +408,18 @@ def version_guard(target: TrackingTarget, running_marker: str) -> Step:
 
 def converge(remote: Remote, report: HostReport) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
-    facts = f.gather(remote, target.facts())
-    platform = check_platform(facts[f.os_release()])
-    report.steps.append(platform)
-    show_step(report, platform)
-    if platform.failed:
-        return
-    guard = version_guard(target, facts[RUNNING_MARKER])
-    if guard.failed:
-        report.steps.append(guard)
-        show_step(report, guard)
-        return
-    steps = [guard] + plan(target, facts)
-    report.steps += steps
-    if report.check:
-        for step in steps:
-            show_step(report, step)
-        return
-    key = frontdoor.key_to_upload(steps)
-    with remote.private_upload(Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else nullcontext():
-        applied = apply(remote, steps, lambda step: show_step(report, step))
-    if applied:
+
+    def guarded_plan(facts: f.Facts) -> list[Step]:
+        guard = version_guard(target, facts[RUNNING_MARKER])
+        return [guard] if guard.failed else [guard] + plan(target, facts)
+
+    def apply_with_key(facts: f.Facts, steps: list[Step]) -> bool:
+        key = frontdoor.key_to_upload(steps)
+        return apply_shown(remote, report, steps, (Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else None)
+
+    converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), guarded_plan, apply_with_key)
+    facts, steps = converged.facts, converged.steps
+    if converged.done:
         exports = f"MLFLOW_TRACKING_URI={target.url}"
         if target.settings.tls and not target.settings.tls_certificate:
             path, fingerprint = frontdoor.learn_certificate(remote, target.address, target.settings.port, steps, facts[frontdoor.TLS_STATE])

@@ -7,7 +7,9 @@ the password on the command line); restart; and, when it won't start, an evening
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
+from tasks.converge import converge_host
 from tasks.ops import facts as f
 from tasks.ops import postgres
 from tasks.ops.files import ensure_file
@@ -64,48 +66,72 @@ def backup_first(remote: Remote, report: HostReport, backup: Step, rest: list[St
 def upgrade_on(remote: Remote, report: HostReport, version: str, download: str = "") -> None:
     new_host = dataclasses.replace(remote.host, tracking=dataclasses.replace(remote.host.tracking, mlflow_version=version))
     new = TrackingTarget(new_host, remote.connection.host)
-    facts = f.gather(remote, [*new.facts(), SCHEMA_REVISION, SCRIPTS])
+    plan = UpgradePlan()
+
+    def planned(facts: f.Facts) -> list[Step]:
+        nonlocal plan
+        plan = plan_upgrade(new, facts)
+        return plan.steps
+
+    converge_host(remote, report, lambda: f.gather(remote, [*new.facts(), SCHEMA_REVISION, SCRIPTS]), planned,
+                  lambda facts, steps: upgrade(remote, report, new, facts, plan, download))
+
+
+def upgrade_gate(new: TrackingTarget) -> str:
+    return gate_script(UNIT, new.server_port, new.health_checks, new.settings.health_timeout, after_restart=True)
+
+
+@dataclass
+class UpgradePlan:
+    """The upgrade's steps by what they do, in the order they run; or the one step saying why there is none."""
+
+    backup: Step | None = None
+    env: Step | None = None
+    migrate: Step | None = None
+    start: list[Step] = field(default_factory=list)  # the new unit, its start, the health gate
+    instead: Step | None = None  # not set up by setup-tracking, or already on this version
+
+    @property
+    def steps(self) -> list[Step]:
+        return [self.instead] if self.instead else [self.backup, self.env, self.migrate, *self.start]
+
+
+def plan_upgrade(new: TrackingTarget, facts: f.Facts) -> UpgradePlan:
+    """Backup first, the new env beside the old, then migrate, start and gate; nothing when not set up or already there."""
+    version = new.settings.mlflow_version
     running = installed_mlflow_version(facts[RUNNING_MARKER])
     old_unit = facts[UNIT_FILE]
     if not running or not old_unit.exists or len(facts[SCRIPTS]) != 2:
-        step = Step.failure("upgrade", "no tracking server set up here by setup-tracking: run fab setup-tracking first")
-    elif running == version:
-        step = Step.ok("upgrade", f"already runs mlflow {version}")
-    else:
-        step = None
-    if step:
-        report.steps.append(step)
-        show_step(report, step)
-        return
-
+        return UpgradePlan(instead=Step.failure("upgrade", "no tracking server set up here by setup-tracking: run fab setup-tracking first"))
+    if running == version:
+        return UpgradePlan(instead=Step.ok("upgrade", f"already runs mlflow {version}"))
     settings = new.settings
-    gate = gate_script(UNIT, new.server_port, new.health_checks, settings.health_timeout, after_restart=True)
-    unit = ensure_file(UNIT_PATH, new.unit(facts[f.node_name()]), old_unit)
-    backup = Step.change("backup", "database dump and artifacts before anything else (yours to keep: a rollback uses a copy made after the stop)",
-                         f"{BACKUP_SCRIPT} {settings.backup_keep + 1}")
-    env = ensure_env(new.env_spec, new.env_path, facts[new.env_marker_fact], name=f"python env (mlflow {version})")
-    migrate = Step.change("migrate", f"stop the server, copy the database, upgrade its schema with mlflow {version}", migrate_script(new.env_path))
-    steps = [
-        backup,
-        env,
-        migrate,
-        unit,
-        Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\nsystemctl restart {UNIT}"),
-        Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", gate),
-    ]
-    report.steps += steps
-    if report.check:
-        for each in steps:
-            show_step(report, each)
-        return
+    return UpgradePlan(
+        backup=Step.change("backup", "database dump and artifacts before anything else (yours to keep: a rollback uses a copy made after the stop)",
+                           f"{BACKUP_SCRIPT} {settings.backup_keep + 1}"),
+        env=ensure_env(new.env_spec, new.env_path, facts[new.env_marker_fact], name=f"python env (mlflow {version})"),
+        migrate=Step.change("migrate", f"stop the server, copy the database, upgrade its schema with mlflow {version}", migrate_script(new.env_path)),
+        start=[
+            ensure_file(UNIT_PATH, new.unit(facts[f.node_name()]), old_unit),
+            Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\nsystemctl restart {UNIT}"),
+            Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", upgrade_gate(new)),
+        ],
+    )
+
+
+def upgrade(remote: Remote, report: HostReport, new: TrackingTarget, facts: f.Facts, plan: UpgradePlan, download: str) -> bool:
+    """Run the planned upgrade: the backup first, then the rest; prune after the gate passed, roll back after a failed migration."""
+    version = new.settings.mlflow_version
+    running = installed_mlflow_version(facts[RUNNING_MARKER])
+    old_unit = facts[UNIT_FILE]
     show_note(report, f"upgrading mlflow {running} -> {version}")
     untouched = f"the server still runs mlflow {running}: nothing else was changed"
-    remaining = backup_first(remote, report, backup, steps[1:], download)
+    remaining = backup_first(remote, report, plan.backup, [plan.env, plan.migrate, *plan.start], download)
     if not remaining:
         show_note(report, untouched)
-        return
+        return False
     if apply(remote, remaining, lambda each: show_step(report, each)):
-        show_note(report, "database " + ", ".join(line for line in migrate.output.splitlines() if line.startswith("schema ")))
+        show_note(report, "database " + ", ".join(line for line in plan.migrate.output.splitlines() if line.startswith("schema ")))
         prune = [Step.change("database copy", f"the new server passed its gate: drop {COPY}", f"cd / && runuser -u postgres -- dropdb --force {COPY}")]
         old_env = running_env_path(old_unit.content)
         if old_env and old_env != new.env_path:
@@ -114,11 +140,12 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         apply(remote, prune, lambda each: show_step(report, each))
         if remote.host.tracking.mlflow_version != version:
             show_note(report, f'now set mlflow_version = "{version}" in {remote.host.name}\'s inventory, or setup-tracking will refuse to run')
-        return
-    if backup.failed or env.failed:  # the server was never stopped
+        return True
+    if plan.backup.failed or plan.env.failed:  # the server was never stopped
         show_note(report, untouched)
-        return
-    report.steps += restore_old_server(remote, report, old_unit.content, facts[SCHEMA_REVISION], running, gate)
+        return False
+    report.steps += restore_old_server(remote, report, old_unit.content, facts[SCHEMA_REVISION], running, upgrade_gate(new))
+    return False
 
 
 def restore_old_server_script(old_unit: str, schema_before: str) -> str:

@@ -16,8 +16,8 @@ import pytest
 
 from tasks.credentials import chosen_action
 from tasks.inventory import Host, TrackingSettings
-from tasks.ops.health import HttpCheck, gate_script
 from tasks.ops import postgres
+from tasks.ops.health import HttpCheck, gate_script
 from tasks.ops.nginx import reload_script
 from tasks.serving import switch
 from tasks.serving.users import users_script

@@ -10,7 +10,7 @@ PACKAGE = ROOT / "tasks"
 
 # Each layer and the layers it may import; a layer may always import itself (without cycles).
 INPUTS = {"tasks.values", "tasks.requirements", "tasks.oncalendar", "tasks.inventory", "tasks.templates", "tasks.credentials"}
-MACHINERY = {"tasks.report", "tasks.fleet"}
+MACHINERY = {"tasks.report", "tasks.fleet", "tasks.converge"}
 MAY_IMPORT = {
     "inputs": set(),
     "ops": {"inputs"},

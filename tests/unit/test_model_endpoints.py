@@ -11,7 +11,18 @@ from tasks.inventory import InventoryError, LbSettings, load_inventory
 from tasks.ops import facts as f
 from tasks.ops.facts import Facts
 from tasks.serving import firewall
-from tasks.serving.balancer import CERTIFICATE, KEY, USERS, USERS_STAT, BalancerDoor, config_path, plan_lb, render_config, upstream, upstreams
+from tasks.serving.balancer import (
+    CERTIFICATE,
+    KEY,
+    USERS,
+    USERS_STAT,
+    BalancerDoor,
+    config_path,
+    plan_lb,
+    render_config,
+    upstream,
+    upstreams,
+)
 from tasks.serving.deploy import model_ports
 from tasks.serving.users import users_script
 
