@@ -310,23 +310,7 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
     if release in releases:
         plan.stage.append(Step.ok(f"release {release}", "already on the host (same digest): no upload"))
     else:
-        manifest_text = manifest(deployment.artifact, spec.digest, deployment.stamp, deployment.by)
-        staging = f"{model.releases_dir}/.{release}.tmp"
-        script = "\n".join(
-            [
-                # the env may have been pruned since preflight: pinned now, rebuilt if it went
-                pinned_build_script(spec, env_path, model.name),
-                f"rm -rf {staging} && mkdir -m 700 {staging}",
-                f"tar -xzf {upload_path(release)} -C {staging} --no-same-owner",
-                write_file_script(f"{staging}/manifest.json", manifest_text, "root", "root", "644"),
-                f"ln -sfn {env_path} {staging}/env",
-                # the model is data: root and the model service read it, nobody else
-                f"chown -R root:{MODEL_USER} {staging} && chmod -R u=rwX,g=rX,o= {staging}",
-                f"mv -T {staging} {model.releases_dir}/{release}",
-            ]
-        )
-        summary = f"upload {deployment.artifact.uri} (digest {deployment.artifact.digest[:12]})"
-        plan.upload = Step.change(f"release {release}", summary, script)
+        plan.upload = upload_step(model, deployment, release, spec, env_path)
         plan.stage.append(plan.upload)
 
     env_file = render("model.env.j2", name=model.name, port=settings.port, workers=settings.workers)
@@ -336,23 +320,48 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
     plan.stage += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
 
     plan.served = served_release(model, facts, releases)
+    plan.switch = switch_steps(model, facts, release, current, plan.served, settings_changed=env_file_step.changed, unit_changed=unit_step.changed)
+    recorded = recorded_release(facts[model.history_fact])
+    plan.transaction = switch_transaction(model, release, plan.served, current, recorded, plan.switch, "deploy", deployment.by)
+    plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)
+    return plan
+
+
+def upload_step(model: ModelHost, deployment: Deployment, release: str, spec: EnvSpec, env_path: str) -> Step:
+    """The uploaded model unpacked beside the other releases, with its manifest and its env, readable by the model service only."""
+    manifest_text = manifest(deployment.artifact, spec.digest, deployment.stamp, deployment.by)
+    staging = f"{model.releases_dir}/.{release}.tmp"
+    script = "\n".join(
+        [
+            # the env may have been pruned since preflight: pinned now, rebuilt if it went
+            pinned_build_script(spec, env_path, model.name),
+            f"rm -rf {staging} && mkdir -m 700 {staging}",
+            f"tar -xzf {upload_path(release)} -C {staging} --no-same-owner",
+            write_file_script(f"{staging}/manifest.json", manifest_text, "root", "root", "644"),
+            f"ln -sfn {env_path} {staging}/env",
+            # the model is data: root and the model service read it, nobody else
+            f"chown -R root:{MODEL_USER} {staging} && chmod -R u=rwX,g=rX,o= {staging}",
+            f"mv -T {staging} {model.releases_dir}/{release}",
+        ]
+    )
+    return Step.change(f"release {release}", f"upload {deployment.artifact.uri} (digest {deployment.artifact.digest[:12]})", script)
+
+
+def switch_steps(model: ModelHost, facts: f.Facts, release: str, current: str, served: str, settings_changed: bool, unit_changed: bool) -> list[Step]:
+    """Point `current` at the release, keep the unit enabled, restart when anything it runs changed, and gate."""
     if current == release:
         switch = Step.ok("switch current", f"already {release}")
     else:
         switch = Step.change("switch current", f"{current or 'nothing'} -> {release}", model.switch_script(release))
     service = facts[model.service_fact]
     # `current` can name another release than the process runs (a switch cut short before this version): restart it
-    inputs = {"release": switch.changed or plan.served not in ("", release), "settings": env_file_step.changed, "unit": unit_step.changed}
+    inputs = {"release": switch.changed or served not in ("", release), "settings": settings_changed, "unit": unit_changed}
     restart = ensure_running(model.unit, service, [name for name, changed in inputs.items() if changed])
-    plan.switch += [switch, ensure_enabled(model.unit, service), restart]
     if restart.changed or not probe_healthy(facts[model.probe_fact], model.health_checks):
-        plan.switch.append(model.gate(after_restart=restart.changed))
+        gate = model.gate(after_restart=restart.changed)
     else:
-        plan.switch.append(Step.ok("health gate", "/ping and a prediction answer 200"))
-    recorded = recorded_release(facts[model.history_fact])
-    plan.transaction = switch_transaction(model, release, plan.served, current, recorded, plan.switch, "deploy", deployment.by)
-    plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)
-    return plan
+        gate = Step.ok("health gate", "/ping and a prediction answer 200")
+    return [switch, ensure_enabled(model.unit, service), restart, gate]
 
 
 def plan_rollback(model: ModelHost, facts: f.Facts, to: str, by: str) -> DeployPlan:

@@ -209,62 +209,77 @@ def new_lock(by: str, what: str) -> Lock:
 def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy: Callable[[Remote, HostReport], HostRollout],
             options: RollingOptions, check: bool, model: str, connect: Connect = Remote) -> list[HostReport]:
     deploys = [make_deploy(connect(host, config.clone()), HostReport(host.name, check=check)) for host in hosts]
-    by_name = {deploy.name: deploy for deploy in deploys}
     balancer = Balancer(inventory, config, model, connect) if not check else None
     interrupted = False
     try:
         console.rule("preflight: every host in parallel, no service touched")
         settle(deploys, lambda d: d.preflight(), PREFLIGHT_TIMEOUT)
-        if check:
+        failures = None if check else _preflight_failures(deploys, options)
+        if failures is None:
             return [deploy.report for deploy in deploys]
-        failures = [d for d in deploys if d.outcome in ("failed", "unreachable")]
-        if len(failures) > options.max_failures:
-            console.print(f"[red]preflight failed on {', '.join(d.name for d in failures)}: stopping before any traffic moved[/]")
-            return [deploy.report for deploy in deploys]
-        for deploy in failures:
-            show_note(deploy.report, "skipped: preflight failed (allowed by --max-failures)")
-        ready = [d.name for d in deploys if d.outcome == "staged" and d.plan.touches_service]
-        batches = plan_batches(ready, options.batch_size, options.canary)
-        for number, batch in enumerate(batches, 1):
-            label = "canary" if options.canary and number == 1 else f"batch {number}/{len(batches)}"
-            console.rule(f"{label}: {', '.join(batch)}")
-            try:
-                _switch_batch([by_name[name] for name in batch], balancer)
-            except HostError as error:
-                console.print(f"[red]{error}: stopping the deploy[/]")
-                failures.append(by_name[batch[0]])
-                for name in batch:
-                    by_name[name].report.error = by_name[name].report.error or str(error)
-                break
-            failures += [by_name[name] for name in batch if by_name[name].outcome != "updated"]
-            if len(failures) > options.max_failures:
-                console.print(f"[red]{len(failures)} host(s) failed (allowed: {options.max_failures}): stopping the deploy[/]")
-                if options.rollback_all:
-                    _roll_back_updated([d for d in deploys if d.outcome == "updated"], balancer)
-                break
-            if options.pause and number < len(batches):
-                console.print(f"pausing {options.pause:g} s before the next batch")
-                time.sleep(options.pause)
+        _roll_batches(deploys, failures, options, balancer)
     except (Interrupted, KeyboardInterrupt):
         interrupted = True
         console.print("[red]interrupted (Ctrl-C): no further host is switched[/]")
     finally:
-        for deploy in deploys:
-            if deploy.outcome == "staged":
-                deploy.outcome = "untouched"
-        reachable = [d for d in deploys if d.outcome not in ("unreachable", "interrupted") and d.locked]
-        in_parallel(reachable, lambda d: guarded(d, d.finish), UNLOCK_TIMEOUT, lambda d: timed_out(d, UNLOCK_TIMEOUT))
-        release_abandoned_locks(config, [d for d in deploys if d.outcome == "unreachable" and (d.locked or d.report.timed_out)], connect)
-        if balancer:
-            balancer.close()
-        for deploy in deploys:
-            deploy.report.remote_commands = deploy.remote.commands_run
-            deploy.remote.close()
+        _wind_up(config, deploys, balancer, connect)
     _show_outcomes(deploys)
     if interrupted:
         show_recap([deploy.report for deploy in deploys])
         raise Exit("interrupted (Ctrl-C): the table above says what each host serves", code=130)
     return [deploy.report for deploy in deploys]
+
+
+def _preflight_failures(deploys: list[HostRollout], options: RollingOptions) -> list[HostRollout] | None:
+    """The hosts that failed preflight, within the budget; None when over it (nothing is switched)."""
+    failures = [d for d in deploys if d.outcome in ("failed", "unreachable")]
+    if len(failures) > options.max_failures:
+        console.print(f"[red]preflight failed on {', '.join(d.name for d in failures)}: stopping before any traffic moved[/]")
+        return None
+    for deploy in failures:
+        show_note(deploy.report, "skipped: preflight failed (allowed by --max-failures)")
+    return failures
+
+
+def _roll_batches(deploys: list[HostRollout], failures: list[HostRollout], options: RollingOptions, balancer: Balancer | None) -> None:
+    """Canary, then batches, each drained and switched; stop once the failures are over the budget."""
+    by_name = {deploy.name: deploy for deploy in deploys}
+    ready = [d.name for d in deploys if d.outcome == "staged" and d.plan.touches_service]
+    batches = plan_batches(ready, options.batch_size, options.canary)
+    for number, batch in enumerate(batches, 1):
+        label = "canary" if options.canary and number == 1 else f"batch {number}/{len(batches)}"
+        console.rule(f"{label}: {', '.join(batch)}")
+        try:
+            _switch_batch([by_name[name] for name in batch], balancer)
+        except HostError as error:
+            console.print(f"[red]{error}: stopping the deploy[/]")
+            for name in batch:
+                by_name[name].report.error = by_name[name].report.error or str(error)
+            return
+        failures = failures + [by_name[name] for name in batch if by_name[name].outcome != "updated"]
+        if len(failures) > options.max_failures:
+            console.print(f"[red]{len(failures)} host(s) failed (allowed: {options.max_failures}): stopping the deploy[/]")
+            if options.rollback_all:
+                _roll_back_updated([d for d in deploys if d.outcome == "updated"], balancer)
+            return
+        if options.pause and number < len(batches):
+            console.print(f"pausing {options.pause:g} s before the next batch")
+            time.sleep(options.pause)
+
+
+def _wind_up(config: Config, deploys: list[HostRollout], balancer: Balancer | None, connect: Connect) -> None:
+    """Whatever happened: staged hosts stay untouched, every lock this deploy holds is released, connections closed."""
+    for deploy in deploys:
+        if deploy.outcome == "staged":
+            deploy.outcome = "untouched"
+    reachable = [d for d in deploys if d.outcome not in ("unreachable", "interrupted") and d.locked]
+    in_parallel(reachable, lambda d: guarded(d, d.finish), UNLOCK_TIMEOUT, lambda d: timed_out(d, UNLOCK_TIMEOUT))
+    release_abandoned_locks(config, [d for d in deploys if d.outcome == "unreachable" and (d.locked or d.report.timed_out)], connect)
+    if balancer:
+        balancer.close()
+    for deploy in deploys:
+        deploy.report.remote_commands = deploy.remote.commands_run
+        deploy.remote.close()
 
 
 def _switch_batch(batch: list[HostRollout], balancer: Balancer | None) -> None:

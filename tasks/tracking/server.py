@@ -292,73 +292,72 @@ def set_role_password_script() -> str:
 def plan(target: TrackingTarget, facts: f.Facts) -> list[Step]:
     """Every step setup-tracking takes, decided from the facts alone."""
     s = target.settings
-    installed = facts[target.packages_fact]
-    database = facts[DATABASE_OBJECTS]
     node_name = facts[f.node_name()]
     service = facts[SERVICE_STATE]
-
-    steps = [ensure_packages(target.packages, installed)]
-    if facts[POSTGRESQL_STATE] == "active":
-        steps.append(Step.ok("postgresql running", "active"))
-    else:
-        steps.append(Step.change("postgresql running", "enable and start", "systemctl enable --now --quiet postgresql"))
-    steps.append(ensure_system_user(SERVICE_USER, HOME, facts[SERVICE_USER_EXISTS]))
-    steps += [ensure_directory(path, owner, group, mode, facts[f.path_stat(path)]) for path, owner, group, mode in target.directories()]
-
     secrets = secrets_step(target, facts)
-    steps.append(secrets)
-    new_secret = not facts[ENV_FILE_STAT]
-    if "role" in database and facts[ROLE_SIGNS_IN] == "1":
+    role, database = database_steps(facts)
+    door = frontdoor.FrontDoor(target.host, target.address, node_name)
+    door_steps = frontdoor.steps(door, facts)
+    env = ensure_env(target.env_spec, target.env_path, facts[target.env_marker_fact])
+    admin = admin_password_steps(target, facts[target.probe_fact], not facts[ENV_FILE_STAT]) if s.auth and facts[frontdoor.AUTH_SCHEMA_PRESENT] else []
+    unit = ensure_file(UNIT_PATH, target.unit(node_name), facts[UNIT_FILE])
+    steps = [*system_steps(target, facts), secrets, role, database, *door_steps.steps, env, *admin, unit,
+             ensure_file(PROFILE, target.profile(), facts[PROFILE_FILE]), *backup_steps(target, facts),
+             daemon_reload(unit.changed), ensure_enabled(UNIT, service)]
+    if not s.tls:
+        steps.append(frontdoor.remove_nginx_step(facts))
+    reasons = [name for name, step in {"unit": unit, "secrets": secrets, "database role": role, "python env": env,
+                                       "auth config": door_steps.auth_config}.items() if step and step.changed]
+    if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and not secrets.changed:
+        reasons.append("secrets (since the server started)")
+    restart = ensure_running(UNIT, service, reasons)
+    steps.append(restart)
+    if s.tls:
+        steps.append(frontdoor.nginx_step(door, facts, any(step.changed for step in door_steps.certificate)))
+    return steps + signin_guard.steps(s, facts) + [health_gate_step(target, facts, restart.changed)] + old_env_steps(target, facts)
+
+
+def system_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
+    """Debian packages, PostgreSQL running, the service user and our directories."""
+    if facts[POSTGRESQL_STATE] == "active":
+        postgresql = Step.ok("postgresql running", "active")
+    else:
+        postgresql = Step.change("postgresql running", "enable and start", "systemctl enable --now --quiet postgresql")
+    return [ensure_packages(target.packages, facts[target.packages_fact]), postgresql,
+            ensure_system_user(SERVICE_USER, HOME, facts[SERVICE_USER_EXISTS]),
+            *(ensure_directory(path, owner, group, mode, facts[f.path_stat(path)]) for path, owner, group, mode in target.directories())]
+
+
+def database_steps(facts: f.Facts) -> tuple[Step, Step]:
+    """The role, signing in with the secrets file's password, and the database it owns."""
+    objects = facts[DATABASE_OBJECTS]
+    if "role" in objects and facts[ROLE_SIGNS_IN] == "1":
         role = Step.ok("database role mlflow", "exists, signs in with the secrets file's password")
     else:
         role = Step.change("database role mlflow", "create and set its password from the secrets file", set_role_password_script())
-    steps.append(role)
-    if "database" in database:
-        steps.append(Step.ok(f"database {DATABASE}", "exists"))
+    if "database" in objects:
+        database = Step.ok(f"database {DATABASE}", "exists")
     else:
-        steps.append(Step.change(f"database {DATABASE}", "create, owned by mlflow", f"cd / && runuser -u postgres -- createdb -O mlflow {DATABASE}"))
+        database = Step.change(f"database {DATABASE}", "create, owned by mlflow", f"cd / && runuser -u postgres -- createdb -O mlflow {DATABASE}")
+    return role, database
 
-    door = frontdoor.FrontDoor(target.host, target.address, node_name)
-    door_steps = frontdoor.steps(door, facts)
-    steps += door_steps.steps
 
-    env_step = ensure_env(target.env_spec, target.env_path, facts[target.env_marker_fact])
-    steps.append(env_step)
-    if s.auth and facts[frontdoor.AUTH_SCHEMA_PRESENT]:
-        steps += admin_password_steps(target, facts[target.probe_fact], new_secret)
-    unit_step = ensure_file(UNIT_PATH, target.unit(node_name), facts[UNIT_FILE])
-    steps.append(unit_step)
-    steps.append(ensure_file(PROFILE, target.profile(), facts[PROFILE_FILE]))
-    steps += backup_steps(target, facts)
+def health_gate_step(target: TrackingTarget, facts: f.Facts, restarted: bool) -> Step:
+    """Wait for /health and the API after a restart or when they don't answer now."""
+    s = target.settings
+    if restarted or not probe_healthy(facts[target.probe_fact], target.health_checks):
+        gate = gate_script(UNIT, target.server_port, target.health_checks, s.health_timeout, after_restart=restarted)
+        return Step.change("health gate", f"wait up to {s.health_timeout} s for /health and the API to answer 200", gate)
+    return Step.ok("health gate", "/health and the API answer 200")
 
-    steps.append(daemon_reload(unit_step.changed))
-    steps.append(ensure_enabled(UNIT, service))
-    if not s.tls:
-        steps.append(frontdoor.remove_nginx_step(facts))
-    inputs = {"unit": unit_step, "secrets": secrets, "database role": role, "python env": env_step}
-    if door_steps.auth_config:
-        inputs["auth config"] = door_steps.auth_config
-    changed_inputs = [name for name, step in inputs.items() if step.changed]
-    if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and "secrets" not in changed_inputs:
-        changed_inputs.append("secrets (since the server started)")
-    restart = ensure_running(UNIT, service, changed_inputs)
-    steps.append(restart)
-    if s.tls:
-        certificate_changed = any(step.changed for step in door_steps.certificate)
-        steps.append(frontdoor.nginx_step(door, facts, certificate_changed))
-    steps += signin_guard.steps(s, facts)
 
-    if restart.changed or not probe_healthy(facts[target.probe_fact], target.health_checks):
-        gate = gate_script(UNIT, target.server_port, target.health_checks, s.health_timeout, after_restart=restart.changed)
-        steps.append(Step.change("health gate", f"wait up to {s.health_timeout} s for /health and the API to answer 200", gate))
-    else:
-        steps.append(Step.ok("health gate", "/health and the API answer 200"))
-
+def old_env_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
+    """The tracking envs of earlier versions, once the server runs from another."""
     old_envs = [name for name in facts[ENVS] if name.startswith("tracking-") and f"{ENVS_ROOT}/{name}" != target.env_path]
-    if old_envs:
-        paths = " ".join(shlex.quote(f"{ENVS_ROOT}/{name}") for name in old_envs)
-        steps.append(Step.change("old python envs", "remove " + ", ".join(old_envs), f"rm -rf {paths}"))
-    return steps
+    if not old_envs:
+        return []
+    paths = " ".join(shlex.quote(f"{ENVS_ROOT}/{name}") for name in old_envs)
+    return [Step.change("old python envs", "remove " + ", ".join(old_envs), f"rm -rf {paths}")]
 
 
 def backup_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
