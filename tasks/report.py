@@ -19,6 +19,7 @@ SHOW_RUNNING_AFTER = 1.0
 STILL_RUNNING_FIRST = (10, 30)
 STILL_RUNNING_EVERY = 30
 LIVE_REFRESHES_PER_SECOND = 4
+TICK_SECONDS = 0.25
 
 
 @cache
@@ -154,18 +155,22 @@ class StillRunningLines:
 
     def __init__(self, watched: Activities, out):
         self.watched, self.out = watched, out
-        self.next_mark: dict[Activity, float] = {}
+        self.next_mark: dict[Activity, tuple[float, float]] = {}  # (its since, the next mark) per activity
 
     def tick(self) -> None:
         now, running = self.watched.clock(), self.watched.running()
-        self.next_mark = {activity: mark for activity, mark in self.next_mark.items() if activity in running}
+        self.next_mark = {activity: marks for activity, marks in self.next_mark.items() if activity in running}
         for activity in running:
-            elapsed = now - activity.started
-            if elapsed >= self.next_mark.get(activity, STILL_RUNNING_FIRST[0]):
-                self.next_mark[activity] = next_still_running_mark(elapsed)
+            since, mark = self.next_mark.get(activity, (None, 0))
+            if since != activity.since:
+                mark = STILL_RUNNING_FIRST[0]
+            elapsed = now - activity.since
+            if elapsed >= mark:
+                mark = next_still_running_mark(elapsed)
                 with _lock:
                     self.out.print(f"{'running':>12} [bold]{escape(activity.host)}[/] {escape(_doing(activity))}: "
-                                   f"still running ({elapsed:.0f} s)")
+                                   f"still running ({int(elapsed)} s)")
+            self.next_mark[activity] = (activity.since, mark)
 
 
 class RunningSteps:
@@ -181,8 +186,8 @@ class RunningSteps:
         now = self.watched.clock()
         return Group(*(
             Text.from_markup(f"[cyan]{'running':>12}[/] [bold]{escape(activity.host)}[/] {escape(_doing(activity))} "
-                             f"[dim]{now - activity.started:.0f} s[/]")
-            for activity in self.watched.running() if now - activity.started >= SHOW_RUNNING_AFTER
+                             f"[dim]{int(now - activity.since)} s[/]")
+            for activity in self.watched.running() if now - activity.since >= SHOW_RUNNING_AFTER
         ))
 
 
@@ -207,14 +212,14 @@ def running_steps_shown(watched: Activities = activities, out=None) -> Iterator[
             with Live(RunningSteps(watched), console=out, refresh_per_second=LIVE_REFRESHES_PER_SECOND, transient=True):
                 yield
         else:
-            with _ticking(StillRunningLines(watched, out).tick):
+            with _ticking(StillRunningLines(watched, out).tick, TICK_SECONDS):
                 yield
     finally:
         _showing.clear()
 
 
 @contextmanager
-def _ticking(tick, seconds: float = 1.0) -> Iterator[None]:
+def _ticking(tick, seconds: float) -> Iterator[None]:
     stop = threading.Event()
 
     def run() -> None:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 class Activity:
     host: str
     name: str
-    started: float
+    since: float  # its start, or the end of the last activity inside it: what it does now began then
     done: int = 0
     total: int | None = None  # bytes, for a transfer
 
@@ -46,11 +46,14 @@ class Activities:
         return activity
 
     def end(self, activity: Activity) -> None:
-        """Ends it and whatever began inside it (a step whose end marker never came, when its command died)."""
+        """Ends it and whatever began inside it (a step whose end marker never came, when its command died); the
+        activity around it goes on with something new (a command between two of its steps)."""
         with self._lock:
             stack = self._stacks.get(activity.host, [])
             if activity in stack:
                 del stack[stack.index(activity):]
+                if stack:
+                    stack[-1].since = self.clock()
             if not stack:
                 self._stacks.pop(activity.host, None)
 

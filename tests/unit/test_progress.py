@@ -104,12 +104,13 @@ def test_begin_and_end_markers_start_and_stop_the_step_clock(clock, monkeypatch)
     with progress.activities.during("prod1", "apt packages"):
         clock.now = 2
         stream.write("\n@@step-begin 0\n")
-        assert [(a.host, a.name, a.started) for a in progress.activities.running()] == [("prod1", "apt packages", 2)]
+        assert [(a.host, a.name, a.since) for a in progress.activities.running()] == [("prod1", "apt packages", 2)]
         clock.now = 40
         stream.write("@@step-end 0 0\n\n@@step-begin 1\nCollecting mlflow\n")
-        assert [(a.name, a.started) for a in progress.activities.running()] == [("python env", 40)]
+        assert [(a.name, a.since) for a in progress.activities.running()] == [("python env", 40)]
+        clock.now = 50
         stream.write("@@step-end 1 0\n")
-        assert [(a.name, a.started) for a in progress.activities.running()] == [("apt packages", 0)]
+        assert [(a.name, a.since) for a in progress.activities.running()] == [("apt packages", 50)]
     assert progress.activities.running() == []
 
 
@@ -131,7 +132,7 @@ def test_live_lines_show_steps_running_for_more_than_a_second(clock, watched):
     clock.now = 1.2
     out.print(RunningSteps(watched))
     assert out.file.getvalue().splitlines() == ["     running prod1 python env 1 s"]
-    clock.now = 42
+    clock.now = 42.5
     out.print(RunningSteps(watched))
     assert out.file.getvalue().splitlines()[1:] == [
         "     running prod1 python env 42 s",
@@ -159,12 +160,25 @@ def test_live_display_stops_and_lets_the_error_through(watched, error):
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_plain_lines_stop_and_let_the_error_through(watched, error):
     out = captured_console(terminal=False)
-    threads = threading.active_count()
+    before = set(threading.enumerate())
     with pytest.raises(error):
         with running_steps_shown(watched, out):
-            assert threading.active_count() == threads + 1
+            ticking = set(threading.enumerate()) - before
+            assert len(ticking) == 1
             raise error("boom")
-    assert threading.active_count() == threads and out.file.getvalue() == ""
+    assert not any(thread.is_alive() for thread in ticking) and out.file.getvalue() == ""
     with running_steps_shown(watched, out):
         with running_steps_shown(watched, out):  # nested: shown once
-            assert threading.active_count() == threads + 1
+            assert len(set(threading.enumerate()) - before) == 1
+
+
+def test_a_command_between_two_of_its_steps_starts_a_new_clock(clock, watched):
+    out = captured_console(terminal=False)
+    lines = StillRunningLines(watched, out)
+    watched.begin("prod1", "apply")
+    step = watched.begin("prod1", "python env")
+    assert lines_at(clock, lines, out, 10) == ["     running prod1 python env: still running (10 s)"]
+    clock.now = 40
+    watched.end(step)
+    assert lines_at(clock, lines, out, 40.5) == []
+    assert lines_at(clock, lines, out, 50.5) == ["     running prod1 apply: still running (10 s)"]
