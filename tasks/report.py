@@ -210,6 +210,7 @@ def running_steps_shown(watched: Activities = activities, out=None) -> Iterator[
             from rich.live import Live
 
             with Live(RunningSteps(watched), console=out, refresh_per_second=LIVE_REFRESHES_PER_SECOND, transient=True):
+                out.show_cursor(True)  # Live hides it: a kill it can't clean up after (SIGTERM, SIGKILL) would leave it hidden
                 yield
         else:
             with _ticking(StillRunningLines(watched, out).tick, TICK_SECONDS):

@@ -147,7 +147,7 @@ def test_live_display_stops_and_lets_the_error_through(watched, error):
     stdout = sys.stdout
     with pytest.raises(error):
         with running_steps_shown(watched, out):
-            assert out._live_stack
+            assert out._live_stack and out.file.getvalue().endswith("\x1b[?25h")  # even a kill leaves the cursor shown
             out.print("     changed prod1 apt packages: installed curl")
             raise error("boom")
     assert out._live_stack == [] and sys.stdout is stdout
