@@ -12,7 +12,7 @@ from invoke.exceptions import Exit
 
 from tasks.inventory import Host
 from tasks.ops.remote import HostError, Remote
-from tasks.report import HostReport, show_error, show_recap
+from tasks.report import HostReport, running_steps_shown, show_error, show_recap
 
 HOST_TIMEOUT = 3600
 # How orchestration reaches a host: the real SSH Remote, or a test's fake.
@@ -22,13 +22,14 @@ Connect = Callable[[Host, Config], Remote]
 def in_parallel(items: list, work: Callable, timeout: float, on_timeout: Callable) -> None:
     """work(item) for every item in its own thread; items still running at the deadline go to on_timeout."""
     threads = [threading.Thread(target=work, args=(item,), daemon=True) for item in items]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread, item in zip(threads, items):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            on_timeout(item)
+    with running_steps_shown():
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread, item in zip(threads, items):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                on_timeout(item)
 
 
 def guarded(report: HostReport, work: Callable[[], None]) -> bool:

@@ -1,4 +1,4 @@
-"""What the user sees: a line per step as it happens, diffs, and a recap line per host."""
+"""What the user sees: a line per step as it happens, diffs, the steps still running, and a recap line per host."""
 
 from __future__ import annotations
 
@@ -6,10 +6,20 @@ import io
 import os
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Iterator
 
+from tasks.ops.progress import Activities, Activity, activities
 from tasks.ops.steps import Step
+
+SHOW_RUNNING_AFTER = 1.0
+# Without a terminal, a step still running is mentioned at these seconds, then every STILL_RUNNING_EVERY.
+STILL_RUNNING_FIRST = (10, 30)
+STILL_RUNNING_EVERY = 30
+LIVE_REFRESHES_PER_SECOND = 4
+TICK_SECONDS = 0.25
 
 
 @cache
@@ -112,6 +122,8 @@ def show_recap(reports: list[HostReport], show_commands: bool = False) -> None:
 class PrefixedLines(io.TextIOBase):
     """An out_stream that prints each complete line at once, prefixed with its host."""
 
+    shows_output = True  # the lines themselves show the command is alive: it is not listed as running
+
     def __init__(self, host: str):
         self.host, self.buffer = host, ""
 
@@ -121,3 +133,104 @@ class PrefixedLines(io.TextIOBase):
         for line in lines:
             console.out(f"{self.host} | {line}", highlight=False)
         return len(text)
+
+
+def _doing(activity: Activity) -> str:
+    if activity.total is None:
+        return activity.name
+    percent = f" ({100 * activity.done // activity.total}%)" if activity.total else ""
+    return f"{activity.name}: {activity.done / 1e6:.1f} of {activity.total / 1e6:.1f} MB{percent}"
+
+
+def next_still_running_mark(elapsed: float) -> float:
+    """The first mark past ELAPSED seconds at which a step still running is mentioned again."""
+    for mark in STILL_RUNNING_FIRST:
+        if elapsed < mark:
+            return mark
+    return (elapsed // STILL_RUNNING_EVERY + 1) * STILL_RUNNING_EVERY
+
+
+class StillRunningLines:
+    """For logs and pipes: a plain line for each step still running as it passes a mark (10 s, 30 s, then every 30 s)."""
+
+    def __init__(self, watched: Activities, out):
+        self.watched, self.out = watched, out
+        self.next_mark: dict[Activity, tuple[float, float]] = {}  # (its since, the next mark) per activity
+
+    def tick(self) -> None:
+        now, running = self.watched.clock(), self.watched.running()
+        self.next_mark = {activity: marks for activity, marks in self.next_mark.items() if activity in running}
+        for activity in running:
+            since, mark = self.next_mark.get(activity, (None, 0))
+            if since != activity.since:
+                mark = STILL_RUNNING_FIRST[0]
+            elapsed = now - activity.since
+            if elapsed >= mark:
+                mark = next_still_running_mark(elapsed)
+                with _lock:
+                    self.out.print(f"{'running':>12} [bold]{escape(activity.host)}[/] {escape(_doing(activity))}: "
+                                   f"still running ({int(elapsed)} s)")
+            self.next_mark[activity] = (activity.since, mark)
+
+
+class RunningSteps:
+    """For a terminal: a live line per host whose step has run for more than a second, under the step lines."""
+
+    def __init__(self, watched: Activities):
+        self.watched = watched
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        now = self.watched.clock()
+        return Group(*(
+            Text.from_markup(f"[cyan]{'running':>12}[/] [bold]{escape(activity.host)}[/] {escape(_doing(activity))} "
+                             f"[dim]{int(now - activity.since)} s[/]")
+            for activity in self.watched.running() if now - activity.since >= SHOW_RUNNING_AFTER
+        ))
+
+
+_showing = threading.Event()
+
+
+@contextmanager
+def running_steps_shown(watched: Activities = activities, out=None) -> Iterator[None]:
+    """While hosts work, show their running steps: rich's live display on a terminal, plain lines otherwise.
+    Stops cleanly however the block ends (an error, Ctrl-C); nested uses show them once."""
+    out = out or _rich_console()
+    with _lock:
+        nested = _showing.is_set()
+        _showing.set()
+    if nested:
+        yield
+        return
+    try:
+        if out.is_terminal and not out.is_dumb_terminal:
+            from rich.live import Live
+
+            with Live(RunningSteps(watched), console=out, refresh_per_second=LIVE_REFRESHES_PER_SECOND, transient=True):
+                out.show_cursor(True)  # Live hides it: a kill it can't clean up after (SIGTERM, SIGKILL) would leave it hidden
+                yield
+        else:
+            with _ticking(StillRunningLines(watched, out).tick, TICK_SECONDS):
+                yield
+    finally:
+        _showing.clear()
+
+
+@contextmanager
+def _ticking(tick, seconds: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(seconds):
+            tick()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -10,7 +10,7 @@ import secrets
 import shlex
 import socket
 import stat
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -20,6 +20,7 @@ from invoke.exceptions import AuthFailure
 
 from tasks.inventory import Host
 from tasks.ops.known_hosts import HostKeyRefused, KnownHosts, KnownHostsPolicy, key_fingerprint
+from tasks.ops.progress import activities
 
 DEFAULT_CONNECT_TIMEOUT = 10
 # A host that vanishes mid-command (power loss) is noticed within ~20 s instead of TCP's ~15 minutes.
@@ -148,13 +149,16 @@ class Remote:
         in_stream = io.StringIO(stdin) if stdin is not None else False
         options = dict(warn=True, in_stream=in_stream, hide="stderr" if out_stream else True, out_stream=out_stream)
         self.commands_run += 1
+        # A command whose output streams to the user already shows it is alive.
+        watched = nullcontext() if getattr(out_stream, "shows_output", False) else activities.during(self.host.name, step)
         try:
-            if not self.host.needs_sudo or self.connection.user == "root":
-                result = self.connection.run(command, **options)
-            elif self.connection.config.sudo.password:
-                result = self.connection.sudo(command, **options)
-            else:
-                result = self.connection.run("sudo -n -H " + command, **options)
+            with watched:
+                if not self.host.needs_sudo or self.connection.user == "root":
+                    result = self.connection.run(command, **options)
+                elif self.connection.config.sudo.password:
+                    result = self.connection.sudo(command, **options)
+                else:
+                    result = self.connection.run("sudo -n -H " + command, **options)
         except AuthFailure:
             raise HostError(step, f"sudo on {self.target} refused the password given with --prompt-for-sudo-password") from None
         except (paramiko.SSHException, OSError, EOFError) as error:
@@ -207,9 +211,11 @@ class Remote:
                     remote_file.chmod(0o600)
                     remote_file.set_pipelined(True)
                     if isinstance(data, Path):
-                        with data.open("rb") as local_file:
+                        with data.open("rb") as local_file, activities.during(
+                                self.host.name, f"upload {PurePosixPath(path).name}", total=data.stat().st_size) as transfer:
                             while chunk := local_file.read(UPLOAD_CHUNK):
                                 remote_file.write(chunk)
+                                transfer.add(len(chunk))
                     else:
                         remote_file.write(data)
             except (paramiko.SSHException, OSError, EOFError) as error:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from tasks.ops.progress import Activity, activities
+
 BEGIN = "@@step-begin "
 END = "@@step-end "
 
@@ -56,14 +58,17 @@ def apply_script(steps: list[Step]) -> str:
 
 
 class StepStream(io.TextIOBase):
-    """Fabric out_stream that calls on_done(step, rc, output) as each step's end marker arrives."""
+    """Fabric out_stream that calls on_done(step, rc, output) as each step's end marker arrives; between its begin and
+    end markers the step is HOST's running activity."""
 
-    def __init__(self, steps: list[Step], on_done):
+    def __init__(self, steps: list[Step], on_done, host: str):
         self.steps = steps
         self.on_done = on_done
+        self.host = host
         self.buffer = ""
         self.lines: list[str] = []
         self.finished: list[Step] = []
+        self.running: Activity | None = None
 
     def write(self, text: str) -> int:
         self.buffer += text
@@ -75,7 +80,10 @@ class StepStream(io.TextIOBase):
     def _line(self, line: str) -> None:
         if line.startswith(BEGIN):
             self.lines = []
+            self._stop_clock()
+            self.running = activities.begin(self.host, self.steps[int(line[len(BEGIN):])].name)
         elif line.startswith(END):
+            self._stop_clock()
             index, rc = line[len(END):].split()
             step = self.steps[int(index)]
             step.output = "\n".join(self.lines).strip("\n")
@@ -84,6 +92,11 @@ class StepStream(io.TextIOBase):
             self.on_done(step)
         else:
             self.lines.append(line)
+
+    def _stop_clock(self) -> None:
+        if self.running:
+            activities.end(self.running)
+            self.running = None
 
     def unfinished_output(self) -> str:
         return "\n".join(self.lines + [self.buffer]).strip("\n")
@@ -110,7 +123,7 @@ def apply(remote, steps: list[Step], on_done) -> bool:
     pending = [step for step in steps if step.changed]
     if not pending:
         return not any(step.failed for step in steps)
-    stream = StepStream(steps, finished)
+    stream = StepStream(steps, finished, remote.host.name)
     result = remote.run_script(apply_script(steps), step=pending[0].name, out_stream=stream)
     if result.exited != 0 and not any(step.failed for step in pending):
         # The script died between markers (killed, connection dropped): blame the first unfinished step.

@@ -141,7 +141,7 @@ def run(remote: Remote, transaction: Transaction, on_done: Callable[[Step], None
     script = start_script(transaction)
     while True:
         try:
-            result = remote.run_script(script, step="switch", out_stream=StepStream(transaction.steps, once))
+            result = remote.run_script(script, step="switch", out_stream=StepStream(transaction.steps, once, remote.host.name))
             return parse_outcome(result.stdout)
         except HostError as error:
             if not error.unreachable:

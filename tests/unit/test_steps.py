@@ -60,7 +60,7 @@ def test_apply_script_runs_only_changed_steps_and_stops_at_failure():
 def test_step_stream_reports_each_step_with_its_output():
     steps = [Step.change("b", "", "x"), Step.change("c", "", "y")]
     done = []
-    stream = StepStream(steps, done.append)
+    stream = StepStream(steps, done.append, "prod1")
     stream.write("\n@@step-begin 0\nhello\n@@step-end 0 0\n\n@@step-be")
     stream.write("gin 1\nboom\n@@step-end 1 3\n")
     assert done == steps
