@@ -14,7 +14,9 @@ def _environment():
     import jinja2  # when a task renders, not when `fab -l` lists
 
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        # compiled templates kept between runs (per user, keyed by each template's checksum): a no-op re-run renders a dozen
+        bytecode_cache=jinja2.FileSystemBytecodeCache(),
     )
     # `{{ value | shell }}`: one shell word, whatever the value holds
     environment.filters["shell"] = shlex.quote

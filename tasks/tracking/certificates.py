@@ -13,11 +13,10 @@ class CertificateError(ValueError):
     """A certificate from hosts.toml that can't be used: the message names the file."""
 
 
-def expiry_command(certificate: str) -> str:
-    """Shell for the tls fact: the end date, and NOT_DUE while the certificate outlives RENEW_WITHIN."""
+def inspect_command(certificate: str) -> str:
+    """Shell for the tls fact, one openssl run: the sha256 fingerprint, the end date, and NOT_DUE while the certificate outlives RENEW_WITHIN."""
     seconds = int(RENEW_WITHIN.total_seconds())
-    return (f"openssl x509 -in {certificate} -noout -enddate; "
-            f"openssl x509 -in {certificate} -noout -checkend {seconds} >/dev/null && echo {NOT_DUE}")
+    return f"openssl x509 -in {certificate} -noout -fingerprint -sha256 -enddate -checkend {seconds} && echo {NOT_DUE}"
 
 
 def renewal_due(tls_fact: str) -> bool:

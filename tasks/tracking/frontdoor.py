@@ -86,8 +86,7 @@ class FrontDoor:
 
 
 def tls_fact(files: TlsFiles) -> f.Fact:
-    return f.Fact("tls", f"sha256sum {files.certificate} {files.key}; openssl x509 -in {files.certificate} -noout -fingerprint -sha256; "
-                         + certificates.expiry_command(files.certificate))
+    return f.Fact("tls", f"sha256sum {files.certificate} {files.key}; {certificates.inspect_command(files.certificate)}")
 
 
 TLS_STATE = tls_fact(TlsFiles(CERTIFICATE, KEY))
