@@ -1,11 +1,11 @@
 """Benchmark deploy-model on testbed hosts (tracking on mlt7, the model host mlt8 unless told otherwise).
 
     .venv/bin/python bench/deploy_model.py [--first-runs 3] [--runs 5] [--noop-runs 7] [--list-runs 10]
-                                           [--tracking-host mlt7] [--models-host mlt8]
+                                           [--tracking-host mlt7] [--models-host mlt8] [--fleet-hosts 6]
 
 Reports median, min and max of: the first deploy on a fresh host (env build included), a redeploy
 of a new run with unchanged requirements (env reused; health gate included), a no-op redeploy (the
-run already serving, deployed again), and `fab -l`. Wall time includes interpreter start and
+run already serving, deployed again), the same no-op over --fleet-hosts model hosts, and `fab -l`. Wall time includes interpreter start and
 fetching the model from the tracking server.
 """
 
@@ -24,6 +24,10 @@ from tests.testbed import Testbed
 from tests.wine import log_wine_model
 
 
+# the model hosts of the no-op over many hosts (with --models-host)
+FLEET = ["mlt13", "mlt38", "mlt39", "mlt44", "mlt45"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first-runs", type=int, default=3, help="fresh model hosts to deploy to (at least 1)")
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--list-runs", type=int, default=10, help="`fab -l` runs to time (at least 1)")
     parser.add_argument("--tracking-host", default="mlt7", help="testbed host for the tracking server")
     parser.add_argument("--models-host", default="mlt8", help="testbed host for the model server")
+    parser.add_argument("--fleet-hosts", type=int, default=6, help=f"model hosts for the no-op over many hosts (at most {len(FLEET) + 1}; 0: skip)")
     args = parser.parse_args()
     if min(args.first_runs, args.noop_runs, args.list_runs) < 1:
         parser.error("--first-runs, --noop-runs and --list-runs must be at least 1")
@@ -41,7 +46,7 @@ def main() -> None:
     testbed.prepare()
     inventory = Path(tempfile.mkdtemp()) / "hosts.toml"
     started = []
-    results = {"first": ([], []), "redeploy": ([], []), "noop": ([], []), "list": ([], [])}
+    results = {"first": ([], []), "redeploy": ([], []), "noop": ([], []), "fleet": ([], []), "list": ([], [])}
     list_cpu = []
     try:
         tracking = testbed.start(tracking_name)
@@ -76,6 +81,17 @@ def main() -> None:
             results["noop"][0].append(seconds)
             results["noop"][1].append(commands)
             print(f"no-op {run + 1}: {seconds:.2f} s", flush=True)
+        fleet = [models, *(testbed.start(name) for name in FLEET[:args.fleet_hosts - 1])] if args.fleet_hosts else []
+        started += fleet[1:]
+        if fleet:
+            write_inventory(inventory, {tracking_name: host_entry(tracking, ["tracking"]),
+                                        **{host.name: host_entry(host, ["models"]) for host in fleet}}, tracking={"workers": 1, **PLAIN_HTTP})
+            timed_fab(inventory, "deploy-model", "--run-id", run_id, "--batch-size", "100%")
+            for run in range(args.noop_runs):
+                seconds, commands, output = timed_fab(inventory, "deploy-model", "--run-id", run_id)
+                assert output.count("changed=0") == len(fleet), output
+                results["fleet"][0].append(seconds)
+                results["fleet"][1].append(commands)
         for _ in range(args.list_runs):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             seconds, commands, _ = timed_fab(inventory, "-l")
@@ -91,6 +107,8 @@ def main() -> None:
     if args.runs:
         print(summary("deploy-model, new run, same requirements", *results["redeploy"]))
     print(summary("deploy-model, no-op redeploy", *results["noop"]))
+    if results["fleet"][0]:
+        print(summary(f"deploy-model, no-op over {len(fleet)} hosts", *results["fleet"]))
     print(summary("fab -l", *results["list"]))
     # on a busy machine the wall clock mostly measures the wait for a core
     print(f"{'fab -l, CPU (user + sys)':<38} median {statistics.median(list_cpu):7.2f} s   min {min(list_cpu):7.2f}   max {max(list_cpu):7.2f}")
