@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tasks.inventory import ModelSettings
 from tasks.ops import facts as f
+from tasks.ops import wheelsync
 from tasks.ops.audit import AUDIT_LOG, operator
 from tasks.ops.audit import append_script as append_audit
 from tasks.ops.audit import parse as parse_audit
@@ -251,9 +252,16 @@ class DeployPlan:
         return any(step.changed for step in self.switch)
 
 
+def env_marker(facts: dict[str, str], env_path: str) -> str:
+    markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
+    return markers.get(Path(env_path).name, "")
+
+
 def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
-                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()) -> DeployPlan:
-    """The release this host will serve (an existing one when the digest is already there) and the steps to get there."""
+                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy(), spec: EnvSpec | None = None) -> DeployPlan:
+    """The release this host will serve (an existing one when the digest is already there) and the steps to get there.
+
+    SPEC, when given, is the model's env as it will be built (from the host's wheelhouse)."""
     settings = model.settings
     releases = parse_releases(facts.get("releases", ""))
     current = facts.get("current", "")
@@ -266,14 +274,13 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: dict[str, str],
         plan.stage.append(Step.failure("port", f"model {conflict} already uses port {settings.port} on this host: give [models.{model.name}] its own port"))
         return plan
 
-    spec = env_spec(settings, deployment.artifact, facts.get("python", ""))
+    spec = spec or env_spec(settings, deployment.artifact, facts.get("python", ""))
     env_path = spec.path(ENVS_ROOT, ENV_PREFIX)
     plan.stage.append(ensure_packages(PACKAGES + firewall_policy.packages, f.parse_installed(facts.get("packages", ""))))
     plan.stage += firewall.steps(firewall_policy, model_ports(settings.port, facts.get("ports", "")), facts)
     plan.stage.append(ensure_system_user(MODEL_USER, MODEL_HOME, bool(facts.get(f"user:{MODEL_USER}"))))
     plan.stage += [ensure_directory(path, owner, group, mode, facts.get(f"stat:{path}", "")) for path, owner, group, mode in model.directories()]
-    markers = dict(line.split("\t", 1) for line in facts.get("env_markers", "").splitlines() if "\t" in line)
-    env_step = ensure_env(spec, env_path, markers.get(Path(env_path).name, ""), name="python env")
+    env_step = ensure_env(spec, env_path, env_marker(facts, env_path), name="python env")
     plan.stage.append(replace(env_step, script=pinned_build_script(spec, env_path, model.name)) if env_step.changed else env_step)
 
     if release in releases:
@@ -426,7 +433,12 @@ class HostDeploy:
         if platform.failed:
             self.plan.stage.append(platform)
         elif self.deployment:
-            self.plan = plan_deploy(self.model, self.deployment, facts, self.firewall)
+            spec = env_spec(self.model.settings, self.deployment.artifact, facts.get("python", ""))
+            spec, wheels = wheelsync.supply(self.remote, spec, env_marker(facts, spec.path(ENVS_ROOT, ENV_PREFIX)), self.report.check)
+            for step in wheels:
+                self.report.steps.append(step)
+                self._show(step)
+            self.plan = plan_deploy(self.model, self.deployment, facts, self.firewall, spec)
             warning = python_mismatch(self.deployment.artifact, facts.get("python", ""))
             if warning:
                 show_note(self.report, warning)

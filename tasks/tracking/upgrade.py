@@ -26,6 +26,7 @@ from tasks.tracking.server import (
     UNIT,
     UNIT_PATH,
     TrackingTarget,
+    from_wheelhouse,
     installed_mlflow_version,
     running_env_path,
 )
@@ -83,6 +84,14 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         show_step(report, step)
         return
 
+    try:
+        new, wheels = from_wheelhouse(remote, new, facts.get("env_marker", ""), report.check)
+    except HostError:
+        show_note(report, f"the server still runs mlflow {running}: nothing was changed")
+        raise
+    for each in wheels:
+        report.steps.append(each)
+        show_step(report, each)
     settings = new.settings
     gate = gate_script(UNIT, new.server_port, new.health_checks, settings.health_timeout, after_restart=True)
     unit = ensure_file(UNIT_PATH, new.unit(facts.get("node_name", "")), old_unit)
