@@ -58,7 +58,8 @@ def intake_script(house: Wheelhouse, names: list[str]) -> str:
     sums = "".join(f"{house.files[name]}  {name}\n" for name in names)
     index_lines = "".join(f"{house.files[name]} {name}\n" for name in names)
     moves = "\n".join(f"mv -f \"$stage\"/{shlex.quote(name)} {WHEELS}/" for name in names)
-    return f"""install -d -o root -g root -m 755 {HOST_CACHE} {WHEELS}
+    return f"""set -e
+install -d -o root -g root -m 755 {HOST_CACHE} {WHEELS}
 stage=$(mktemp -d {HOST_CACHE}/.incoming-XXXXXX)
 trap 'rm -rf "$stage"' EXIT
 tar -xf {private_path(UPLOAD)} -C "$stage" --no-same-owner --no-same-permissions
