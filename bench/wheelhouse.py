@@ -28,7 +28,8 @@ def first_converge(testbed: Testbed, inventory: Path, wheelhouse: bool) -> tuple
         host.run("rm -rf /var/cache/mlflow-build/pip/*")  # the shared testbed cache would make PyPI look warm
         inventory.with_name("known_hosts").unlink(missing_ok=True)  # a fresh host has new host keys
         write_inventory(inventory, {HOST: host_entry(host, ["tracking"], wheelhouse=wheelhouse)})
-        seconds, commands, _ = timed_fab(inventory, "setup-tracking")
+        seconds, commands, output = timed_fab(inventory, "setup-tracking")
+        print("\n".join(line.strip() for line in output.splitlines() if " wheelhouse: " in line), flush=True)
         return seconds, commands
     finally:
         host.stop()

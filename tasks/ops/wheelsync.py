@@ -9,9 +9,11 @@ host's cache, and the env is then installed from that directory alone (`pip inst
 from __future__ import annotations
 
 import dataclasses
-import io
 import shlex
 import tarfile
+import tempfile
+import time
+from pathlib import Path
 
 from tasks.ops import facts as f
 from tasks.ops.pyenv import EnvSpec
@@ -44,13 +46,12 @@ def missing_files(wanted: dict[str, str], held: dict[str, str]) -> list[str]:
     return sorted(name for name, digest in wanted.items() if held.get(name) != digest)
 
 
-def archive(house: Wheelhouse, names: list[str]) -> bytes:
-    """The missing wheels in one uncompressed tar (wheels are compressed already), plain names only."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+def archive(house: Wheelhouse, names: list[str], path: Path) -> Path:
+    """The missing wheels in one uncompressed tar on disk (wheels are compressed already), plain names only."""
+    with tarfile.open(path, mode="w") as tar:
         for name in names:
             tar.add(house.directory / name, arcname=name, recursive=False)
-    return buffer.getvalue()
+    return path
 
 
 def intake_script(house: Wheelhouse, names: list[str]) -> str:
@@ -81,19 +82,22 @@ def supply(remote: Remote, spec: EnvSpec, marker: str, check: bool) -> tuple[Env
     """
     if check or not remote.host.wheelhouse or spec.manager != "venv" or marker.strip() == spec.text:
         return spec, []
+    started = time.monotonic()
     gathered = f.gather(remote, facts())
     try:
         target = parse_target(gathered.get("wheel_target", ""))
         house = prepare(spec.packages, target, spec.allow_source_builds)
     except WheelhouseError as error:
         raise HostError("wheelhouse", str(error)) from None
+    fetched = time.monotonic()
     missing = missing_files(house.files, parse_held(gathered.get("wheels_held", "")))
-    size = sum((house.directory / name).stat().st_size for name in missing)
-    summary = f"{len(house.files)} wheels for {target.text}: {len(missing)} sent ({size / 1e6:.1f} MB), {len(house.files) - len(missing)} already here"
-    step = Step("wheelhouse", summary, changed=bool(missing))
     if missing:
-        with remote.private_upload(archive(house, missing), private_path(UPLOAD)):
+        with tempfile.TemporaryDirectory() as local, remote.private_upload(archive(house, missing, Path(local) / UPLOAD), private_path(UPLOAD)):
             result = remote.run_script(intake_script(house, missing), step="wheelhouse")
         if result.exited != 0:
             raise HostError("wheelhouse", result.stdout.strip()[-500:] or "receiving the wheels failed")
-    return dataclasses.replace(spec, find_links=WHEELS, pins=house.pins()), [step]
+    size = sum((house.directory / name).stat().st_size for name in missing)
+    summary = (f"{len(house.files)} wheels for {target.text}: {len(missing)} sent ({size / 1e6:.1f} MB), "
+               f"{len(house.files) - len(missing)} already here (the laptop had them ready in {fetched - started:.1f} s, "
+               f"sent in {time.monotonic() - fetched:.1f} s)")
+    return dataclasses.replace(spec, find_links=WHEELS, pins=house.pins()), [Step("wheelhouse", summary, changed=bool(missing))]
