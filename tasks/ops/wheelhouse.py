@@ -158,8 +158,8 @@ def build_pure_wheel(requirement: str, built: Path, target: Target) -> None:
     """The sdist of REQUIREMENT built into a wheel here; refused when the wheel is tied to this laptop's platform."""
     result = run_pip(source_wheel_command(built, requirement))
     if result.returncode != 0:
-        raise WheelhouseError(f"building {requirement} from source on this machine failed: "
-                              f"{(result.stdout + result.stderr).strip().splitlines()[-1:]}: no host was changed")
+        last = next((line.strip() for line in reversed((result.stdout + result.stderr).splitlines()) if line.strip()), "pip wheel failed")
+        raise WheelhouseError(f"building {requirement} from source on this machine failed ({last}): no host was changed")
     impure = [wheel.name for wheel in built.glob("*.whl") if not is_pure(wheel.name)]
     if impure:
         raise WheelhouseError(f"{requirement} has no wheel for {target.text} and its source builds platform code "
@@ -173,13 +173,15 @@ def download(requirements: tuple[str, ...], target: Target, allow_source_builds:
     requirements_file.write_text("\n".join(requirements) + "\n")
     built = directory / "built"
     wheels = directory / "wheels"
+    tried: set[str] = set()
     for _ in range(SOURCE_BUILD_ROUNDS):
         result = run_pip(download_command(wheels, requirements_file, target, (built,) if built.exists() else ()))
         if result.returncode == 0:
             break
         requirement, error = pip_failure(result.stdout + result.stderr, target, allow_source_builds)
-        if not (requirement and allow_source_builds):
+        if not (requirement and allow_source_builds) or requirement in tried:
             raise error
+        tried.add(requirement)
         build_pure_wheel(requirement, built, target)
     else:
         raise WheelhouseError(f"more than {SOURCE_BUILD_ROUNDS} requirements need building from source: no host was changed")

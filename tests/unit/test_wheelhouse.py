@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tarfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from tasks.inventory import InventoryError, load_inventory
 from tasks.ops import wheelhouse, wheelsync
 from tasks.ops.pyenv import EnvSpec, build_commands
-from tasks.ops.wheelhouse import Target, Wheelhouse, WheelhouseError, cache_key, download_command, parse_target, pip_failure, prepare
+from tasks.ops.wheelhouse import (Target, Wheelhouse, WheelhouseError, cache_key, download_command, is_pure, parse_target, pip_failure,
+                                   prepare)
 from tasks.ops.wheelsync import archive, intake_script, missing_files, parse_held, supply
 
 BOOKWORM = Target("3.11", "x86_64", "2.36")
@@ -166,3 +168,38 @@ def test_the_inventory_setting_defaults_on_and_a_host_may_turn_it_off(tmp_path):
     path.write_text('[defaults]\nwheelhouse = "no"\n')
     with pytest.raises(InventoryError, match="wheelhouse = 'no' should be of type bool"):
         load_inventory(path)
+
+
+class FakePip:
+    """pip as prepare() sees it: downloads fail for REQUIREMENT until a wheel of it was built; builds make BUILT."""
+
+    def __init__(self, built: str, requirement: str = "docopt==0.6.2"):
+        self.built, self.requirement, self.commands = built, requirement, []
+
+    def __call__(self, command):
+        self.commands.append(command)
+        directory = Path(command[command.index("--dest" if "download" in command else "--wheel-dir") + 1])
+        directory.mkdir(parents=True, exist_ok=True)
+        if "wheel" in command:
+            (directory / self.built).write_bytes(b"built")
+            return SimpleNamespace(returncode=0, stdout="", stderr="")
+        if "--find-links" in command and is_pure(self.built):
+            (directory / self.built).write_bytes(b"built")
+            return SimpleNamespace(returncode=0, stdout="", stderr="")
+        return SimpleNamespace(returncode=1, stdout="", stderr=f"ERROR: No matching distribution found for {self.requirement}\n")
+
+
+def test_a_pure_sdist_is_built_into_a_wheel_on_the_laptop_when_source_builds_are_allowed(tmp_path, monkeypatch):
+    pip = FakePip("docopt-0.6.2-py2.py3-none-any.whl")
+    monkeypatch.setattr(wheelhouse, "run_pip", pip)
+    house = prepare(("docopt==0.6.2",), BOOKWORM, True, root=tmp_path)
+    assert list(house.files) == ["docopt-0.6.2-py2.py3-none-any.whl"] and house.pins() == ("docopt==0.6.2",)
+    assert [command[3] for command in pip.commands] == ["download", "wheel", "download"]
+    assert pip.commands[2][-4] == "--find-links" and pip.commands[2][-3] == str(Path(pip.commands[1][-2]))  # the built wheel's directory
+
+
+def test_an_sdist_that_builds_platform_code_is_refused_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(wheelhouse, "run_pip", FakePip("fast-1.0-cp311-cp311-linux_x86_64.whl", "fast==1.0"))
+    with pytest.raises(WheelhouseError, match=r"fast==1.0 has no wheel for CPython 3.11 .* its source builds platform code .*wheelhouse = false"):
+        prepare(("fast==1.0",), BOOKWORM, True, root=tmp_path)
+    assert not (tmp_path / cache_key(("fast==1.0",), BOOKWORM, True)).exists()
