@@ -43,3 +43,4 @@ bench: system-deps venv
 	$(PY) bench/setup_tracking.py
 	$(PY) bench/deploy_model.py
 	$(PY) bench/rolling.py
+	$(PY) bench/wheelhouse.py

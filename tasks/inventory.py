@@ -42,6 +42,8 @@ class ConnectionSettings:
     sudo: bool | None = None
     known_hosts: str = "~/.ssh/known_hosts"
     accept_new_host_keys: bool = False
+    # Python envs install from wheels this machine fetched and sent (the host needs no route to PyPI); false: from PyPI.
+    wheelhouse: bool = True
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,7 @@ class Inventory:
             sudo=self.defaults.sudo,
             known_hosts=self.defaults.known_hosts,
             accept_new_host_keys=self.defaults.accept_new_host_keys,
+            wheelhouse=self.defaults.wheelhouse,
             tracking=self.tracking,
             models=self.models,
             ad_hoc=True,

@@ -43,6 +43,10 @@ class EnvSpec:
     packages: tuple[str, ...]
     python: str = ""  # conda only: the Python version to create; venv uses the host's python3
     allow_source_builds: bool = False  # sdists run their build code (as the build user); default: wheels only
+    # Set for a build from the host's wheelhouse: pip reads that directory alone, and the pins (every version the
+    # laptop resolved) make it install exactly that set. Neither is part of the env's name: the env is the same.
+    find_links: str = ""
+    pins: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -83,14 +87,15 @@ def miniforge_command() -> str:
 
 def build_commands(spec: EnvSpec, path: str) -> list[str]:
     quoted = shlex.quote(path)
-    packages = " ".join(shlex.quote(package) for package in spec.packages)
+    packages = " ".join(shlex.quote(package) for package in spec.packages + spec.pins)
     commands = [f"rm -rf {quoted}", *builder_commands()]
     if spec.manager == "conda":
         commands.append(miniforge_command())
         create = f"{AS_BUILDER} {CONDA_ROOT}/bin/conda create -y -q -p {quoted} python={spec.python or '3.11'} pip"
     else:
         create = f"{AS_BUILDER} python3 -m venv {quoted}"
-    install = f"{AS_BUILDER} {quoted}/{PIP_INSTALL}{'' if spec.allow_source_builds else ' ' + BINARY_ONLY} {packages}"
+    source = f" --no-index --find-links {shlex.quote(spec.find_links)}" if spec.find_links else ""
+    install = f"{AS_BUILDER} {quoted}/{PIP_INSTALL}{source}{'' if spec.allow_source_builds else ' ' + BINARY_ONLY} {packages}"
     hint = "" if spec.allow_source_builds else (
         "echo 'binary wheels only: a requirement published only as source needs allow_source_builds = true in hosts.toml' >&2; "
     )

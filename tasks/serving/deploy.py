@@ -16,6 +16,7 @@ from pathlib import Path
 from tasks.converge import APPLIED, apply_shown, converge_host
 from tasks.inventory import ModelSettings
 from tasks.ops import facts as f
+from tasks.ops import wheelsync
 from tasks.ops.audit import AUDIT_LOG, operator
 from tasks.ops.audit import append_script as append_audit
 from tasks.ops.audit import parse as parse_audit
@@ -284,8 +285,10 @@ class DeployPlan:
 
 
 def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
-                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()) -> DeployPlan:
-    """The release this host will serve (an existing one when the digest is already there) and the steps to get there."""
+                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy(), spec: EnvSpec | None = None) -> DeployPlan:
+    """The release this host will serve (an existing one when the digest is already there) and the steps to get there.
+
+    SPEC, when given, is the model's env as it will be built (from the host's wheelhouse)."""
     settings = model.settings
     releases = facts[model.releases_fact]
     current = facts[model.current_fact]
@@ -298,7 +301,7 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
         plan.stage.append(Step.failure("port", f"model {conflict} already uses port {settings.port} on this host: give [models.{model.name}] its own port"))
         return plan
 
-    spec = env_spec(settings, deployment.artifact, facts[HOST_PYTHON])
+    spec = spec or env_spec(settings, deployment.artifact, facts[HOST_PYTHON])
     env_path = spec.path(ENVS_ROOT, ENV_PREFIX)
     plan.stage.append(ensure_packages(MODEL_PACKAGES + firewall_policy.packages, facts[INSTALLED_PACKAGES]))
     plan.stage += firewall.steps(firewall_policy, model_ports(settings.port, facts[PORTS]), facts)
@@ -588,7 +591,13 @@ class HostDeploy(HostRollout):
         return facts
 
     def plan_for(self, facts: f.Facts) -> DeployPlan:
-        plan = plan_deploy(self.model, self.deployment, facts, self.firewall)
+        spec = env_spec(self.model.settings, self.deployment.artifact, facts[HOST_PYTHON])
+        marker = facts[ENV_MARKERS].get(Path(spec.path(ENVS_ROOT, ENV_PREFIX)).name, "")
+        spec, wheels = wheelsync.supply(self.remote, spec, marker, self.report.check)
+        for step in wheels:
+            self.report.steps.append(step)
+            self._show(step)
+        plan = plan_deploy(self.model, self.deployment, facts, self.firewall, spec)
         warning = python_mismatch(self.deployment.artifact, facts[HOST_PYTHON])
         if warning:
             show_note(self.report, warning)

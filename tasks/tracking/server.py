@@ -6,6 +6,7 @@ pip install mlflow psycopg2; write a unit file; systemctl enable --now; curl /he
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from invoke.exceptions import Exit
 from tasks.converge import apply_shown, converge_host
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
-from tasks.ops import postgres
+from tasks.ops import postgres, wheelsync
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
@@ -24,7 +25,7 @@ from tasks.ops.remote import Remote
 from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
-from tasks.report import HostReport, show_note, show_warning
+from tasks.report import HostReport, show_note, show_step, show_warning
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 from tasks.tracking.schema import DATABASE
@@ -52,6 +53,9 @@ class TrackingTarget:
 
     host: Host
     address: str  # what clients use to reach the host
+    # the host's wheelhouse and the versions resolved into it, when the env is built from one (tasks/ops/wheelsync.py)
+    find_links: str = ""
+    pins: tuple[str, ...] = ()
 
     @property
     def settings(self) -> TrackingSettings:
@@ -82,7 +86,8 @@ class TrackingTarget:
     def env_spec(self) -> EnvSpec:
         s = self.settings
         packages = (f"mlflow{'[auth]' if s.auth else ''}=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}", *s.extra_packages)
-        return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "", allow_source_builds=s.allow_source_builds)
+        return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "", allow_source_builds=s.allow_source_builds,
+                       find_links=self.find_links, pins=self.pins)
 
     @property
     def env_path(self) -> str:
@@ -405,12 +410,25 @@ def version_guard(target: TrackingTarget, running_marker: str) -> Step:
     return Step.ok("mlflow version", running or wanted)
 
 
+def from_wheelhouse(remote: Remote, target: TrackingTarget, marker: str, check: bool) -> tuple[TrackingTarget, list[Step]]:
+    """The target with its env built from the host's wheelhouse when it must be built (and what was sent there)."""
+    spec, steps = wheelsync.supply(remote, target.env_spec, marker, check)
+    return dataclasses.replace(target, find_links=spec.find_links, pins=spec.pins), steps
+
+
 def converge(remote: Remote, report: HostReport) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
 
     def guarded_plan(facts: f.Facts) -> list[Step]:
+        nonlocal target
         guard = version_guard(target, facts[RUNNING_MARKER])
-        return [guard] if guard.failed else [guard] + plan(target, facts)
+        if guard.failed:
+            return [guard]
+        target, wheels = from_wheelhouse(remote, target, facts[target.env_marker_fact], report.check)
+        for step in wheels:
+            report.steps.append(step)
+            show_step(report, step)
+        return [guard] + plan(target, facts)
 
     def apply_with_key(facts: f.Facts, steps: list[Step]) -> bool:
         key = frontdoor.key_to_upload(steps)

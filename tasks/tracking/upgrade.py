@@ -30,6 +30,7 @@ from tasks.tracking.server import (
     UNIT_FILE,
     UNIT_PATH,
     TrackingTarget,
+    from_wheelhouse,
     installed_mlflow_version,
     running_env_path,
 )
@@ -69,7 +70,18 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
     plan = UpgradePlan()
 
     def planned(facts: f.Facts) -> list[Step]:
-        nonlocal plan
+        nonlocal plan, new
+        plan = plan_upgrade(new, facts)
+        if plan.instead:
+            return plan.steps
+        try:
+            new, wheels = from_wheelhouse(remote, new, facts[new.env_marker_fact], report.check)
+        except HostError:
+            show_note(report, f"the server still runs mlflow {installed_mlflow_version(facts[RUNNING_MARKER])}: nothing was changed")
+            raise
+        for each in wheels:
+            report.steps.append(each)
+            show_step(report, each)
         plan = plan_upgrade(new, facts)
         return plan.steps
 

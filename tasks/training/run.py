@@ -6,6 +6,7 @@ password in the shell, `nohup mlflow run . -P alpha=0.5 &`, and hope the SSH ses
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from tasks.fleet import guarded, run_on_hosts
 from tasks.ops import facts as f
+from tasks.ops import wheelsync
 from tasks.ops.files import ensure_directory, ensure_file
 from tasks.ops.platform import check_platform
 from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
@@ -170,12 +172,18 @@ def prepare_and_start(remote: Remote, report: HostReport, request: RunRequest) -
     """Converge what the run needs, then start it; the unit runs on whatever happens to this laptop."""
     gathered = f.gather(remote, facts(request))
     platform = check_platform(gathered[f.os_release()])
-    steps = [platform] if platform.failed else plan(request, gathered)
-    report.steps += steps
     if platform.failed:
+        report.steps.append(platform)
         show_step(report, platform)
         return
     show = lambda step: show_step(report, step)  # noqa: E731
+    spec, wheels = wheelsync.supply(remote, request.spec, gathered[request.env_marker_fact], report.check)
+    for step in wheels:
+        report.steps.append(step)
+        show(step)
+    request = dataclasses.replace(request, spec=spec)
+    steps = plan(request, gathered)
+    report.steps += steps
     if not apply(remote, steps, show):
         return
     start = Step.change("start", f"{request.unit}: mlflow run -e {request.entry_point} "

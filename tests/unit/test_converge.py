@@ -15,7 +15,8 @@ from tests.unit.fake_remote import FakeFleet, FakeHost, wire_names
 from tests.unit.test_concurrent_deploys import INVENTORY
 from tests.unit.test_tracking_plan import DEBIAN, converged_facts, file_fact
 
-HOST = Host(name="prod1", address="10.0.0.5", roles=("tracking",), user="deploy", tracking=TrackingSettings(tls=False, auth=False))
+# the wheelhouse has its own tests (test_wheelhouse.py): these hosts build envs from PyPI
+HOST = Host(name="prod1", address="10.0.0.5", roles=("tracking",), user="deploy", tracking=TrackingSettings(tls=False, auth=False), wheelhouse=False)
 
 
 def run(facts: dict[str, str], work, check: bool = False, host: Host = HOST):

@@ -63,7 +63,8 @@ def entries(role: str, prefix: str, subnet: int, count: int) -> str:
 
 
 # two lb hosts in front of four model hosts serving one model
-INVENTORY = "[lb]\ntls = false\nauth = false\n[models.wine]\nport = 5001\n" + entries("lb", "lb", 0, 2) + entries("models", "m", 1, 4)
+# the wheelhouse has its own tests (test_wheelhouse.py): these hosts build envs from PyPI
+INVENTORY = "[defaults]\nwheelhouse = false\n[lb]\ntls = false\nauth = false\n[models.wine]\nport = 5001\n" + entries("lb", "lb", 0, 2) + entries("models", "m", 1, 4)
 MODELS = ["m1", "m2", "m3", "m4"]
 LOCK = Lock(id="lock-1", by="ann@laptop", pid=42, what="deploy runs:/abc/model as wine", at=0)
 
