@@ -27,17 +27,11 @@ BUILD_TIMEOUT = 900
 
 
 def role_packages() -> dict[str, list[str]]:
-    """The Debian packages each role's tasks install: the one place the testbed reads them from tasks/."""
-    from tasks import firewall, lb, models, signin_guard, tracking, training
+    """The Debian packages each role's tasks install whatever the settings (TLS, sign-in and the firewall add more,
+    which those tasks install themselves): the one place the testbed reads them from tasks/."""
+    from tasks import lb, models, tracking, training
 
-    return {
-        "tracking": tracking.PACKAGES,  # tls = false, auth = false
-        "tracking-secure": tracking.PACKAGES + tracking.TLS_PACKAGES + signin_guard.PACKAGES,  # the default
-        "lb": lb.PACKAGES,
-        "models": models.PACKAGES,  # the balancer's firewall = false
-        "models-firewalled": models.PACKAGES + firewall.PACKAGES,
-        "training": training.PACKAGES,
-    }
+    return {"tracking": tracking.PACKAGES, "lb": lb.PACKAGES, "models": models.PACKAGES, "training": training.PACKAGES}
 
 
 def packages_for(roles: tuple[str, ...]) -> list[str]:
