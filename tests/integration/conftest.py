@@ -2,6 +2,7 @@
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,8 +74,6 @@ def module_hosts(testbed):
     A host named in `prebaked` has those roles' Debian packages installed already (tests/testbed/prebaked.py): for
     modules whose tests are not about installing. The others are bare Debian servers.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     started: list[TestHost] = []
 
     def start(*names: str, prebaked: dict[str, tuple[str, ...]] | None = None) -> list[TestHost]:
@@ -85,5 +84,5 @@ def module_hosts(testbed):
         return hosts
 
     yield start
-    for host in started:
-        host.stop()
+    with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:  # a clean shutdown may take seconds per host
+        list(pool.map(TestHost.stop, started))

@@ -235,5 +235,5 @@ def _open_directories(shared: Path, relative: Path) -> None:
     for part in relative.parts:
         directory = directory / part
         if not directory.is_dir():
-            directory.mkdir()
+            directory.mkdir(exist_ok=True)  # hosts stopped in parallel harvest at once
             directory.chmod(0o777)

@@ -44,15 +44,16 @@ def packages_for(roles: tuple[str, ...]) -> list[str]:
 
 
 def layer_key(base: Path, packages: list[str]) -> str:
-    digest = hashlib.sha256()
-    for part in (base.name, Path(__file__).read_text(), " ".join(packages)):
-        digest.update(f"{len(part)}\0{part}".encode())
-    return digest.hexdigest()[:16]
+    """`<base>-<this code>-<packages>`: a change to any of them builds a new layer."""
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    return f"{base.name}-{digest(Path(__file__).read_text())}-{digest(' '.join(packages))}"
 
 
 def ensure_layer(state_dir: Path, base: Path, packages: list[str]) -> Path:
     """The cached layer with these packages over this base, built first if needed. Call under the state-dir lock."""
-    layer = state_dir / f"layer-{base.name}-{layer_key(base, packages)}"
+    layer = state_dir / f"layer-{layer_key(base, packages)}"
     for leftover in state_dir.glob(".layer-build-*"):
         _unmount(leftover / "root")
         shutil.rmtree(leftover)
@@ -68,7 +69,7 @@ def ensure_layer(state_dir: Path, base: Path, packages: list[str]) -> Path:
         (build_dir / "upper").rename(layer)
         shutil.rmtree(build_dir)
         log.info("built package layer %s (%s) in %.0f s", layer.name, " ".join(packages), time.monotonic() - started)
-    _remove_layers_of_other_bases(state_dir, base)
+    _remove_outdated_layers(state_dir, current=layer.name.rsplit("-", 1)[0])
     return layer
 
 
@@ -113,9 +114,10 @@ def _unmount(root: Path) -> None:
         run(["umount", root])
 
 
-def _remove_layers_of_other_bases(state_dir: Path, base: Path) -> None:
+def _remove_outdated_layers(state_dir: Path, current: str) -> None:
+    """Layers built by other code or on another base, unless a host still runs on one."""
     mounts = Path("/proc/self/mountinfo").read_text()
     for layer in state_dir.glob("layer-*"):
-        if not layer.name.startswith(f"layer-{base.name}-") and layer.is_dir() and str(layer) not in mounts:
-            log.info("removing the package layer %s of an outdated base", layer.name)
+        if not layer.name.startswith(f"{current}-") and layer.is_dir() and str(layer) not in mounts:
+            log.info("removing the outdated package layer %s", layer.name)
             shutil.rmtree(layer)
