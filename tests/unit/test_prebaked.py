@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks import lb, tracking
-from tests.testbed.prebaked import layer_key, packages_for
+from tests.testbed.prebaked import layer_key, packages_for, role_packages
 
 
 def test_a_hosts_packages_are_its_roles_packages_each_once_in_order():
     packages = packages_for(("tracking", "lb"))
-    assert packages == sorted(set(tracking.PACKAGES + lb.PACKAGES))
+    roles = role_packages()
+    assert packages == sorted(set(roles["tracking"] + roles["lb"])) and "postgresql" in packages
     assert packages_for(("lb", "tracking")) == packages
 
 
