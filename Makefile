@@ -34,7 +34,7 @@ demo-down: venv
 	$(PY) -m tests.testbed down demo1
 
 test: system-deps venv
-	$(PY) -m pytest tests -v -p no:cacheprovider -n 2 --dist loadfile --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	$(PY) -m pytest tests -v -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,17 +69,20 @@ def infra():
 
 @pytest.fixture(scope="module")
 def module_hosts(testbed):
-    """module_hosts(*names) -> fresh hosts booted in parallel, stopped when the test module ends."""
-    from concurrent.futures import ThreadPoolExecutor
+    """module_hosts(*names, prebaked={name: roles}) -> fresh hosts booted in parallel, stopped when the test module ends.
 
+    A host named in `prebaked` has those roles' Debian packages installed already (tests/testbed/prebaked.py): for
+    modules whose tests are not about installing. The others are bare Debian servers.
+    """
     started: list[TestHost] = []
 
-    def start(*names: str) -> list[TestHost]:
+    def start(*names: str, prebaked: dict[str, tuple[str, ...]] | None = None) -> list[TestHost]:
+        roles = prebaked or {}
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            hosts = list(pool.map(testbed.start, names))
+            hosts = list(pool.map(lambda name: testbed.start(name, prebaked=roles.get(name, ())), names))
         started.extend(hosts)
         return hosts
 
     yield start
-    for host in started:
-        host.stop()
+    with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:  # a clean shutdown may take seconds per host
+        list(pool.map(TestHost.stop, started))

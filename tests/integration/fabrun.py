@@ -31,6 +31,14 @@ def fab(inventory: Path, *args: str, env: dict | None = None, timeout: float = 9
     return result
 
 
+def fab_at_once(inventory: Path, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """fab(inventory, *command) for each command at the same time (tasks on different hosts); results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        return list(pool.map(lambda command: fab(inventory, *command), commands))
+
+
 def recap(result: subprocess.CompletedProcess, host: str) -> dict[str, int]:
     line = next(line for line in result.stdout.splitlines() if line.startswith(f"{host} ok="))
     return {key: int(value) for key, value in (part.split("=") for part in line.split()[1:])}

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def tracking(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt8")
+    (host,) = module_hosts("mlt8", prebaked={"mlt8": ("tracking",)})
     inventory = write_inventory(tmp_path_factory.mktemp("backups") / "hosts.toml", {"mlt8": host_entry(host, ["tracking"])},
                                 tracking={"workers": 1, **PLAIN_HTTP, "backup_schedule": "*-*-* 03:00", "backup_keep": 3})
     result = fab(inventory, "setup-tracking")
@@ -115,7 +115,7 @@ API = "/api/2.0/mlflow/experiments/search?max_results=1"
 @pytest.fixture(scope="module")
 def secure_pair(tracking, module_hosts, tmp_path_factory):
     host_a = tracking[0]
-    (host_b,) = module_hosts("mlt18")
+    (host_b,) = module_hosts("mlt18", prebaked={"mlt18": ("tracking",)})
     root = tmp_path_factory.mktemp("secure-pair")
     home = root / "home"
     home.mkdir()

@@ -52,7 +52,8 @@ def fleet(module_hosts, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("laptop")
     names = (LB, SECOND_LB, *MODEL_HOSTS)
-    hosts = dict(zip(names, module_hosts(*names)))
+    roles = {LB: ("lb",), SECOND_LB: ("lb",)} | {name: ("models",) for name in MODEL_HOSTS}
+    hosts = dict(zip(names, module_hosts(*names, prebaked=roles)))
     entries = {LB: host_entry(hosts[LB], ["lb"]), SECOND_LB: host_entry(hosts[SECOND_LB], ["lb"])}
     entries |= {name: host_entry(hosts[name], ["models"]) for name in MODEL_HOSTS}
     inventory = write_inventory(home / "hosts.toml", entries, lb=PLAIN_LB)

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.fabrun import FAB, PLAIN_HTTP, PLAIN_LB, REPO, fab, host_entry, wait_for, write_inventory
+from tests.integration.fabrun import FAB, PLAIN_HTTP, PLAIN_LB, REPO, fab, fab_at_once, host_entry, wait_for, write_inventory
 from tests.integration.test_rolling import nginx_config, predict_through_lb
 from tests.wine import log_wine_model
 
@@ -34,7 +34,8 @@ HEALTH_TIMEOUT = 60
 @pytest.fixture(scope="module")
 def fleet(module_hosts, tmp_path_factory):
     names = ("mlt30", "mlt33", *MODEL_HOSTS)
-    hosts = dict(zip(names, module_hosts(*names)))
+    roles = {"mlt30": ("tracking",), "mlt33": ("lb",)} | {name: ("models",) for name in MODEL_HOSTS}
+    hosts = dict(zip(names, module_hosts(*names, prebaked=roles)))
     entries = {"mlt30": host_entry(hosts["mlt30"], ["tracking"]), "mlt33": host_entry(hosts["mlt33"], ["lb"])}
     entries |= {name: host_entry(hosts[name], ["models"]) for name in MODEL_HOSTS}
     directory = tmp_path_factory.mktemp("faults")
@@ -44,8 +45,7 @@ def fleet(module_hosts, tmp_path_factory):
     without_lb = {name: entry for name, entry in entries.items() if name != "mlt33"}
     fresh_inventory = write_inventory(directory / "fresh.toml", without_lb, tracking={"workers": 1, **PLAIN_HTTP}, lb=PLAIN_LB)
     fresh_inventory.write_text(fresh_inventory.read_text() + f"[models.fresh]\nport = 5002\nhealth_timeout = {HEALTH_TIMEOUT}\n")
-    assert fab(inventory, "setup-tracking").returncode == 0
-    assert fab(inventory, "setup-lb").returncode == 0
+    assert all(result.returncode == 0 for result in fab_at_once(inventory, ("setup-tracking",), ("setup-lb",)))
     tracking_uri = f"http://{hosts['mlt30'].address}:5000"
     first = fab(inventory, "deploy-model", "--run-id", log_wine_model(tracking_uri, alpha=0.5), "--batch-size", "100%")
     assert first.returncode == 0, first.stdout[-4000:]

@@ -29,7 +29,8 @@ WINE_ROW = {
 
 @pytest.fixture(scope="module")
 def fleet(module_hosts, tmp_path_factory):
-    hosts = dict(zip(("mlt3", *MODEL_HOSTS), module_hosts("mlt3", *MODEL_HOSTS)))
+    roles = {"mlt3": ("tracking",)} | {name: ("models",) for name in MODEL_HOSTS}
+    hosts = dict(zip(("mlt3", *MODEL_HOSTS), module_hosts("mlt3", *MODEL_HOSTS, prebaked=roles)))
     path = tmp_path_factory.mktemp("deploy") / "hosts.toml"
 
     def inventory(**model_settings):

@@ -27,7 +27,7 @@ UNIT = "mlflow-tracking"
 
 @pytest.fixture(scope="module")
 def door(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt9")
+    (host,) = module_hosts("mlt9", prebaked={"mlt9": ("tracking",)})
     root = tmp_path_factory.mktemp("front-door")
     home = root / "home"
     home.mkdir()

@@ -52,7 +52,7 @@ def endpoints(module_hosts, tmp_path_factory, infra):
 
     home = tmp_path_factory.mktemp("laptop")
     names = ("mlt21", "mlt22", "mlt23")
-    hosts = dict(zip(names, module_hosts(*names)))
+    hosts = dict(zip(names, module_hosts(*names, prebaked={"mlt21": ("lb",), "mlt22": ("models",)})))
     path = home / "hosts.toml"
 
     def inventory(**lb):

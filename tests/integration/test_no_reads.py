@@ -61,7 +61,7 @@ def leaks(reads: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def watched_run(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt12")
+    (host,) = module_hosts("mlt12", prebaked={"mlt12": ("tracking", "models")})
     root = tmp_path_factory.mktemp("no-reads")
     home = root / "home"
     home.mkdir()

@@ -24,7 +24,7 @@ JAIL = "mlflow-tracking"
 
 @pytest.fixture(scope="module")
 def guarded(module_hosts, tmp_path_factory):
-    server, attacker = module_hosts("mlt15", "mlt16")
+    server, attacker = module_hosts("mlt15", "mlt16", prebaked={"mlt15": ("tracking",)})
     root = tmp_path_factory.mktemp("password-flood")
     home = root / "home"
     home.mkdir()

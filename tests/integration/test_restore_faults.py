@@ -56,7 +56,7 @@ def main_pid(host) -> str:
 def tracking(module_hosts, tmp_path_factory):
     import os
 
-    (host,) = module_hosts("mlt14")
+    (host,) = module_hosts("mlt14", prebaked={"mlt14": ("tracking",)})
     root = tmp_path_factory.mktemp("restore-faults")
     inventory = write_inventory(root / "hosts.toml", {"mlt14": host_entry(host, ["tracking"])}, tracking={"workers": 1, **PLAIN_HTTP})
     result = fab(inventory, "setup-tracking")
@@ -185,7 +185,7 @@ OLD, NEW = "3.16.1", "3.17.2"  # 3.17 adds two schema revisions
 
 @pytest.fixture(scope="module")
 def old_tracking(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt20")
+    (host,) = module_hosts("mlt20", prebaked={"mlt20": ("tracking",)})
     inventory = write_inventory(tmp_path_factory.mktemp("upgrade-rollback") / "hosts.toml", {"mlt20": host_entry(host, ["tracking"])},
                                 tracking={"workers": 1, **PLAIN_HTTP, "mlflow_version": OLD})
     result = fab(inventory, "setup-tracking")

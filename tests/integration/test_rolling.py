@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from tests.integration.fabrun import FAB, PLAIN_HTTP, PLAIN_LB, REPO, fab, host_entry, recap, wait_for, write_inventory
+from tests.integration.fabrun import FAB, PLAIN_HTTP, PLAIN_LB, REPO, fab, fab_at_once, host_entry, recap, wait_for, write_inventory
 from tests.integration.load import LoadGenerator
 from tests.wine import log_wine_model
 
@@ -31,12 +31,12 @@ ROW = {"dataframe_split": {
 @pytest.fixture(scope="module")
 def fleet(module_hosts, tmp_path_factory):
     names = ("mlt29", "mlt19", *MODEL_HOSTS)
-    hosts = dict(zip(names, module_hosts(*names)))
+    roles = {"mlt29": ("tracking",), "mlt19": ("lb",)} | {name: ("models",) for name in MODEL_HOSTS}
+    hosts = dict(zip(names, module_hosts(*names, prebaked=roles)))
     entries = {"mlt29": host_entry(hosts["mlt29"], ["tracking"]), "mlt19": host_entry(hosts["mlt19"], ["lb"])}
     entries |= {name: host_entry(hosts[name], ["models"]) for name in MODEL_HOSTS}
     inventory = write_inventory(tmp_path_factory.mktemp("rolling") / "hosts.toml", entries, tracking={"workers": 1, **PLAIN_HTTP}, lb=PLAIN_LB)
-    assert fab(inventory, "setup-tracking").returncode == 0
-    assert fab(inventory, "setup-lb").returncode == 0
+    assert all(result.returncode == 0 for result in fab_at_once(inventory, ("setup-tracking",), ("setup-lb",)))
     tracking_uri = f"http://{hosts['mlt29'].address}:5000"
     first = fab(inventory, "deploy-model", "--run-id", log_wine_model(tracking_uri, alpha=0.5), "--batch-size", "100%")
     assert first.returncode == 0, first.stdout[-4000:]

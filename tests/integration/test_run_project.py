@@ -44,7 +44,7 @@ class Training:
 
 @pytest.fixture(scope="module")
 def training(module_hosts, tmp_path_factory):
-    hosts = module_hosts("mlt40", "mlt41")
+    hosts = module_hosts("mlt40", "mlt41", prebaked={"mlt40": ("tracking",), "mlt41": ("training", "models")})
     home = tmp_path_factory.mktemp("laptop")
     entries = {"mlt40": host_entry(hosts[0], ["tracking"]), "mlt41": host_entry(hosts[1], ["train", "models"])}
     t = Training(hosts, home, write_inventory(home / "hosts.toml", entries, tracking={"workers": 1}))

@@ -15,7 +15,7 @@ OLD, NEW = "3.16.1", "3.17.2"
 
 @pytest.fixture(scope="module")
 def tracking(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt11")
+    (host,) = module_hosts("mlt11", prebaked={"mlt11": ("tracking",)})
     path = tmp_path_factory.mktemp("upgrade") / "hosts.toml"
 
     def inventory(version):

@@ -28,7 +28,7 @@ ADMIN_API = f"curl -s -o /dev/null -w '%{{http_code}}' -K /etc/mlflow/admin.curl
 
 @pytest.fixture(scope="module")
 def hosts(module_hosts, tmp_path_factory):
-    tracking, models = module_hosts("mlt6", "mlt7")
+    tracking, models = module_hosts("mlt6", "mlt7", prebaked={"mlt6": ("tracking",), "mlt7": ("models",)})
     root = tmp_path_factory.mktemp("versions")
     home = root / "home"
     home.mkdir()

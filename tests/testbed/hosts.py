@@ -97,8 +97,9 @@ class TestHost:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
-    def boot(self, base: Path, fresh: bool = True) -> None:
-        """Boot the host (wiping its disk unless fresh=False) and return once SSH takes the deploy key."""
+    def boot(self, lowers: list[Path], fresh: bool = True) -> None:
+        """Boot the host on these read-only layers, topmost first (wiping its disk unless fresh=False, which boots
+        on the layers it was created on), and return once SSH takes the deploy key."""
         if self.is_running():
             self.stop()
         self._clean_up()
@@ -108,8 +109,11 @@ class TestHost:
         for sub in ("upper", "work", "root", *(f"{cache}-upper" for cache in SHARED_CACHES)):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "upper").chmod(0o755)  # the overlay's "/" takes its mode, whatever our umask was
+        lowers_path = self.dir / "lowers"
+        if fresh or not lowers_path.exists():
+            lowers_path.write_text(":".join(map(str, lowers)) + "\n")
         proc.run(["mount", "-t", "overlay", f"mlflow-fab-testbed-{self.name}", self.root, "-o",
-                  f"lowerdir={base},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"])
+                  f"lowerdir={lowers_path.read_text().strip()},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"])
         (self.root / "etc/hostname").write_text(f"{self.name}\n")
         for target in SHARED_CACHES.values():
             (self.root / target.lstrip("/")).mkdir(parents=True, exist_ok=True)  # nspawn's --overlay needs it
@@ -231,5 +235,5 @@ def _open_directories(shared: Path, relative: Path) -> None:
     for part in relative.parts:
         directory = directory / part
         if not directory.is_dir():
-            directory.mkdir()
+            directory.mkdir(exist_ok=True)  # hosts stopped in parallel harvest at once
             directory.chmod(0o777)

@@ -10,12 +10,14 @@ from pathlib import Path
 from . import network, rootfs
 from .addresses import ADDRESSES, address_of
 from .hosts import SHARED_CACHES, TestHost
+from .prebaked import ensure_layer, packages_for
 from .proc import TestbedError, missing_tools
 from .ssh import ensure_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/mlflow-fab-testbed")
+SERVICES_TIMEOUT = 120
 REQUIRED_TOOLS = {
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
@@ -72,21 +74,32 @@ class Testbed:
         address_of(name)
         return TestHost(name, self.state_dir, self.identity)
 
-    def start(self, name: str, fresh: bool = True) -> TestHost:
+    def start(self, name: str, fresh: bool = True, prebaked: tuple[str, ...] = ()) -> TestHost:
         """Boot `name` and return it once SSH takes the deploy key.
 
         fresh=True (the default) wipes any earlier disk of that name; fresh=False boots from it, like a reboot.
+        prebaked: roles (tests/testbed/prebaked.py) whose Debian packages the host has installed already; none by default,
+        so a host is a bare Debian server unless its tests are not about installing.
         """
         host = self.host(name)
         if self._base is None:
             self.prepare()
+        lowers = [self.package_layer(packages_for(prebaked)), self._base] if prebaked else [self._base]
         try:
-            host.boot(self._base, fresh=fresh)
+            host.boot(lowers, fresh=fresh)
         except TestbedError as error:
             # Seen once on a loaded machine: a unit of the boot failed and logins stayed closed. Boot once more.
             log.warning("%s; booting %s once more", str(error).splitlines()[0], name)
-            host.boot(self._base, fresh=fresh)
+            host.boot(lowers, fresh=fresh)
+        if prebaked:
+            # as after `apt-get install`, the packages' services run before anything uses them
+            host.run("systemctl is-system-running --wait", check=False, timeout=SERVICES_TIMEOUT)
         return host
+
+    def package_layer(self, packages: list[str]) -> Path:
+        """The cached layer with these Debian packages installed over the base (built once per machine and input)."""
+        with self._locked():
+            return ensure_layer(self.state_dir, self._base, packages)
 
     def known_hosts(self) -> list[TestHost]:
         hosts_dir = self.state_dir / "hosts"
