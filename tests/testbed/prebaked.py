@@ -29,9 +29,12 @@ BUILD_TIMEOUT = 900
 def role_packages() -> dict[str, list[str]]:
     """The Debian packages each role's tasks install whatever the settings (TLS, sign-in and the firewall add more,
     which those tasks install themselves): the one place the testbed reads them from tasks/."""
-    from tasks import lb, models, tracking, training
+    from tasks.serving.balancer import BALANCER_PACKAGES
+    from tasks.serving.deploy import MODEL_PACKAGES
+    from tasks.tracking.server import TRACKING_PACKAGES
+    from tasks.training.run import TRAINING_PACKAGES
 
-    return {"tracking": tracking.PACKAGES, "lb": lb.PACKAGES, "models": models.PACKAGES, "training": training.PACKAGES}
+    return {"tracking": TRACKING_PACKAGES, "lb": BALANCER_PACKAGES, "models": MODEL_PACKAGES, "training": TRAINING_PACKAGES}
 
 
 def packages_for(roles: tuple[str, ...]) -> list[str]:

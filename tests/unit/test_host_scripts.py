@@ -260,3 +260,11 @@ def test_secrets_stay_off_command_lines():
         for line in script.splitlines():
             if line.startswith(("python3 - ", "runuser -u mlflow -- env")):
                 assert "PASSWORD" not in line and "secret" not in line, (name, line)
+
+
+def test_the_nginx_reload_waits_for_nginx_workers_only_not_for_its_own_shell():
+    """The reload's shell carries the pattern in its own command line: matched, every reload waited out its timeout."""
+    (find_workers,) = [line for line in reload_script().splitlines() if line.startswith("old_workers=")]
+    script = f'{find_workers}\nfor pid in $old_workers; do [ "$pid" = "$$" ] && echo "the shell itself: $pid"; done; true'
+    found = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert found == ""
