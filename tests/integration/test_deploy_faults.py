@@ -122,7 +122,7 @@ def test_sigint_right_after_a_switch_starts_lets_the_host_finish_it(fleet):
         deploy.send_signal(signal.SIGINT)
     finally:
         output, _ = deploy.communicate(timeout=900)
-    print(output)
+        print(output)  # also when the wait above failed: what the deploy said is the diagnosis
     assert deploy.returncode != 0
     assert "interrupted" in output and "waiting up to" in output
     new = current(hosts["mlt31"])
@@ -156,7 +156,7 @@ def test_the_laptop_cut_off_mid_gate_the_host_rolls_back_by_itself(fleet, tmp_pa
         cut_ssh_from_the_laptop(hosts["mlt31"], seconds=45)
     finally:
         output, _ = deploy.communicate(timeout=900)
-    print(output)
+        print(output)  # also when the wait above failed: what the deploy said is the diagnosis
     assert deploy.returncode == 1
     assert "the switch goes on by itself on the host" in output and "reconnecting" in output
     assert "health gate failed" in output and "roll back" in output
