@@ -61,7 +61,7 @@ def leaks(reads: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def watched_run(module_hosts, tmp_path_factory):
-    (host,) = module_hosts("mlt12", prebaked={"mlt12": ("tracking", "models")})
+    (host,) = module_hosts("mlt12")  # a bare host: the watcher must see apt at work (dpkg-new files) to prove it watched
     root = tmp_path_factory.mktemp("no-reads")
     home = root / "home"
     home.mkdir()
