@@ -94,6 +94,13 @@ def show_step(report: HostReport, step: Step) -> None:
                 console.print(f"             {escape(line)}")
 
 
+def record(report: HostReport, steps: list[Step]) -> None:
+    """Steps decided and done outside a plan's apply: kept in the host's report and shown."""
+    for step in steps:
+        report.steps.append(step)
+        show_step(report, step)
+
+
 def show_error(report: HostReport) -> None:
     with _lock:
         kind = "unreachable" if report.unreachable else "failed"

@@ -29,7 +29,7 @@ from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
-from tasks.report import HostReport, show_note, show_step
+from tasks.report import HostReport, record, show_note, show_step
 from tasks.serving import firewall
 from tasks.serving import switch as model_switch
 from tasks.serving.history import (
@@ -594,9 +594,7 @@ class HostDeploy(HostRollout):
         spec = env_spec(self.model.settings, self.deployment.artifact, facts[HOST_PYTHON])
         marker = facts[ENV_MARKERS].get(Path(spec.path(ENVS_ROOT, ENV_PREFIX)).name, "")
         spec, wheels = wheelsync.supply(self.remote, spec, marker, self.report.check)
-        for step in wheels:
-            self.report.steps.append(step)
-            self._show(step)
+        record(self.report, wheels)
         plan = plan_deploy(self.model, self.deployment, facts, self.firewall, spec)
         warning = python_mismatch(self.deployment.artifact, facts[HOST_PYTHON])
         if warning:

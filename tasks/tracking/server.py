@@ -25,7 +25,7 @@ from tasks.ops.remote import Remote
 from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages, ensure_system_user
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
-from tasks.report import HostReport, show_note, show_step, show_warning
+from tasks.report import HostReport, record, show_note, show_warning
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 from tasks.tracking.schema import DATABASE
@@ -425,9 +425,7 @@ def converge(remote: Remote, report: HostReport) -> None:
         if guard.failed:
             return [guard]
         target, wheels = from_wheelhouse(remote, target, facts[target.env_marker_fact], report.check)
-        for step in wheels:
-            report.steps.append(step)
-            show_step(report, step)
+        record(report, wheels)
         return [guard] + plan(target, facts)
 
     def apply_with_key(facts: f.Facts, steps: list[Step]) -> bool:

@@ -17,7 +17,7 @@ from tasks.ops.health import gate_script
 from tasks.ops.pyenv import ensure_env
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
-from tasks.report import HostReport, show_note, show_step
+from tasks.report import HostReport, record, show_note, show_step
 from tasks.templates import render_script
 from tasks.tracking.backups import backup_path, download_backup
 from tasks.tracking.schema import DATABASE, SCHEMA
@@ -79,9 +79,7 @@ def upgrade_on(remote: Remote, report: HostReport, version: str, download: str =
         except HostError:
             show_note(report, f"the server still runs mlflow {installed_mlflow_version(facts[RUNNING_MARKER])}: nothing was changed")
             raise
-        for each in wheels:
-            report.steps.append(each)
-            show_step(report, each)
+        record(report, wheels)
         plan = plan_upgrade(new, facts)
         return plan.steps
 

@@ -16,7 +16,7 @@ from tasks import credentials
 from tasks.credentials import TRACKING_CREDENTIALS, commit, owner
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
-from tasks.report import HostReport, console, show_step
+from tasks.report import HostReport, console, record
 from tasks.templates import render_script
 from tasks.tracking.frontdoor import ADMIN, ADMIN_CURL
 from tasks.tracking.server import TrackingTarget
@@ -68,7 +68,7 @@ def set_password_on(remote: Remote, report: HostReport, action: str, name: str, 
         step = Step.change("tracking user", f"{name} is now {'an admin' if admin else 'a user'}", "")
     else:
         step = Step.change("tracking user", f"{name} has a new password", "")
-    record(report, step)
+    record(report, [step])
 
 
 def remove_on(remote: Remote, report: HostReport, name: str) -> None:
@@ -83,21 +83,16 @@ def remove_on(remote: Remote, report: HostReport, name: str) -> None:
         step = Step.ok("tracking user", f"no user {name} on this server")
     else:
         step = Step.change("tracking user", f"{name} removed: its credentials get 401", "")
-    record(report, step)
+    record(report, [step])
 
 
 def auth_target(remote: Remote, report: HostReport) -> TrackingTarget | None:
     """The host's tracking server, or None (reported as failed) when it has no sign-in and so no users."""
     target = TrackingTarget(remote.host, remote.connection.host)
     if not target.settings.auth:
-        record(report, Step.failure("tracking user", "auth is off for this server (auth = false in hosts.toml): it has no users"))
+        record(report, [Step.failure("tracking user", "auth is off for this server (auth = false in hosts.toml): it has no users")])
         return None
     return target
-
-
-def record(report: HostReport, step: Step) -> None:
-    report.steps.append(step)
-    show_step(report, step)
 
 
 def chosen_action(add: str, reset_password: str, remove: str, admin: bool) -> tuple[str, str]:

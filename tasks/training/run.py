@@ -22,7 +22,7 @@ from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
-from tasks.report import HostReport, PrefixedLines, console, show_step
+from tasks.report import HostReport, PrefixedLines, console, record, show_step
 from tasks.templates import render_script
 
 RUN_ID = re.compile(r"Run \(ID '([0-9a-f]{32})'\)|in run with ID '([0-9a-f]{32})'")
@@ -178,9 +178,7 @@ def prepare_and_start(remote: Remote, report: HostReport, request: RunRequest) -
         return
     show = lambda step: show_step(report, step)  # noqa: E731
     spec, wheels = wheelsync.supply(remote, request.spec, gathered[request.env_marker_fact], report.check)
-    for step in wheels:
-        report.steps.append(step)
-        show(step)
+    record(report, wheels)
     request = dataclasses.replace(request, spec=spec)
     steps = plan(request, gathered)
     report.steps += steps
