@@ -28,7 +28,7 @@ from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
-from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
+from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running, restart_script
 from tasks.report import HostReport, record, show_note, show_step
 from tasks.serving import firewall
 from tasks.serving import switch as model_switch
@@ -52,7 +52,7 @@ MODEL_HOME = "/var/lib/mlflow-model"
 MODEL_CONFIG_DIR = "/etc/mlflow/models"
 ENV_PREFIX = "model"
 UNIT_TEMPLATE = "/etc/systemd/system/mlflow-model@.service"
-MODEL_PACKAGES = ["python3-venv", "curl", "ca-certificates"]
+MODEL_PACKAGES = ["python3-venv", "curl", "ca-certificates", "iproute2"]
 SAMPLE = "sample.json"
 
 
@@ -180,6 +180,10 @@ class ModelHost:
         script = gate_script(self.unit, self.settings.port, self.health_checks, timeout, after_restart)
         return Step.change("health gate", f"wait up to {timeout} s for /ping and a real prediction", script)
 
+    @property
+    def restart_command(self) -> str:
+        return restart_script(self.unit, self.settings.port)
+
     def switch_script(self, release: str) -> str:
         """Flip `current` atomically (ln -s + mv -T); the history records it only once the gate passed."""
         return f"ln -sfn releases/{release} {self.dir}/.current.tmp\nmv -T {self.dir}/.current.tmp {self.current}"
@@ -209,7 +213,7 @@ def served_release(model: ModelHost, facts: f.Facts, releases: dict) -> str:
 def switch_back_steps(model: ModelHost, release: str, served: str, current: str) -> list[Step]:
     """What the host does when a switch to RELEASE fails: serve what served before, or with nothing, start nothing."""
     if served and served != release:
-        script = f"{model.switch_script(served)}\nsystemctl restart {model.unit}"
+        script = f"{model.switch_script(served)}\n{model.restart_command}"
         return [Step.change("roll back", f"{release} -> {served}", script), model.gate(after_restart=True)]
     restore = "" if current == release else model.restore_script(current)
     script = f"systemctl disable --now --quiet {model.unit}\nsystemctl reset-failed {model.unit} 2>/dev/null || true\n{restore}"
@@ -359,7 +363,7 @@ def switch_steps(model: ModelHost, facts: f.Facts, release: str, current: str, s
     service = facts[model.service_fact]
     # `current` can name another release than the process runs (a switch cut short before this version): restart it
     inputs = {"release": switch.changed or served not in ("", release), "settings": settings_changed, "unit": unit_changed}
-    restart = ensure_running(model.unit, service, [name for name, changed in inputs.items() if changed])
+    restart = ensure_running(model.unit, model.settings.port, service, [name for name, changed in inputs.items() if changed])
     if restart.changed or not probe_healthy(facts[model.probe_fact], model.health_checks):
         gate = model.gate(after_restart=restart.changed)
     else:
@@ -384,7 +388,7 @@ def plan_rollback(model: ModelHost, facts: f.Facts, to: str, by: str) -> DeployP
         service = facts[model.service_fact]
         plan.switch += [
             Step.change("switch current", f"{plan.served or current or 'nothing'} -> {target}",
-                        f"{model.switch_script(target)}\nsystemctl restart {model.unit}"),
+                        f"{model.switch_script(target)}\n{model.restart_command}"),
             ensure_enabled(model.unit, service),
             model.gate(after_restart=True),
         ]
@@ -498,7 +502,7 @@ class HostRollout(ABC):
             show_note(self.report, f"{reason}: nothing served before {release} here, it stays")
             return
         forward = [Step.change("roll back", f"{release} -> {self.previous} ({reason})",
-                               f"{model.switch_script(self.previous)}\nsystemctl restart {model.unit}"),
+                               f"{model.switch_script(self.previous)}\n{model.restart_command}"),
                    model.gate(after_restart=True)]
         self.report.steps += forward
         transaction = switch_transaction(model, self.previous, release, release, self.recorded, forward, "rollback", self.lock.by, reason)

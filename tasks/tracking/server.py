@@ -43,7 +43,7 @@ RESTORE_SCRIPT = "/usr/local/sbin/mlflow-restore"
 BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
 BACKUP_TIMER_UNIT = "mlflow-backup.timer"
 BACKUP_TIMER = f"/etc/systemd/system/{BACKUP_TIMER_UNIT}"
-TRACKING_PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates"]
+TRACKING_PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates", "iproute2"]
 TLS_PACKAGES = ["nginx", "openssl"]
 
 
@@ -315,7 +315,7 @@ def plan(target: TrackingTarget, facts: f.Facts) -> list[Step]:
                                        "auth config": door_steps.auth_config}.items() if step and step.changed]
     if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and not secrets.changed:
         reasons.append("secrets (since the server started)")
-    restart = ensure_running(UNIT, service, reasons)
+    restart = ensure_running(UNIT, target.server_port, service, reasons)
     steps.append(restart)
     if s.tls:
         steps.append(frontdoor.nginx_step(door, facts, any(step.changed for step in door_steps.certificate)))

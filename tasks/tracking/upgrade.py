@@ -17,6 +17,7 @@ from tasks.ops.health import gate_script
 from tasks.ops.pyenv import ensure_env
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
+from tasks.ops.systemd import restart_script
 from tasks.report import HostReport, record, show_note, show_step
 from tasks.templates import render_script
 from tasks.tracking.backups import backup_path, download_backup
@@ -123,7 +124,7 @@ def plan_upgrade(new: TrackingTarget, facts: f.Facts) -> UpgradePlan:
         migrate=Step.change("migrate", f"stop the server, copy the database, upgrade its schema with mlflow {version}", migrate_script(new.env_path)),
         start=[
             ensure_file(UNIT_PATH, new.unit(facts[f.node_name()]), old_unit),
-            Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\nsystemctl restart {UNIT}"),
+            Step.change(f"start {UNIT}", f"on mlflow {version}", f"systemctl daemon-reload\n{restart_script(UNIT, new.server_port)}"),
             Step.change("health gate", f"wait up to {settings.health_timeout} s for /health and the API", upgrade_gate(new)),
         ],
     )
@@ -154,23 +155,25 @@ def upgrade(remote: Remote, report: HostReport, new: TrackingTarget, facts: f.Fa
     if plan.backup.failed or plan.env.failed:  # the server was never stopped
         show_note(report, untouched)
         return False
-    report.steps += restore_old_server(remote, report, old_unit.content, facts[SCHEMA_REVISION], running, upgrade_gate(new))
+    report.steps += restore_old_server(remote, report, old_unit.content, facts[SCHEMA_REVISION], running, new.server_port, upgrade_gate(new))
     return False
 
 
-def restore_old_server_script(old_unit: str, schema_before: str) -> str:
+def restore_old_server_script(old_unit: str, schema_before: str, port: int) -> str:
     """The old unit and env again; the database copy made after the stop only when the migration got as far as changing the schema.
 
     With the schema unchanged the database stays: it holds what the new server was sent before it failed.
     """
     return render_script("tracking-upgrade-rollback.sh.j2", write_old_unit=ensure_file(UNIT_PATH, old_unit, f.FileState(False)).script,
                          schema=SCHEMA, schema_before=schema_before, unit=UNIT, database=DATABASE, copy=COPY,
-                         database_functions=postgres.functions(), drop_copy=postgres.drop_if_exists(COPY))
+                         database_functions=postgres.functions(), drop_copy=postgres.drop_if_exists(COPY),
+                         restart=restart_script(UNIT, port))
 
 
-def restore_old_server(remote: Remote, report: HostReport, old_unit: str, schema_before: str, old_version: str, gate: str) -> list[Step]:
+def restore_old_server(remote: Remote, report: HostReport, old_unit: str, schema_before: str, old_version: str, port: int,
+                       gate: str) -> list[Step]:
     """After a failed upgrade: the old unit, env and (when the schema changed) database, gated."""
-    restore = Step.change("roll back", f"back to mlflow {old_version} and its env", restore_old_server_script(old_unit, schema_before))
+    restore = Step.change("roll back", f"back to mlflow {old_version} and its env", restore_old_server_script(old_unit, schema_before, port))
     steps = [restore, Step.change("health gate", "the old server serves again", gate)]
     apply(remote, steps, lambda each: show_step(report, each))
     if not restore.failed:  # which database the old server got back

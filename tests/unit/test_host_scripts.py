@@ -53,7 +53,7 @@ def shell_scripts() -> dict[str, str]:
         "admin password in restore": server.reset_admin_password_script('"$env"'),
         "role password": server.set_role_password_script(),
         "migrate": migrate_script(target.env_path),
-        "upgrade rollback": restore_old_server_script("[Unit]\nDescription=x\n", "1bd49d398cd23"),
+        "upgrade rollback": restore_old_server_script("[Unit]\nDescription=x\n", "1bd49d398cd23", 5000),
         "follow": follow_script("mlflow-run-20261129T101010Z-abcdef"),
         "gate": gate_script("mlflow-model@wine", 5001, checks, 30, after_restart=True),
         "nginx reload": reload_script(),
@@ -131,9 +131,9 @@ def test_tracking_user_script_sends_the_name_as_json(tmp_path, name):
 def test_upgrade_rollback_compares_the_schema_verbatim(tmp_path, schema):
     """The schema revision read before the upgrade is one word: the same text on the host means unchanged."""
     answers = f"runuser() {{ command_not_found_handle runuser \"$@\"; [ \"$4\" != psql ] || printf '%s\\n' {shlex.quote(schema)}; }}\n"
-    run = run_recorded(restore_old_server_script("[Unit]\n", schema), tmp_path / "same", answers=answers)
+    run = run_recorded(restore_old_server_script("[Unit]\n", schema, 5000), tmp_path / "same", answers=answers)
     assert "the schema is unchanged" in run.result.stdout and not run.pwned
-    run = run_recorded(restore_old_server_script("[Unit]\n", schema + "-before"), tmp_path / "changed", answers=answers)
+    run = run_recorded(restore_old_server_script("[Unit]\n", schema + "-before", 5000), tmp_path / "changed", answers=answers)
     assert "the migration changed the schema" in run.result.stdout and not run.pwned
 
 

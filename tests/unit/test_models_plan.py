@@ -2,6 +2,7 @@ import base64
 import dataclasses
 import json
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 from tasks.inventory import Host, ModelSettings
 from tasks.ops import facts as f
 from tasks.ops.facts import Facts
-from tasks.ops.health import SKIPPED, gate_script, probe_healthy
+from tasks.ops.health import SKIPPED, HttpCheck, gate_script, probe_healthy
 from tasks.ops.remote import PRIVATE_DIRECTORY
 from tasks.serving import deploy
 from tasks.serving.deploy import (
@@ -56,7 +57,7 @@ def served_facts(model, deployment, release) -> dict:
     env = spec.path("/opt/mlflow/envs", "model")
     manifest = {"digest": deployment.artifact.digest, "env_hash": spec.digest}
     facts = {
-        deploy.INSTALLED_PACKAGES: "python3-venv ii\ncurl ii\nca-certificates ii",
+        deploy.INSTALLED_PACKAGES: "python3-venv ii\ncurl ii\nca-certificates ii\niproute2 ii",
         deploy.MODEL_USER_EXISTS: "997",
         deploy.HOST_PYTHON: "3.11",
         model.releases_fact: f"{release}\t{json.dumps(manifest)}",
@@ -182,21 +183,44 @@ def test_tarball_holds_the_model_and_the_sample(artifact):
     assert "model/MLmodel" in names and "sample.json" in names
 
 
-def run_gate(checks, tmp_path) -> tuple[str, list[str]]:
-    """The gate script with a fake curl (answers 200 with a prediction, records its arguments) and a running unit."""
+def run_gate(checks, tmp_path, main_pid: int = 0, listeners: tuple[int, ...] = (), timeout: int = 5) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The gate script with a fake curl (answers 200 with a prediction, records its arguments), a running unit whose
+    main process is MAIN_PID, and ss naming LISTENERS as the processes on the port."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "curl").write_text('#!/bin/bash\necho "$*" >> "$CALLS"\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && echo \'{"predictions": [5]}\' > "$2"; shift; done\necho -n 200\n')
-    (bin_dir / "systemctl").write_text('#!/bin/bash\ncase "$*" in *ActiveState*) echo active;; *) echo 0;; esac\n')
+    (bin_dir / "systemctl").write_text(f'#!/bin/bash\ncase "$*" in *ActiveState*) echo active;; *MainPID*) echo {main_pid};; *) echo 0;; esac\n')
+    users = ",".join(f'("server",pid={pid},fd=3)' for pid in listeners)
+    (bin_dir / "ss").write_text(f"#!/bin/bash\necho 'LISTEN 0 2048 0.0.0.0:5001 0.0.0.0:* users:({users})'\n" if listeners else "#!/bin/bash\n")
+    (bin_dir / "journalctl").write_text("#!/bin/bash\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     calls = tmp_path / "calls"
     calls.unlink(missing_ok=True)
-    script = gate_script("mlflow-model@wine", 5001, checks, 5, after_restart=True)
+    script = gate_script("mlflow-model@wine", 5001, checks, timeout, after_restart=True)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls)}
     ran = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30)
-    assert ran.returncode == 0, ran.stdout
-    return ran.stdout, calls.read_text().splitlines()
+    return ran, calls.read_text().splitlines()
+
+
+def test_the_gate_passes_only_when_the_units_own_process_answers(tmp_path):
+    main = subprocess.Popen(["bash", "-c", "sleep 60 & wait"])  # the unit's main process, its server a child
+    stranger = subprocess.Popen(["sleep", "61"])  # a process the unit did not start: left over from a stop, or run by hand
+    try:
+        children = Path(f"/proc/{main.pid}/task/{main.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server = int(children.read_text().split()[0])
+        ran, _ = run_gate([HttpCheck("/ping")], tmp_path, main_pid=main.pid, listeners=(main.pid, server))
+        assert ran.returncode == 0 and "healthy: /ping answered 200" in ran.stdout
+        ran, _ = run_gate([HttpCheck("/ping")], tmp_path, main_pid=main.pid, listeners=(server, stranger.pid), timeout=2)
+        assert ran.returncode == 1
+        assert f"port 5001 is answered by a process mlflow-model@wine did not start: {stranger.pid} (sleep 61 )" in ran.stdout
+    finally:
+        for process in (main, stranger):
+            process.kill()
+            process.wait()
 
 
 def test_a_release_without_a_sample_request_is_gated_on_ping_alone(tmp_path):
@@ -204,12 +228,13 @@ def test_a_release_without_a_sample_request_is_gated_on_ping_alone(tmp_path):
     assert invocations.needs_file == "/opt/mlflow/models/wine/current/sample.json" and not ping.needs_file
     sample = tmp_path / "sample.json"
     checks = [ping, dataclasses.replace(invocations, needs_file=str(sample), curl_args=f"-X POST --data-binary @{sample}")]
-    output, calls = run_gate(checks, tmp_path)
+    ran, calls = run_gate(checks, tmp_path)
+    output = ran.stdout
     assert f"/invocations skipped (no {sample})" in output and len(calls) == 1 and calls[0].endswith("/ping")
     assert probe_healthy(f"/ping 200\n/invocations {SKIPPED}", checks)
     sample.write_text('{"inputs": [[1]]}')
-    output, calls = run_gate(checks, tmp_path)
-    assert "/ping answered 200, /invocations answered 200" in output and f"--data-binary @{sample}" in calls[1]
+    ran, calls = run_gate(checks, tmp_path)
+    assert "/ping answered 200, /invocations answered 200" in ran.stdout and f"--data-binary @{sample}" in calls[1]
 
 
 def new_deployment(artifact):
@@ -225,7 +250,7 @@ def test_a_failed_switch_goes_back_to_what_served_and_only_a_passed_gate_is_reco
     transaction = plan.transaction
     assert plan.served == "r1" and transaction.forward is plan.switch
     assert [step.name for step in transaction.back] == ["roll back", "health gate"]
-    assert "releases/r1" in transaction.back[0].script and "systemctl restart mlflow-model@wine" in transaction.back[0].script
+    assert "releases/r1" in transaction.back[0].script and "systemctl start mlflow-model@wine" in transaction.back[0].script
     record = json.loads(transaction.forward_record)
     assert (record["action"], record["release"], record["from"], record["at"]) == ("deploy", plan.release, "r1", "@@at@@")
     assert transaction.back_record == ""  # the history already says r1

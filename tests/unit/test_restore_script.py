@@ -127,10 +127,10 @@ def test_upgrade_copies_the_database_after_the_stop_and_before_the_migration():
 
 @pytest.mark.parametrize("changed", [True, False])
 def test_upgrade_rollback_puts_the_copy_back_only_when_the_schema_changed(tmp_path, changed):
-    run = run_recorded(restore_old_server_script("[Unit]\n", "rev-old"), tmp_path, answers=answers(schema="rev-new" if changed else "rev-old"))
+    run = run_recorded(restore_old_server_script("[Unit]\n", "rev-old", 5000), tmp_path, answers=answers(schema="rev-new" if changed else "rev-old"))
     sql = (tmp_path / "sql").read_text() if (tmp_path / "sql").exists() else ""
     swapped = 'ALTER DATABASE "mlflow" RENAME TO "mlflow_failed_upgrade";\nALTER DATABASE "mlflow_before_upgrade" RENAME TO "mlflow";' in sql
     assert swapped == changed
     kept = any(command[-2:] == ["--force", "mlflow_before_upgrade"] for command in run.commands)
     assert kept != changed
-    assert run.commands[-1] == ["systemctl", "restart", "mlflow-tracking"]
+    assert run.commands[-1] == ["systemctl", "start", "mlflow-tracking"]
