@@ -67,6 +67,20 @@ def test_hosts_reach_each_other_by_name(pair):
     mlt1.run("timeout 5 bash -c '</dev/tcp/mlt2/22'")
 
 
+def test_a_stop_on_one_host_ends_its_own_processes_and_no_other_hosts(pair):
+    """Each host's systemd has a cgroup tree of its own: a unit of the same name on two hosts is two units."""
+    service = "sleep 1000 & sleep 1001 & wait"
+    for host in pair:
+        host.run(f"systemd-run --quiet --unit=twin /bin/bash -c '{service}'")
+    mlt1, mlt2 = pair
+    mlt1.run("systemctl stop twin")
+    assert mlt1.run("pgrep -x sleep", check=False).returncode == 1, "a process of the stopped unit outlived its stop"
+    assert mlt2.run("systemctl is-active twin").stdout.strip() == "active"
+    assert len(mlt2.run("pgrep -x sleep").stdout.split()) == 2
+    assert "Failed to kill control group" not in mlt1.run("journalctl -u twin --no-pager").stdout
+    mlt2.run("systemctl stop twin")
+
+
 def test_apt_installs_without_apt_get_update(mlt1_with_curl):
     assert mlt1_with_curl.run("dpkg-query -W -f '${Status}' curl").stdout == "install ok installed"
 

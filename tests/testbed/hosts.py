@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import network, proc
+from . import cgroups, network, proc
 from .addresses import address_of
 from .proc import TestbedError
 from .ssh import accepts_key, ssh_argv
@@ -136,8 +136,10 @@ class TestHost:
 
     def _start_nspawn(self) -> None:
         env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
+        # the shell moves itself into the host's own cgroup, then becomes nspawn (same PID)
+        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroups.prepare(self.name)), *self._nspawn_argv()]
         with open(self.log_path, "w") as log_file:
-            process = subprocess.Popen(self._nspawn_argv(), env=env, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         _started_here[process.pid] = process
         self.pid_path.write_text(f"{process.pid} {proc.start_time(process.pid)}\n")
@@ -195,6 +197,7 @@ class TestHost:
                 proc.run(["umount", self.root])
         network.delete_host_network(self.name, self.address)
         shutil.rmtree(Path("/run/systemd/nspawn/propagate") / self.name, ignore_errors=True)
+        cgroups.remove(self.name)
         self.pid_path.unlink(missing_ok=True)
 
     def _harvest_caches(self) -> None:

@@ -19,6 +19,7 @@ from tasks.inventory import Host, TrackingSettings
 from tasks.ops import postgres
 from tasks.ops.health import HttpCheck, gate_script
 from tasks.ops.nginx import reload_script
+from tasks.ops.systemd import restart_script
 from tasks.serving import switch
 from tasks.serving.users import users_script
 from tasks.templates import PROGRAMS, TEMPLATES, program, render_script
@@ -56,6 +57,7 @@ def shell_scripts() -> dict[str, str]:
         "upgrade rollback": restore_old_server_script("[Unit]\nDescription=x\n", "1bd49d398cd23", 5000),
         "follow": follow_script("mlflow-run-20261129T101010Z-abcdef"),
         "gate": gate_script("mlflow-model@wine", 5001, checks, 30, after_restart=True),
+        "restart": restart_script("mlflow-model@wine", 5001),
         "nginx reload": reload_script(),
         "fail2ban jail": start_jail_script(),
         "self-signed": frontdoor.self_signed_script(door),
