@@ -12,7 +12,7 @@ PACKAGES = ("mlflow==3.17.2", "psycopg2-binary==2.9.13")
 
 
 BUILDER = "runuser -u mlflow-build -- env -C /var/lib/mlflow-build HOME=/var/lib/mlflow-build PIP_CACHE_DIR=/var/cache/mlflow-build/pip CONDA_PKGS_DIRS=/var/cache/mlflow-build/conda"
-PIP = "bin/pip install --disable-pip-version-check --no-input --progress-bar off -q"
+PIP = "bin/pip install --disable-pip-version-check --no-input --progress-bar off -q --no-compile"
 
 
 def test_venv_is_built_by_the_build_user_from_wheels_and_handed_to_root():
@@ -29,6 +29,7 @@ def test_venv_is_built_by_the_build_user_from_wheels_and_handed_to_root():
         f"{{ {BUILDER} python3 -m venv {path} && {BUILDER} {path}/{PIP} --only-binary=:all: mlflow==3.17.2 psycopg2-binary==2.9.13; }}"
         f" || {{ rc=$?; echo 'binary wheels only: a requirement published only as source needs allow_source_builds = true in hosts.toml' >&2;"
         f" rm -rf {path}; exit $rc; }}",
+        f"{{ {BUILDER} {path}/bin/python -m compileall -qq -j 0 {path}/lib || true; }}",
         f"chown -R root:root {path} && chmod -R go-w {path}",
         f"printf '%s\\n' 'manager=venv python= packages=mlflow==3.17.2 psycopg2-binary==2.9.13' > {path}/.complete",
     ]
