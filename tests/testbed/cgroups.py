@@ -2,8 +2,8 @@
 
 systemd-nspawn --keep-unit builds the container's tree (payload/, beside its own supervisor/) inside the cgroup it was
 started in: hosts started from one process all got one tree, so one host's systemd stopped services in a tree the
-others used too (the kernel refused its cgroup.kill with EIO, systemd called the unit stopped anyway, and the old
-server kept answering on the port). Started from a cgroup of its own, each host's systemd sees only its own services.
+others used too (systemd logged "Failed to kill control group ...: Input/output error", called the unit stopped
+anyway, and the old server kept answering on the port). Started from a cgroup of its own, each host's systemd sees only its own services.
 """
 
 from __future__ import annotations
