@@ -25,7 +25,9 @@ LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 NO_DISTRIBUTION = re.compile(r"No matching distribution found for (\S+)")
 NETWORK_TROUBLE = ("NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
                    "Max retries exceeded", "ConnectTimeout", "ReadTimeoutError", "ProxyError", "Network is unreachable")
-WHEEL_NAME = re.compile(r"[A-Za-z0-9_.+!-]+\.whl")
+# name-version(-build)?-python-abi-platform.whl: a plain file name, never starting with "-" or "."
+WHEEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*-[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.+!]+){3,4}\.whl")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 SOURCE_BUILD_ROUNDS = 10
 PIP_TIMEOUT = 1800
 
@@ -125,9 +127,14 @@ def wheel_name_version(file: str) -> tuple[str, str]:
 
 
 def read_manifest(directory: Path) -> Wheelhouse | None:
+    """The cached wheelhouse, or None when absent or not as we write it (then it is fetched again)."""
     try:
         files = json.loads((directory / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError):
+        return None
+    if not isinstance(files, dict) or not all(
+            isinstance(name, str) and WHEEL_NAME.fullmatch(name) and isinstance(digest, str) and SHA256.fullmatch(digest)
+            and (directory / name).is_file() and not (directory / name).is_symlink() for name, digest in files.items()):
         return None
     return Wheelhouse(directory, files)
 
@@ -187,8 +194,8 @@ def download(requirements: tuple[str, ...], target: Target, allow_source_builds:
         raise WheelhouseError(f"more than {SOURCE_BUILD_ROUNDS} requirements need building from source: no host was changed")
     files = {}
     for wheel in sorted(wheels.iterdir()):
-        if not WHEEL_NAME.fullmatch(wheel.name):
-            raise WheelhouseError(f"pip fetched {wheel.name}, which is not a wheel: no host was changed")
+        if not WHEEL_NAME.fullmatch(wheel.name) or wheel.is_symlink() or not wheel.is_file():
+            raise WheelhouseError(f"pip fetched {wheel.name}, which is not a wheel file: no host was changed")
         files[wheel.name] = hashlib.sha256(wheel.read_bytes()).hexdigest()
     return Wheelhouse(wheels, files)
 

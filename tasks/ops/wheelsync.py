@@ -65,6 +65,7 @@ stage=$(mktemp -d {HOST_CACHE}/.incoming-XXXXXX)
 trap 'rm -rf "$stage"' EXIT
 tar -xf {private_path(UPLOAD)} -C "$stage" --no-same-owner --no-same-permissions
 cd "$stage"
+if [ -n "$(find . -mindepth 1 ! -type f)" ]; then echo 'the upload holds something other than plain files: nothing was installed from it' >&2; exit 1; fi
 printf %s {shlex.quote(sums)} | sha256sum -c --quiet - || {{ echo 'a wheel changed on its way to this host: nothing was installed from it' >&2; exit 1; }}
 chmod 644 -- *
 {moves}
