@@ -4,7 +4,7 @@ the plan (check mode, or a plan that cannot run) or apply it."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +12,7 @@ from tasks.ops import facts as f
 from tasks.ops.platform import check_platform
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
-from tasks.report import HostReport, show_step
+from tasks.report import HostReport, record, show_step
 
 FAILED, CHECKED, UNCHANGED, APPLIED = "failed", "checked", "unchanged", "applied"
 
@@ -22,8 +22,8 @@ class Converged:
     """How one host's converge ended (failed, checked, unchanged or applied), from which facts, with which steps."""
 
     outcome: str
-    facts: f.Facts = field(default_factory=lambda: f.Facts({}))
-    steps: list[Step] = field(default_factory=list)
+    facts: f.Facts
+    steps: list[Step]
 
     @property
     def done(self) -> bool:
@@ -38,8 +38,7 @@ def converge_host(remote: Remote, report: HostReport, gather: Callable[[], f.Fac
     nothing, or in check mode; else apply_plan(facts, steps) (default: apply them in one remote script)."""
     facts = gather()
     platform = check_platform(facts[f.os_release()])
-    report.steps.append(platform)
-    show_step(report, platform)
+    record(report, [platform])
     if platform.failed:
         return Converged(FAILED, facts, [platform])
     steps = plan(facts)

@@ -8,7 +8,6 @@ from tasks.cli import arguments
 from tasks.fleet import end_with_recap, run_on_hosts
 from tasks.ops.steps import Step
 from tasks.overview.logs import unit_and_role
-from tasks.overview.status import COLUMNS, host_status
 from tasks.report import PrefixedLines, console
 
 
@@ -16,6 +15,8 @@ from tasks.report import PrefixedLines, console
 def status(c):
     """Every inventory host (or -H): tracking server, PostgreSQL, model services and releases, health."""
     from rich.table import Table
+
+    from tasks.overview.status import COLUMNS, host_status
 
     hosts = arguments.hosts_for(c, role=None)
     reports = run_on_hosts(c.config, hosts, host_status)

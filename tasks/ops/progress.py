@@ -21,12 +21,6 @@ class Activity:
     done: int = 0
     total: int | None = None  # bytes, for a transfer
 
-    def update(self, done: int, total: int | None = None) -> None:
-        """Bytes sent so far (and the size, once known); the signature of paramiko's SFTP put/get callback."""
-        self.done = done
-        if total is not None:
-            self.total = total
-
     def add(self, count: int) -> None:
         self.done += count
 

@@ -210,14 +210,12 @@ class Remote:
                 with self.connection.sftp().open(path, "wx") as remote_file:
                     remote_file.chmod(0o600)
                     remote_file.set_pipelined(True)
-                    if isinstance(data, Path):
-                        with data.open("rb") as local_file, activities.during(
-                                self.host.name, f"upload {PurePosixPath(path).name}", total=data.stat().st_size) as transfer:
-                            while chunk := local_file.read(UPLOAD_CHUNK):
-                                remote_file.write(chunk)
-                                transfer.add(len(chunk))
-                    else:
-                        remote_file.write(data)
+                    size = data.stat().st_size if isinstance(data, Path) else len(data)
+                    with data.open("rb") if isinstance(data, Path) else io.BytesIO(data) as local_file, activities.during(
+                            self.host.name, f"upload {PurePosixPath(path).name}", total=size) as transfer:
+                        while chunk := local_file.read(UPLOAD_CHUNK):
+                            remote_file.write(chunk)
+                            transfer.add(len(chunk))
             except (paramiko.SSHException, OSError, EOFError) as error:
                 raise HostError("upload", f"SFTP upload of {path} to {self.target} failed: {error}", unreachable=isinstance(error, EOFError)) from None
             yield path

@@ -8,9 +8,8 @@ comment a server out before touching its host, reload again, and hope nothing wa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from tasks.converge import apply_shown, converge_host
+from tasks.converge import converge_host
 from tasks.inventory import Inventory, LbSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_secret_file, unified_diff
@@ -21,7 +20,7 @@ from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled
 from tasks.report import HostReport, show_note
 from tasks.templates import render
-from tasks.tracking.frontdoor import FrontDoor, TlsFiles, certificate_steps, key_to_upload, key_upload_path, learn_certificate, tls_fact
+from tasks.tracking.frontdoor import FrontDoor, TlsFiles, apply_with_key, certificate_steps, learn_certificate, tls_fact
 
 NGINX_CONF_D = "/etc/nginx/conf.d"
 # Where setup-lb once wrote every model in one file; it now writes one file per model and removes this one.
@@ -145,11 +144,8 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
     door = BalancerDoor(remote.host, remote.connection.host, lb=lb)
     models = upstreams(inventory)
 
-    def apply_with_key(facts: f.Facts, steps: list[Step]) -> bool:
-        key = key_to_upload(steps)
-        return apply_shown(remote, report, steps, (Path(lb.tls_key), key_upload_path()) if key else None)
-
-    converged = converge_host(remote, report, lambda: f.gather(remote, lb_facts(models)), lambda facts: plan_lb(door, models, facts), apply_with_key)
+    converged = converge_host(remote, report, lambda: f.gather(remote, lb_facts(models)), lambda facts: plan_lb(door, models, facts),
+                              apply_with_key(remote, report, lb.tls_key))
     facts, steps = converged.facts, converged.steps
     if not converged.done:
         return

@@ -16,7 +16,7 @@ from tasks.credentials import MODEL_USER_CREDENTIALS, USER_NAME
 from tasks.inventory import Host, Inventory
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step
-from tasks.report import HostReport, console, show_step
+from tasks.report import HostReport, console, record
 from tasks.serving.deploy import SAMPLE
 from tasks.serving.history import model_dir
 from tasks.tracking.frontdoor import laptop_certificate_path
@@ -206,7 +206,6 @@ def show_answers(reports: list[HostReport], name: str) -> None:
             continue
         summary = f"HTTP {answer.status} from release {answer.release or '?'} on {answer.host}"
         step = Step.ok("predict", summary) if answer.status == 200 else Step.failure("predict", f"{summary}: {answer.body.strip()[:500]}")
-        report.steps.append(step)
-        show_step(report, step)
+        record(report, [step])
         table.add_row(answer.host, answer.release or "-", str(answer.status), answer.body.strip()[:2000])
     console.print(table)

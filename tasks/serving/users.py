@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step
-from tasks.report import HostReport, show_step
+from tasks.report import HostReport, record
 from tasks.serving.balancer import USERS
 from tasks.templates import render_script
 
@@ -26,5 +26,4 @@ def change_on(remote: Remote, report: HostReport, action: str, name: str, passwo
     result = remote.run_script(users_script(action, name), step="model user", stdin=password if action != "remove" else None)
     done = {"add": f"{name} may call the models", "reset-password": f"{name} has a new password", "remove": f"{name} removed"}[action]
     step = Step.change("model user", done, "") if result.exited == 0 else Step.failure("model user", result.stdout.strip()[-600:])
-    report.steps.append(step)
-    show_step(report, step)
+    record(report, [step])

@@ -16,7 +16,7 @@ from invoke.exceptions import Exit
 from tasks.ops import facts as f
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
-from tasks.report import HostReport, show_note, show_step
+from tasks.report import HostReport, record, show_note, show_step
 from tasks.tracking.schema import DATABASE
 from tasks.tracking.server import BACKUP_SCRIPT, RESTORE_SCRIPT, TrackingTarget
 
@@ -44,8 +44,7 @@ def backup_on(remote: Remote, report: HostReport, download: str = "") -> None:
                                f"{BACKUP_SCRIPT} {keep}", step="backup")
     path = backup_path(result.stdout)
     step = Step.change("backup", f"{path} (keeping the newest {keep})", "") if result.exited == 0 else Step.failure("backup", result.stdout[-1000:])
-    report.steps.append(step)
-    show_step(report, step)
+    record(report, [step])
     if not step.failed and download:
         download_backup(remote, report, path, download)
 

@@ -12,13 +12,16 @@ import shlex
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from tasks.converge import apply_shown
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
 from tasks.ops.nginx import config_step, reload_script
-from tasks.ops.remote import private_path
+from tasks.ops.remote import Remote, private_path
 from tasks.ops.steps import Step
+from tasks.report import HostReport
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, signin_guard
 from tasks.tracking.schema import DATABASE
@@ -155,6 +158,14 @@ def certificate_steps(door: FrontDoor, tls_fact: str) -> list[Step]:
 def key_to_upload(steps: list[Step]) -> bool:
     """Whether the steps install the user's key, which must reach the host by SFTP before they run."""
     return any(step.kind == KEY_STEP and step.changed for step in steps)
+
+
+def apply_with_key(remote: Remote, report: HostReport, key_file: str) -> Callable[[f.Facts, list[Step]], bool]:
+    """converge_host's apply_plan for a plan that may install the user's TLS key (KEY_FILE on the laptop): the key is
+    on the host only while the steps run."""
+    def apply_plan(facts: f.Facts, steps: list[Step]) -> bool:
+        return apply_shown(remote, report, steps, (Path(key_file), key_upload_path()) if key_to_upload(steps) else None)
+    return apply_plan
 
 
 def auth_schema_step(present: str) -> Step:

@@ -10,11 +10,10 @@ import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
 from invoke.exceptions import Exit
 
-from tasks.converge import apply_shown, converge_host
+from tasks.converge import converge_host
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
 from tasks.ops import postgres, wheelsync
@@ -428,11 +427,8 @@ def converge(remote: Remote, report: HostReport) -> None:
         record(report, wheels)
         return [guard] + plan(target, facts)
 
-    def apply_with_key(facts: f.Facts, steps: list[Step]) -> bool:
-        key = frontdoor.key_to_upload(steps)
-        return apply_shown(remote, report, steps, (Path(target.settings.tls_key), frontdoor.key_upload_path()) if key else None)
-
-    converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), guarded_plan, apply_with_key)
+    converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), guarded_plan,
+                              frontdoor.apply_with_key(remote, report, target.settings.tls_key))
     facts, steps = converged.facts, converged.steps
     if converged.done:
         exports = f"MLFLOW_TRACKING_URI={target.url}"

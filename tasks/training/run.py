@@ -173,8 +173,7 @@ def prepare_and_start(remote: Remote, report: HostReport, request: RunRequest) -
     gathered = f.gather(remote, facts(request))
     platform = check_platform(gathered[f.os_release()])
     if platform.failed:
-        report.steps.append(platform)
-        show_step(report, platform)
+        record(report, [platform])
         return
     show = lambda step: show_step(report, step)  # noqa: E731
     spec, wheels = wheelsync.supply(remote, request.spec, gathered[request.env_marker_fact], report.check)
@@ -224,8 +223,7 @@ def follow_run(config, host, unit: str, api) -> list[HostReport]:
     if not run_id:
         if not report.error:
             step = Step.failure("run", "the run ended before MLflow created a run: see its output above")
-            report.steps.append(step)
-            show_step(report, step)
+            record(report, [step])
         return reports
 
     def outcome():
@@ -234,8 +232,7 @@ def follow_run(config, host, unit: str, api) -> list[HostReport]:
         info = api.run(run_id)
         summary = f"{run_id} {info['status']}: {api.run_url(info)}"
         step = Step.ok("run", summary) if info["status"] == "FINISHED" else Step.failure("run", summary)
-        report.steps.append(step)
-        show_step(report, step)
+        record(report, [step])
 
     guarded(report, outcome)
     return reports

@@ -91,7 +91,7 @@ def test_transfer_shows_how_much_is_sent(clock, watched):
     out = captured_console(terminal=False)
     lines = StillRunningLines(watched, out)
     with watched.during("prod1", "upload wheels", total=100_000_000) as transfer:
-        transfer.update(25_000_000)
+        transfer.add(25_000_000)
         assert lines_at(clock, lines, out, 10) == ["     running prod1 upload wheels: 25.0 of 100.0 MB (25%): still running (10 s)"]
         transfer.add(50_000_000)
         assert lines_at(clock, lines, out, 30) == ["     running prod1 upload wheels: 75.0 of 100.0 MB (75%): still running (30 s)"]
@@ -128,7 +128,7 @@ def test_live_lines_show_steps_running_for_more_than_a_second(clock, watched):
     clock.now = 0.5
     watched.begin("prod2", "gather facts")
     transfer = watched.begin("prod3", "upload r1.tgz", total=4_000_000)
-    transfer.update(1_000_000)
+    transfer.add(1_000_000)
     clock.now = 1.2
     out.print(RunningSteps(watched))
     assert out.file.getvalue().splitlines() == ["     running prod1 python env 1 s"]
