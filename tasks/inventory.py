@@ -17,17 +17,22 @@ from tasks.requirements import RequirementError, check_packages
 from tasks.values import (
     check_address,
     check_allowed_host,
+    check_artifacts,
+    check_endpoint_url,
     check_host_name,
     check_mlflow_version,
     check_model_name,
     check_port,
     check_printable,
-    check_remote_path,
     check_user_name,
     check_version,
 )
 
-KNOWN_ROLES = ("tracking", "models", "lb", "train")
+KNOWN_ROLES = ("tracking", "models", "lb", "train", "db")
+DATABASES = ("local", "host", "external")
+# One service's settings, the same on every replica: a host's own [hosts.NAME.tracking] may not change them.
+SHARED_TRACKING_KEYS = ("database", "database_url_file", "s3_endpoint_url", "s3_credentials_file")
+REPLICA_TRACKING_KEYS = ("artifacts", "mlflow_version", "auth", "boto3_version", "port", "tls", "tls_certificate", "tls_key")
 
 
 class InventoryError(Exception):
@@ -56,7 +61,15 @@ class TrackingSettings:
     # pip installs binary wheels only; true lets it build sdists, running their build code (as the build user).
     allow_source_builds: bool = False
     env_manager: str = "venv"
-    artifacts: str = "/var/lib/mlflow/artifacts"
+    artifacts: str = "/var/lib/mlflow/artifacts"  # or s3://BUCKET[/PREFIX]: the servers proxy it, clients need no S3 keys
+    # The metadata: "local" (PostgreSQL on each tracking host), "host" (on the host with role "db") or "external" (a server
+    # we create nothing on, its URL in database_url_file). With "host" or "external" every tracking host is a replica of
+    # one service, fronted by the lb hosts.
+    database: str = "local"
+    database_url_file: str = ""  # on this machine, 0600: postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE[?sslmode=...]
+    s3_endpoint_url: str = ""  # an S3-compatible store's http(s)://HOST[:PORT]; empty for AWS
+    s3_credentials_file: str = ""  # on this machine, 0600: AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines
+    boto3_version: str = "1.44.8"  # in the server's env when artifacts are in S3
     job_runner: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
     health_timeout: int = 180
@@ -209,7 +222,9 @@ VALUE_CHECKS = {
     "address": check_address,
     "port": check_port,
     "backend_port": check_port,
-    "artifacts": check_remote_path,
+    "artifacts": check_artifacts,
+    "s3_endpoint_url": check_endpoint_url,
+    "boto3_version": check_version,
     "allowed_hosts": check_allowed_host,
     "mlflow_version": check_mlflow_version,
     "psycopg2_version": check_version,
@@ -280,21 +295,65 @@ def _tracking_settings(base: TrackingSettings, table: dict, where: str, path: Pa
         raise InventoryError(str(error)) from None
     if settings.tls and settings.port == settings.backend_port:
         raise InventoryError(f"{path}: [{where}] port and backend_port must differ: nginx listens on one, MLflow on the other")
+    settings = _with_local_files(settings, ("database_url_file", "s3_credentials_file"), where, path)
     return _with_local_pem_files(settings, where, path)
+
+
+def _with_local_files(settings, keys: tuple[str, ...], where: str, path: Path):
+    """Files on this machine named in hosts.toml: they must exist, and are made absolute (relative to hosts.toml)."""
+    for key in keys:
+        value = getattr(settings, key)
+        if value:
+            local = path.parent / Path(value).expanduser()
+            if not local.is_file():
+                raise InventoryError(f"{path}: [{where}] {key} = {value!r}: no such file on this machine")
+            settings = dataclasses.replace(settings, **{key: str(local.resolve())})
+    return settings
+
+
+def _check_host_tracking_keys(table: dict, service: TrackingSettings, where: str, path: Path) -> None:
+    """A host may tune its own server, but not what every replica of the service must share."""
+    shared = SHARED_TRACKING_KEYS + (REPLICA_TRACKING_KEYS if service.database != "local" else ())
+    for key in table:
+        if key in shared:
+            raise InventoryError(f"{path}: [{where}.tracking] {key} is a setting of the whole tracking service"
+                                 f"{' (its replicas share it)' if key in REPLICA_TRACKING_KEYS else ''}: set it in [tracking]")
+
+
+def _check_tracking_service(s: TrackingSettings, hosts: list[Host], path: Path) -> None:
+    """Where the service keeps its metadata and artifacts, and which hosts it needs for that."""
+    db_hosts = [host.name for host in hosts if "db" in host.roles]
+    tracking_hosts = [host.name for host in hosts if "tracking" in host.roles]
+    if s.database not in DATABASES:
+        raise InventoryError(f"{path}: [tracking] database must be one of {', '.join(map(repr, DATABASES))}, not {s.database!r}")
+    if s.database == "host" and len(db_hosts) != 1:
+        found = f"found {', '.join(db_hosts)}" if db_hosts else "none has it"
+        raise InventoryError(f'{path}: database = "host" needs exactly one host with roles = ["db"] ({found})')
+    if s.database != "host" and db_hosts:
+        raise InventoryError(f'{path}: hosts {", ".join(db_hosts)} have role "db" but [tracking] database = {s.database!r}: '
+                             'set database = "host" to keep the metadata there')
+    if (s.database == "external") != bool(s.database_url_file):
+        raise InventoryError(f'{path}: [tracking] database_url_file goes with database = "external" (and only with it): '
+                             "a file on this machine (chmod 600) holding postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE")
+    in_s3 = s.artifacts.startswith("s3://")
+    if in_s3 != bool(s.s3_credentials_file):
+        raise InventoryError(f"{path}: [tracking] s3_credentials_file goes with artifacts = \"s3://...\" (and only with it): "
+                             "a file on this machine (chmod 600) with AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines")
+    if s.s3_endpoint_url and not in_s3:
+        raise InventoryError(f"{path}: [tracking] s3_endpoint_url is set but artifacts = {s.artifacts!r} is not in S3")
+    if s.database != "local" and len(tracking_hosts) > 1 and not in_s3:
+        raise InventoryError(f"{path}: tracking hosts {', '.join(tracking_hosts)} are replicas of one service: they need one "
+                             f"artifact store, artifacts = \"s3://BUCKET/PREFIX\" (now {s.artifacts!r}, a path on each host)")
+    if s.database == "local" and in_s3 and len(tracking_hosts) > 1:
+        raise InventoryError(f'{path}: with database = "local" each tracking host is a service of its own: they must not share '
+                             f'{s.artifacts}: set database = "host" or "external" to make them replicas')
 
 
 def _with_local_pem_files(settings, where: str, path: Path):
     """tls_certificate and tls_key: both or neither, files on this machine, made absolute."""
     if bool(settings.tls_certificate) != bool(settings.tls_key):
         raise InventoryError(f"{path}: [{where}] tls_certificate and tls_key go together: give both, or neither for a self-signed certificate")
-    for key in ("tls_certificate", "tls_key"):
-        value = getattr(settings, key)
-        if value:
-            local = path.parent / Path(value).expanduser()  # relative paths are relative to hosts.toml
-            if not local.is_file():
-                raise InventoryError(f"{path}: [{where}] {key} = {value!r}: no such file on this machine")
-            settings = dataclasses.replace(settings, **{key: str(local.resolve())})
-    return settings
+    return _with_local_files(settings, ("tls_certificate", "tls_key"), where, path)
 
 
 def _model_settings(base: dict[str, ModelSettings], table: dict, where: str, path: Path) -> dict[str, ModelSettings]:
@@ -332,6 +391,8 @@ def _ports_in_use(host: Host) -> list[tuple[str, int]]:
         ports.append(("the tracking port", host.tracking.port))
         if host.tracking.tls:
             ports.append(("the tracking backend_port", host.tracking.backend_port))
+    elif "lb" in roles and host.tracking.database != "local":
+        ports.append(("the tracking service's port", host.tracking.port))
     if "models" in roles or "lb" in roles:
         names = sorted(name for name in host.models if name) or [""]
         ports += [(f"model {name or 'model'}", host.model(name).port) for name in names]
@@ -390,12 +451,14 @@ def load_inventory(path: str | Path) -> Inventory:
                 raise InventoryError(f"{path}: [{where}] unknown role {role!r} (known roles: {', '.join(KNOWN_ROLES)})")
         connection = {field.name: values.get(field.name, getattr(defaults, field.name)) for field in dataclasses.fields(ConnectionSettings)}
         host_tracking = values.pop("tracking", {})
+        _check_host_tracking_keys(host_tracking, tracking, where, path)
         host_models = values.pop("models", {})
         values["models"] = _model_settings(models, host_models, f"{where}.models", path)
         values.update(connection)
         values["tracking"] = _tracking_settings(tracking, host_tracking, f"{where}.tracking", path)
         hosts[name] = Host(name=name, **values)
         _check_distinct_ports(hosts[name], path)
+    _check_tracking_service(tracking, list(hosts.values()), path)
     return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models, lb=lb, train=train)
 
 

@@ -73,6 +73,38 @@ def check_remote_path(path: str) -> None:
         raise ValueError("may only use letters, digits and . _ @ + - between slashes (it lands in unit files and scripts)")
 
 
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def check_artifacts(location: str) -> None:
+    """Where the tracking server keeps artifacts: a path on the host, or s3://BUCKET[/PREFIX]."""
+    if not location.startswith("s3://"):
+        check_remote_path(location)
+        return
+    bucket, _, prefix = location[len("s3://"):].partition("/")
+    if not S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ValueError("must be s3://BUCKET[/PREFIX], BUCKET an S3 bucket name (3 to 63 lowercase letters, digits, '.' and '-')")
+    if prefix and not all(PATH_PART.fullmatch(part) for part in prefix.split("/")):
+        raise ValueError("must be s3://BUCKET[/PREFIX], PREFIX letters, digits and . _ @ + - between slashes, no empty part")
+    if any(part in (".", "..") for part in prefix.split("/")):
+        raise ValueError("must be s3://BUCKET[/PREFIX] without '.' or '..' in PREFIX")
+
+
+def check_endpoint_url(url: str) -> None:
+    """An S3-compatible store's endpoint: http(s)://HOST[:PORT], nothing else (no user, path or query)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("must be http(s)://HOST[:PORT] with a port from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password \
+            or parts.path not in ("", "/") or parts.query or parts.fragment or port == 0:
+        raise ValueError("must be http(s)://HOST[:PORT]: no user, path, query or fragment")
+    check_address(parts.hostname)
+
+
 def check_allowed_host(entry: str) -> None:
     """A Host header MLflow accepts: HOST or HOST:PORT; HOST may use MLflow's * wildcards or be an [IPv6] address."""
     host, port = entry, ""

@@ -11,8 +11,11 @@ from invoke.exceptions import Exit
 from tasks.cli import arguments
 from tasks.credentials import TRACKING_CREDENTIALS, mlflow_credentials, write_pending
 from tasks.fleet import end_with_recap, run_on_hosts
+from tasks.secret_files import SecretFileError
+from tasks.tracking.replicas import setup_replicas
 from tasks.tracking.backups import backup_on, download_directory, restore_on
 from tasks.tracking.server import check_user_certificates, converge
+from tasks.tracking.service import StoreFiles, TrackingService
 from tasks.tracking.upgrade import upgrade_on
 from tasks.tracking.users import check_credentials_file, chosen_action, remove_on, set_password_on, settle
 from tasks.values import check_mlflow_version
@@ -23,7 +26,15 @@ def setup_tracking(c, check=False):
     """Install or converge the MLflow tracking server: PostgreSQL, artifact root, systemd unit, TLS and sign-in, health gate."""
     hosts = arguments.hosts_for(c, role="tracking")
     check_user_certificates(hosts)
-    end_with_recap(run_on_hosts(c.config, hosts, converge, check=check))
+    service = TrackingService.of(arguments.inventory(c))
+    if not service.shared:
+        end_with_recap(run_on_hosts(c.config, hosts, converge, check=check))
+        return
+    try:
+        files = StoreFiles.read(service.settings)
+    except SecretFileError as error:
+        raise Exit(f"error: {error}: nothing was changed", code=2) from None
+    end_with_recap(setup_replicas(c.config, service, hosts, files, check))
 
 
 @task(help={

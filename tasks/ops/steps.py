@@ -9,7 +9,7 @@ failure, and reports each step as its markers come back.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tasks.ops.progress import Activity, activities
 
@@ -30,6 +30,8 @@ class Step:
     output: str = ""
     # What the step is, for code that acts on it (e.g. the key to upload first); never shown.
     kind: str = ""
+    # A secret the step's script reads on its standard input (a script is a command line, visible in `ps`); never shown.
+    stdin: str = field(default="", repr=False)
 
     @classmethod
     def ok(cls, name: str, summary: str, kind: str = "") -> "Step":
@@ -38,6 +40,11 @@ class Step:
     @classmethod
     def change(cls, name: str, summary: str, script: str, diff: str = "", kind: str = "") -> "Step":
         return cls(name, summary, changed=True, script=script, diff=diff, kind=kind)
+
+    @classmethod
+    def secret(cls, name: str, summary: str, script: str, stdin: str, kind: str = "") -> "Step":
+        """A change whose script reads STDIN (one per plan): the other steps' scripts read nothing."""
+        return cls(name, summary, changed=True, script=script, kind=kind, stdin=stdin)
 
     @classmethod
     def failure(cls, name: str, summary: str) -> "Step":
@@ -51,7 +58,7 @@ def apply_script(steps: list[Step]) -> str:
             continue
         parts.append(
             f"printf '\\n{BEGIN}{index}\\n'\n"
-            f"( set -e\n{step.script}\n)\n"
+            f"( set -e\n{step.script}\n){'' if step.stdin else ' </dev/null'}\n"
             f"rc=$?; printf '\\n{END}{index} %s\\n' $rc; [ $rc -eq 0 ] || exit $rc"
         )
     return "\n".join(parts) + "\n"
@@ -123,8 +130,11 @@ def apply(remote, steps: list[Step], on_done) -> bool:
     pending = [step for step in steps if step.changed]
     if not pending:
         return not any(step.failed for step in steps)
+    secrets = [step.stdin for step in pending if step.stdin]
+    if len(secrets) > 1:
+        raise ValueError("one step per plan may read standard input")
     stream = StepStream(steps, finished, remote.host.name)
-    result = remote.run_script(apply_script(steps), step=pending[0].name, out_stream=stream)
+    result = remote.run_script(apply_script(steps), step=pending[0].name, out_stream=stream, stdin=secrets[0] if secrets else None)
     if result.exited != 0 and not any(step.failed for step in pending):
         # The script died between markers (killed, connection dropped): blame the first unfinished step.
         unfinished = next((step for step in pending if step not in stream.finished), pending[-1])

@@ -35,6 +35,8 @@ ADMIN_CURL = "/etc/mlflow/admin.curl"
 ADMIN = "admin"
 # The auth app's tables live in the tracking database, in their own schema: one backup holds both.
 AUTH_SCHEMA = "auth"
+# A one-host server's auth tables: over PostgreSQL's Unix socket as the mlflow system user (peer authentication).
+LOCAL_AUTH_DATABASE = f"postgresql+psycopg2://mlflow@/{DATABASE}?host=/var/run/postgresql"
 # The kinds of the certificate steps: converge uploads the key first, and learns a self-signed certificate it made.
 CERTIFICATE_STEP = "tls-certificate"
 KEY_STEP = "tls-key"
@@ -84,8 +86,9 @@ class FrontDoor:
         return render("nginx-mlflow-tracking.conf.j2", port=s.port, backend_port=s.backend_port, certificate=CERTIFICATE, key=KEY,
                       **signin_guard.nginx_values(s))
 
-    def auth_config(self) -> str:
-        return render("basic_auth.ini.j2", admin=ADMIN, schema=AUTH_SCHEMA, cache_seconds=self.settings.auth_cache_seconds)
+    def auth_config(self, database_uri: str = LOCAL_AUTH_DATABASE) -> str:
+        return render("basic_auth.ini.j2", admin=ADMIN, schema=AUTH_SCHEMA, cache_seconds=self.settings.auth_cache_seconds,
+                      database_uri=database_uri, shared=database_uri != LOCAL_AUTH_DATABASE)
 
 
 def tls_fact(files: TlsFiles) -> f.Fact:
@@ -100,8 +103,9 @@ AUTH_SCHEMA_PRESENT = f.Fact(
     "auth_schema", f"cd / && runuser -u postgres -- psql -tAX -d {DATABASE} -c \"select nspname from pg_namespace where nspname='{AUTH_SCHEMA}'\"")
 
 
-def facts() -> list[f.Fact]:
-    return [TLS_STATE, NGINX_FILE, AUTH_CONFIG_FILE, ADMIN_CURL_STAT, AUTH_SCHEMA_PRESENT]
+def facts(local_database: bool = True) -> list[f.Fact]:
+    """local_database: the auth schema is in this host's own PostgreSQL (not a replica's shared one), checked here."""
+    return [TLS_STATE, NGINX_FILE, AUTH_CONFIG_FILE, ADMIN_CURL_STAT] + ([AUTH_SCHEMA_PRESENT] if local_database else [])
 
 
 def fingerprint(tls_fact: str) -> str:
@@ -189,12 +193,14 @@ class DoorSteps:
         return [step for step in (self.auth_config, self.auth_schema) if step] + self.certificate
 
 
-def steps(door: FrontDoor, facts: f.Facts) -> DoorSteps:
+def steps(door: FrontDoor, facts: f.Facts, shared_database_uri: str = "") -> DoorSteps:
+    """shared_database_uri: a replica's shared database, whose auth schema the db host (or the preflight) makes."""
     s = door.settings
     result = DoorSteps()
     if s.auth:
-        result.auth_config = ensure_file(AUTH_CONFIG, door.auth_config(), facts[AUTH_CONFIG_FILE], group="mlflow", mode="640")
-        result.auth_schema = auth_schema_step(facts[AUTH_SCHEMA_PRESENT])
+        config = door.auth_config(shared_database_uri) if shared_database_uri else door.auth_config()
+        result.auth_config = ensure_file(AUTH_CONFIG, config, facts[AUTH_CONFIG_FILE], group="mlflow", mode="640")
+        result.auth_schema = None if shared_database_uri else auth_schema_step(facts[AUTH_SCHEMA_PRESENT])
     if s.tls:
         result.certificate = certificate_steps(door, facts[TLS_STATE])
     return result

@@ -7,6 +7,7 @@ pip install mlflow psycopg2; write a unit file; systemctl enable --now; curl /he
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -28,13 +29,13 @@ from tasks.report import HostReport, record, show_note, show_warning
 from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 from tasks.tracking.schema import DATABASE
+from tasks.tracking.service import DATABASE_CA, ENV_FILE, SharedStores
 
 UNIT = "mlflow-tracking"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}.service"
 SERVICE_USER = "mlflow"
 HOME = "/var/lib/mlflow"
 TRACKING_CONFIG_DIR = "/etc/mlflow"
-ENV_FILE = f"{TRACKING_CONFIG_DIR}/tracking.env"
 PROFILE = "/etc/profile.d/mlflow.sh"
 BACKUP_DIR = "/var/backups/mlflow"
 BACKUP_SCRIPT = "/usr/local/sbin/mlflow-backup"
@@ -43,6 +44,8 @@ BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
 BACKUP_TIMER_UNIT = "mlflow-backup.timer"
 BACKUP_TIMER = f"/etc/systemd/system/{BACKUP_TIMER_UNIT}"
 TRACKING_PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates", "iproute2"]
+# A replica reaches the shared database over the network: the client alone, for the checks and backups.
+REPLICA_PACKAGES = ["postgresql-client", "python3-venv", "curl", "ca-certificates", "iproute2"]
 TLS_PACKAGES = ["nginx", "openssl"]
 
 
@@ -55,6 +58,16 @@ class TrackingTarget:
     # the host's wheelhouse and the versions resolved into it, when the env is built from one (tasks/ops/wheelsync.py)
     find_links: str = ""
     pins: tuple[str, ...] = ()
+    # a replica of a service whose database and artifact store are shared (None: its own PostgreSQL, today's one host)
+    stores: SharedStores | None = None
+
+    @property
+    def replica(self) -> bool:
+        return self.stores is not None
+
+    @property
+    def artifacts_in_s3(self) -> bool:
+        return self.settings.artifacts.startswith("s3://")
 
     @property
     def settings(self) -> TrackingSettings:
@@ -71,7 +84,8 @@ class TrackingTarget:
 
     @property
     def packages(self) -> list[str]:
-        return TRACKING_PACKAGES + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings)
+        base = REPLICA_PACKAGES if self.replica else TRACKING_PACKAGES
+        return base + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings)
 
     @property
     def admin_curl_args(self) -> str:
@@ -84,7 +98,8 @@ class TrackingTarget:
     @property
     def env_spec(self) -> EnvSpec:
         s = self.settings
-        packages = (f"mlflow{'[auth]' if s.auth else ''}=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}", *s.extra_packages)
+        packages = (f"mlflow{'[auth]' if s.auth else ''}=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}",
+                    *([f"boto3=={s.boto3_version}"] if self.artifacts_in_s3 else []), *s.extra_packages)
         return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "", allow_source_builds=s.allow_source_builds,
                        find_links=self.find_links, pins=self.pins)
 
@@ -124,19 +139,20 @@ class TrackingTarget:
         return f.Fact("probe", probe_command(self.server_port, self.health_checks))
 
     def facts(self) -> list[f.Fact]:
+        local_database = [] if self.replica else [POSTGRESQL_STATE, DATABASE_OBJECTS, ROLE_SIGNS_IN]
         return [
             f.os_release(),
             f.node_name(),
             self.packages_fact,
-            POSTGRESQL_STATE,
-            DATABASE_OBJECTS,
             SERVICE_USER_EXISTS,
             *[f.path_stat(path) for path, *_ in self.directories()],
             ENV_FILE_STAT,
             ENV_KEYS,
-            ROLE_SIGNS_IN,
+            ENV_DIGEST,
+            DATABASE_CA_FILE,
             SECRETS_NEWER_THAN_SERVER,
-            *frontdoor.facts(),
+            *local_database,
+            *frontdoor.facts(local_database=not self.replica),
             *signin_guard.facts(),
             self.env_marker_fact,
             RUNNING_MARKER,
@@ -150,9 +166,10 @@ class TrackingTarget:
         ]
 
     def directories(self) -> list[tuple[str, str, str, str]]:
+        artifacts = [] if self.artifacts_in_s3 else [(self.settings.artifacts, SERVICE_USER, SERVICE_USER, "750")]
         return [
             (HOME, SERVICE_USER, SERVICE_USER, "750"),
-            (self.settings.artifacts, SERVICE_USER, SERVICE_USER, "750"),
+            *artifacts,
             (TRACKING_CONFIG_DIR, "root", SERVICE_USER, "750"),
             (ENVS_ROOT, "root", "root", "755"),
         ]
@@ -201,8 +218,25 @@ class TrackingTarget:
             artifacts=s.artifacts,
             job_runner=s.job_runner,
             allowed_hosts=self.allowed_hosts(node_name),
-            writable=sorted({HOME, s.artifacts}),
+            writable=sorted({HOME} | (set() if self.artifacts_in_s3 else {s.artifacts})),
+            after="network-online.target" if self.replica else "network-online.target postgresql.service",
         )
+
+    @property
+    def auth_database_uri(self) -> str:
+        """Where the auth app keeps users: the shared database for a replica, else the local one over its socket."""
+        return self.stores.backend_store_uri() if self.replica else frontdoor.LOCAL_AUTH_DATABASE
+
+    def preflight_script(self, env_file: str) -> str:
+        return render_script("tracking-preflight.sh.j2", user=SERVICE_USER, env_path=self.env_path, env_file=env_file,
+                             auth_config=frontdoor.AUTH_CONFIG if self.settings.auth else "", artifacts=self.settings.artifacts,
+                             probe_key=f"preflight-{self.host.name}")
+
+    def artifact_round_trip_script(self) -> str:
+        """Through the server's artifact proxy, as a client logs: write, read back and delete a small object."""
+        return render_script("tracking-artifact-round-trip.sh.j2", base=f"http://127.0.0.1:{self.server_port}",
+                             curl_args=self.admin_curl_args, host_header=f"{self.address}:{self.settings.port}",
+                             path=f".mlflow-fab/health-{self.host.name}")
 
 
 SECRET_KEYS = ["MLFLOW_DB_PASSWORD", "MLFLOW_BACKEND_STORE_URI"]
@@ -226,6 +260,8 @@ DATABASE_OBJECTS = f.Fact(
 )
 SERVICE_USER_EXISTS = f.user_exists(SERVICE_USER)
 ENV_FILE_STAT = f.path_stat(ENV_FILE)
+ENV_DIGEST = f.Fact("env_digest", f"sha256sum {ENV_FILE} | cut -c1-64")
+DATABASE_CA_FILE = f.file_content(DATABASE_CA)
 ENV_KEYS = f.Fact("env_keys", f"sed -n 's/=.*//p' {ENV_FILE}", f.words)
 ROLE_SIGNS_IN = f.Fact("role_login", ROLE_LOGIN)
 SECRETS_NEWER_THAN_SERVER = f.Fact("secrets_after_start", SECRETS_AFTER_START)
@@ -247,6 +283,26 @@ def generate_env_file_script(auth: bool) -> str:
                          admin_curl=frontdoor.ADMIN_CURL, admin=frontdoor.ADMIN)
 
 
+def shared_secrets_differ(target: TrackingTarget, facts: f.Facts) -> bool:
+    """Whether a replica's secrets file (or the admin's curl config made from it) is not exactly the service's."""
+    digest = hashlib.sha256(target.stores.env_file().encode()).hexdigest()
+    admin_ok = not target.settings.auth or facts[frontdoor.ADMIN_CURL_STAT].strip() == "root root 600"
+    return not (facts[ENV_DIGEST] == digest and facts[ENV_FILE_STAT].strip() == f"root {SERVICE_USER} 640" and admin_ok)
+
+
+def shared_stores_step(target: TrackingTarget, differ: bool, needed: bool) -> Step:
+    """Before a replica's server (re)starts, or when its secrets change: the shared database and artifact store must answer
+    with the service's secrets (sent from this process's memory through stdin), which are installed only then."""
+    name = f"secrets {ENV_FILE}"
+    if not (differ or needed):
+        return Step.ok(name, "the service's shared secrets (never shown)")
+    script = render_script("tracking-shared-secrets.sh.j2", env_file=ENV_FILE, user=SERVICE_USER, preflight=target.preflight_script(f"{ENV_FILE}.next"),
+                           admin_curl=frontdoor.ADMIN_CURL if target.settings.auth else "", admin=frontdoor.ADMIN)
+    action = "check the shared database and artifact store with the service's secrets, then install them" if differ else \
+        "check the shared database and artifact store answer with the service's secrets"
+    return Step.secret(name, f"{action} (sent through stdin, never shown)", script, target.stores.env_file())
+
+
 def secrets_step(target: TrackingTarget, facts: f.Facts) -> Step:
     auth = target.settings.auth
     script = generate_env_file_script(auth)
@@ -261,12 +317,12 @@ def secrets_step(target: TrackingTarget, facts: f.Facts) -> Step:
     return step
 
 
-def reset_admin_password_script(env_path: str) -> str:
+def reset_admin_password_script(env_path: str, shared: bool = False) -> str:
     """The stored admin password follows the secrets file: after a new secrets file, a restore, or a refused admin.curl.
 
-    env_path is a shell word: a path, or "$env" inside mlflow-restore."""
+    env_path is a shell word: a path, or "$env" inside mlflow-restore. shared: the auth tables are in the shared database."""
     return render_script("tracking-admin-password.sh.j2", env=env_path, database=DATABASE, auth_schema=frontdoor.AUTH_SCHEMA,
-                         user=SERVICE_USER, auth_config=frontdoor.AUTH_CONFIG, env_file=ENV_FILE, admin=frontdoor.ADMIN)
+                         user=SERVICE_USER, auth_config=frontdoor.AUTH_CONFIG, env_file=ENV_FILE, admin=frontdoor.ADMIN, shared=shared)
 
 
 def admin_password_steps(target: TrackingTarget, probe: str, new_secret: bool) -> list[Step]:
@@ -275,7 +331,7 @@ def admin_password_steps(target: TrackingTarget, probe: str, new_secret: bool) -
     A new secrets file, a restore from another host, or an earlier run cut off before this step leave them different:
     whenever the API does not answer the admin credential with 200, the stored password is set again.
     """
-    reset = reset_admin_password_script(target.env_path)
+    reset = reset_admin_password_script(target.env_path, target.replica)
     if new_secret:
         return [Step.change("auth admin password", "follow the new secrets file", reset)]
     api = target.health_checks[-1].label
@@ -298,32 +354,65 @@ def plan(target: TrackingTarget, facts: f.Facts) -> list[Step]:
     s = target.settings
     node_name = facts[f.node_name()]
     service = facts[SERVICE_STATE]
-    secrets = secrets_step(target, facts)
-    role, database = database_steps(facts)
     door = frontdoor.FrontDoor(target.host, target.address, node_name)
-    door_steps = frontdoor.steps(door, facts)
+    door_steps = frontdoor.steps(door, facts, target.auth_database_uri if target.replica else "")
     env = ensure_env(target.env_spec, target.env_path, facts[target.env_marker_fact])
-    admin = admin_password_steps(target, facts[target.probe_fact], not facts[ENV_FILE_STAT]) if s.auth and facts[frontdoor.AUTH_SCHEMA_PRESENT] else []
     unit = ensure_file(UNIT_PATH, target.unit(node_name), facts[UNIT_FILE])
-    steps = [*system_steps(target, facts), secrets, role, database, *door_steps.steps, env, *admin, unit,
-             ensure_file(PROFILE, target.profile(), facts[PROFILE_FILE]), *backup_steps(target, facts),
-             daemon_reload(unit.changed), ensure_enabled(UNIT, service)]
+    inputs = {"unit": unit, "python env": env, "auth config": door_steps.auth_config}
+    if target.replica:
+        before = replica_steps(target, facts, door_steps, env, inputs)
+    else:
+        before = local_steps(target, facts, door_steps, env, inputs)
+    restart = inputs["restart"]
+    steps = [*system_steps(target, facts), *before, unit, ensure_file(PROFILE, target.profile(), facts[PROFILE_FILE]),
+             *backup_steps(target, facts), daemon_reload(unit.changed), ensure_enabled(UNIT, service)]
     if not s.tls:
         steps.append(frontdoor.remove_nginx_step(facts))
-    reasons = [name for name, step in {"unit": unit, "secrets": secrets, "database role": role, "python env": env,
-                                       "auth config": door_steps.auth_config}.items() if step and step.changed]
-    if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and not secrets.changed:
-        reasons.append("secrets (since the server started)")
-    restart = ensure_running(UNIT, target.server_port, service, reasons)
     steps.append(restart)
     if s.tls:
         steps.append(frontdoor.nginx_step(door, facts, any(step.changed for step in door_steps.certificate)))
-    return steps + signin_guard.steps(s, facts) + [health_gate_step(target, facts, restart.changed)] + old_env_steps(target, facts)
+    gate = health_gate_step(target, facts, restart.changed)
+    round_trip = [Step.change("artifact round trip", "write, read and delete an object through the server's proxy",
+                              target.artifact_round_trip_script())] if target.artifacts_in_s3 and gate.changed else []
+    return steps + signin_guard.steps(s, facts) + [gate, *round_trip] + old_env_steps(target, facts)
+
+
+def restart_step(facts: f.Facts, target: TrackingTarget, inputs: dict[str, Step | None], secrets_changed: bool) -> Step:
+    """A (re)start when an input changed or the server is down; adds itself to inputs as "restart"."""
+    reasons = [name for name, step in inputs.items() if step and step.changed]
+    if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and not secrets_changed:
+        reasons.append("secrets (since the server started)")
+    inputs["restart"] = ensure_running(UNIT, target.server_port, facts[SERVICE_STATE], reasons)
+    return inputs["restart"]
+
+
+def local_steps(target: TrackingTarget, facts: f.Facts, door_steps: frontdoor.DoorSteps, env: Step, inputs: dict) -> list[Step]:
+    """A one-host server: its secrets generated on the host, its own database role and database, then the env."""
+    s = target.settings
+    secrets = secrets_step(target, facts)
+    role, database = database_steps(facts)
+    admin = admin_password_steps(target, facts[target.probe_fact], not facts[ENV_FILE_STAT]) if s.auth and facts[frontdoor.AUTH_SCHEMA_PRESENT] else []
+    inputs.update({"secrets": secrets, "database role": role})
+    restart_step(facts, target, inputs, secrets.changed)
+    return [secrets, role, database, *door_steps.steps, env, *admin]
+
+
+def replica_steps(target: TrackingTarget, facts: f.Facts, door_steps: frontdoor.DoorSteps, env: Step, inputs: dict) -> list[Step]:
+    """A replica: the db host's certificate to trust, then the env, then the shared secrets, checked against the stores."""
+    stores = target.stores
+    trust = [ensure_file(DATABASE_CA, stores.database_ca, facts[DATABASE_CA_FILE])] if stores.database_ca else []
+    differ = shared_secrets_differ(target, facts)
+    inputs.update({"database certificate": trust[0] if trust else None, "secrets": Step("secrets", "", changed=differ)})
+    restart = restart_step(facts, target, inputs, differ)
+    admin = admin_password_steps(target, facts[target.probe_fact], differ) if target.settings.auth else []
+    return [*trust, *door_steps.steps, env, shared_stores_step(target, differ, restart.changed or bool(admin)), *admin]
 
 
 def system_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
-    """Debian packages, PostgreSQL running, the service user and our directories."""
-    if facts[POSTGRESQL_STATE] == "active":
+    """Debian packages, PostgreSQL running (not on a replica: it has none), the service user and our directories."""
+    if target.replica:
+        postgresql = Step.ok("postgresql", f"shared: {target.stores.database.host}:{target.stores.database.port}")
+    elif facts[POSTGRESQL_STATE] == "active":
         postgresql = Step.ok("postgresql running", "active")
     else:
         postgresql = Step.change("postgresql running", "enable and start", "systemctl enable --now --quiet postgresql")
@@ -366,6 +455,8 @@ def old_env_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
 
 def backup_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
     """The backup and restore scripts; the timer and its service only when backup_schedule is set."""
+    if target.replica:
+        return []
     files = {path: ensure_file(path, content, facts[f.file_content(path)], mode=mode) for path, (content, mode) in target.backup_files().items()}
     steps = list(files.values())
     timer = facts[BACKUP_TIMER_STATE]
@@ -415,8 +506,8 @@ def from_wheelhouse(remote: Remote, target: TrackingTarget, marker: str, check: 
     return dataclasses.replace(target, find_links=spec.find_links, pins=spec.pins), steps
 
 
-def converge(remote: Remote, report: HostReport) -> None:
-    target = TrackingTarget(remote.host, remote.connection.host)
+def converge(remote: Remote, report: HostReport, stores: SharedStores | None = None) -> None:
+    target = TrackingTarget(remote.host, remote.connection.host, stores=stores)
 
     def guarded_plan(facts: f.Facts) -> list[Step]:
         nonlocal target

@@ -31,10 +31,12 @@ def role_packages() -> dict[str, list[str]]:
     which those tasks install themselves): the one place the testbed reads them from tasks/."""
     from tasks.serving.balancer import BALANCER_PACKAGES
     from tasks.serving.deploy import MODEL_PACKAGES
-    from tasks.tracking.server import TRACKING_PACKAGES
+    from tasks.tracking.database import DATABASE_PACKAGES
+    from tasks.tracking.server import REPLICA_PACKAGES, TRACKING_PACKAGES
     from tasks.training.run import TRAINING_PACKAGES
 
-    return {"tracking": TRACKING_PACKAGES, "lb": BALANCER_PACKAGES, "models": MODEL_PACKAGES, "training": TRAINING_PACKAGES}
+    return {"tracking": TRACKING_PACKAGES, "lb": BALANCER_PACKAGES, "models": MODEL_PACKAGES, "training": TRAINING_PACKAGES,
+            "db": DATABASE_PACKAGES, "replica": REPLICA_PACKAGES}
 
 
 def packages_for(roles: tuple[str, ...]) -> list[str]:

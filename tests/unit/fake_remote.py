@@ -26,7 +26,7 @@ from tasks.ops.steps import BEGIN, END
 from tasks.serving.switch import OUTCOME
 
 FACT = re.compile(rf"printf '\\n{MARKER}%s\\n' (.+?); cat ")
-STEP = re.compile(rf"printf '\\n{BEGIN}(\d+)\\n'\n\s*\( set -e\n(.*?)\n\s*\)\n\s*rc=\$\?", re.DOTALL)
+STEP = re.compile(rf"printf '\\n{BEGIN}(\d+)\\n'\n\s*\( set -e\n(.*?)\n\s*\)(?: </dev/null)?\n\s*rc=\$\?", re.DOTALL)
 EMBEDDED = re.compile(r"echo ([A-Za-z0-9+/=]+) \| base64 -d > \"\$tmp\"\ninstall -D -o root -g root -m 700 \"\$tmp\" (\S+/switch\.sh)")
 FINISH = re.compile(r"^\s*finish (.*)$", re.MULTILINE)
 

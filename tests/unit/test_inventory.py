@@ -104,7 +104,7 @@ KIND_ERRORS = [
         ("[tracking]\nworkers = 'two'", "[tracking] workers = 'two' should be of type int"),
         ("[tracking]\nworkers = true", "[tracking] workers = True should be of type int"),
         ("[tracking]\nenv_manager = 'pip'", 'env_manager must be "venv" or "conda"'),
-        ("[hosts.a]\naddress = '10.0.0.1'\nroles = ['db']", "[hosts.a] unknown role 'db'"),
+        ("[hosts.a]\naddress = '10.0.0.1'\nroles = ['database']", "[hosts.a] unknown role 'database'"),
         ("[hosts.a]\nroles = ['tracking']", "[hosts.a] needs an address"),
         ("[hosts.a]\naddress = '10.0.0.1'\nadress = 'x'", "unknown key 'adress' in [hosts.a]"),
         ("[hosts.a]\naddress = '10.0.0.1'\n[hosts.a.tracking]\nport = '5000'", "[hosts.a.tracking] port = '5000'"),
@@ -115,6 +115,27 @@ KIND_ERRORS = [
         ("[tracking]\nport = 5050", "port and backend_port must differ"),
         ("[tracking]\ntls = 'yes'", "[tracking] tls = 'yes' should be of type bool"),
         ("[tracking]\nauth_cache_seconds = -1", "[tracking] auth_cache_seconds must be 0 (no cache) or more"),
+        ("[tracking]\ndatabase = 'remote'", "[tracking] database must be one of 'local', 'host', 'external', not 'remote'"),
+        ("[tracking]\ndatabase = 'host'", 'database = "host" needs exactly one host with roles = ["db"] (none has it)'),
+        ("[tracking]\ndatabase = 'host'\n[hosts.a]\naddress = '10.0.0.1'\nroles = ['db']\n[hosts.b]\naddress = '10.0.0.2'\nroles = ['db']",
+         'needs exactly one host with roles = ["db"] (found a, b)'),
+        ("[hosts.a]\naddress = '10.0.0.1'\nroles = ['db']", 'hosts a have role "db" but [tracking] database = \'local\''),
+        ("[tracking]\ndatabase = 'external'", "database_url_file goes with database = \"external\""),
+        ("[tracking]\ndatabase = 'external'\ndatabase_url_file = 'no.url'", "database_url_file = 'no.url': no such file on this machine"),
+        ("[tracking]\nartifacts = 's3://bucket/prefix'", "s3_credentials_file goes with artifacts = \"s3://...\""),
+        ("[tracking]\nartifacts = 's3://Bucket'", "artifacts must be s3://BUCKET[/PREFIX]"),
+        ("[tracking]\nartifacts = 's3://bucket/a/../b'", "artifacts must be s3://BUCKET[/PREFIX] without '.' or '..'"),
+        ("[tracking]\ns3_endpoint_url = 'ftp://x'", "s3_endpoint_url must be http(s)://HOST[:PORT]"),
+        ("[tracking]\ns3_endpoint_url = 'https://u:p@x'", "s3_endpoint_url must be http(s)://HOST[:PORT]: no user"),
+        ("[tracking]\ns3_endpoint_url = 'https://s3.example.com'", "s3_endpoint_url is set but artifacts"),
+        ("[hosts.a]\naddress = '10.0.0.1'\n[hosts.a.tracking]\ndatabase = 'host'", "[hosts.a.tracking] database is a setting of the whole"),
+        ("[tracking]\ndatabase = 'host'\n[hosts.d]\naddress = '10.0.0.9'\nroles = ['db']\n[hosts.a]\naddress = '10.0.0.1'\n"
+         "[hosts.a.tracking]\nworkers = 1\nmlflow_version = '3.16.1'", "[hosts.a.tracking] mlflow_version is a setting of the whole tracking "
+         "service (its replicas share it)"),
+        ("[tracking]\ndatabase = 'host'\n[hosts.d]\naddress = '10.0.0.9'\nroles = ['db']\n[hosts.a]\naddress = '10.0.0.1'\n"
+         "roles = ['tracking']\n[hosts.b]\naddress = '10.0.0.2'\nroles = ['tracking']", "they need one artifact store"),
+        ("[tracking]\ndatabase = 'host'\n[hosts.d]\naddress = '10.0.0.9'\nroles = ['db']\n[hosts.l]\naddress = '10.0.0.3'\nroles = ['lb']\n"
+         "[models]\nport = 5000", "[hosts.l] the tracking service's port and model model both use port 5000"),
     ]
     + KIND_ERRORS,
 )

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "tasks"
 
 # Each layer and the layers it may import; a layer may always import itself (without cycles).
-INPUTS = {"tasks.values", "tasks.requirements", "tasks.oncalendar", "tasks.inventory", "tasks.templates", "tasks.credentials"}
+INPUTS = {"tasks.values", "tasks.requirements", "tasks.oncalendar", "tasks.inventory", "tasks.templates", "tasks.credentials",
+          "tasks.secret_files"}
 MACHINERY = {"tasks.report", "tasks.fleet", "tasks.converge"}
 MAY_IMPORT = {
     "inputs": set(),
