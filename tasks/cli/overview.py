@@ -17,9 +17,11 @@ def status(c):
     from rich.table import Table
 
     from tasks.overview.status import COLUMNS, host_status
+    from tasks.tracking.service import TrackingService
 
     hosts = arguments.hosts_for(c, role=None)
-    reports = run_on_hosts(c.config, hosts, host_status)
+    service = TrackingService.of(arguments.inventory(c))
+    reports = run_on_hosts(c.config, hosts, lambda remote, report: host_status(remote, report, service))
     table = Table("host", *COLUMNS)
     for report in reports:
         table.add_row(report.host, *(report.details.get(column, "-") for column in COLUMNS))

@@ -48,6 +48,8 @@ def tracking_user(c, add="", reset_password="", remove="", admin=False, credenti
     """Create a user of the tracking server, give one a new password, or remove one; credentials are written on this machine."""
     action, name = chosen_action(add, reset_password, remove, admin)
     hosts = arguments.hosts_for(c, role="tracking")
+    if TrackingService.of(arguments.inventory(c)).shared:
+        hosts = hosts[:1]  # the replicas keep their users in the shared database: one of them makes the change for all
     if action == "remove":
         end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: remove_on(remote, report, name)))
         return
@@ -67,8 +69,11 @@ def tracking_user(c, add="", reset_password="", remove="", admin=False, credenti
 
 @task(help={"download": "also copy the backup to this directory on the laptop"})
 def backup_tracking(c, download=""):
-    """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep)."""
+    """Dump the tracking database and archive the artifacts on each tracking host (kept: backup_keep); replicas: one
+    dump of the shared database and a list of the bucket's artifacts."""
     hosts = arguments.hosts_for(c, role="tracking")
+    if TrackingService.of(arguments.inventory(c)).shared:
+        hosts = hosts[:1]  # one database and one bucket for every replica: one backup of them
     directory = download_directory(download) if download else ""
     end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
 
@@ -78,6 +83,9 @@ def restore_tracking(c, from_=""):
     """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first, and comes back on any failure."""
     if not from_:
         raise Exit("error: give --from FILE (a backup from fab backup-tracking --download, or a path on the host)", code=2)
+    if TrackingService.of(arguments.inventory(c)).shared:
+        raise Exit("error: restore-tracking restores a one-host server; for replicas, restore the backup's mlflow.dump with "
+                   "pg_restore --clean into the shared database (the artifacts stay in the bucket, listed in artifacts.tsv)", code=2)
     hosts = arguments.hosts_for(c, role="tracking")
     if len(hosts) != 1:
         raise Exit(f"error: restore one tracking host at a time: pass -H (tracking hosts: {', '.join(h.name for h in hosts)})", code=2)

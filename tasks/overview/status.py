@@ -7,9 +7,11 @@ from tasks.ops.health import probe_healthy
 from tasks.ops.steps import Step
 from tasks.serving.deploy import running_release_command
 from tasks.serving.history import MODELS_ROOT
+from tasks.tracking.frontdoor import NGINX_CONFIG
 from tasks.tracking.server import POSTGRESQL_STATE, SERVICE_STATE, TrackingTarget
+from tasks.tracking.service import TrackingService
 
-COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models")
+COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models", "balancer")
 # `NAME STATE CURRENT RUNNING` per model with a current link
 MODELS = f.Fact(
     "models",
@@ -32,10 +34,29 @@ def model_summary(text: str) -> tuple[str, bool]:
     return "\n".join(cells) or "-", consistent
 
 
-def host_status(remote, report) -> None:
+def balancer_view(service: TrackingService) -> f.Fact:
+    """`NAME drained|CODE` per replica, as this balancer sees it: drained in its config, or what the replica's /health answers."""
+    scheme = "https" if service.settings.tls else "http"
+    checks = "".join(
+        f"if grep -q ' {host.address}:{service.settings.port} .* down;' {NGINX_CONFIG}; then echo '{host.name} drained'; "
+        f"else echo \"{host.name} $(curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' {scheme}://{host.address}:{service.settings.port}/health)\"; fi; "
+        for host in service.replicas)
+    return f.Fact("balancer", f"[ -f {NGINX_CONFIG} ] && {{ {checks}}}")
+
+
+def view_summary(text: str) -> tuple[str, bool]:
+    """'NAME drained|CODE' lines -> a cell, and whether every replica is in service and answers."""
+    rows = [line.split() for line in text.splitlines() if len(line.split()) == 2]
+    cells = [f"{name}: {'drained' if state == 'drained' else 'up' if state == '200' else f'DOWN ({state})'}" for name, state in rows]
+    return "\n".join(cells) or "-", all(state == "200" for _, state in rows)
+
+
+def host_status(remote, report, tracking_service: TrackingService) -> None:
     target = TrackingTarget(remote.host, remote.connection.host)
     version = f.Fact("version", target.local_curl("/version"))
-    facts = f.gather(remote, [f.os_release(), SERVICE_STATE, POSTGRESQL_STATE, version, target.probe_fact, MODELS])
+    fronts = tracking_service.fronted and "lb" in remote.host.roles
+    view = balancer_view(tracking_service)
+    facts = f.gather(remote, [f.os_release(), SERVICE_STATE, POSTGRESQL_STATE, version, target.probe_fact, MODELS] + ([view] if fronts else []))
     models, models_active = model_summary(facts[MODELS])
     service = facts[SERVICE_STATE]
     installed = service.get("UnitFileState", "") not in ("", "not-found")
@@ -44,14 +65,20 @@ def host_status(remote, report) -> None:
         "os": facts[f.os_release()].split("\n")[0].rpartition("|")[2],
         "tracking": f"{service['ActiveState']} (pid {service['MainPID']})" if installed else "not installed",
         "mlflow": facts[version] or "-",
-        "postgresql": facts[POSTGRESQL_STATE] or "-",
+        "postgresql": f"shared ({tracking_service.settings.database})" if tracking_service.shared and installed
+        else facts[POSTGRESQL_STATE] or "-",
         "health": ("healthy" if healthy else "UNHEALTHY") if installed else "-",
         "url": target.url if installed else "-",
         "models": models,
     }
+    replicas_in_service = True
+    if fronts:
+        report.details["balancer"], replicas_in_service = view_summary(facts[view])
     if installed and not healthy:
         report.steps.append(Step.failure("status", "tracking server installed but not healthy"))
     elif not models_active:
         report.steps.append(Step.failure("status", "a model service is not active, or runs another release than its current link"))
+    elif not replicas_in_service:
+        report.steps.append(Step.failure("status", "a tracking replica is drained or does not answer this balancer"))
     else:
         report.steps.append(Step.ok("status", "healthy" if installed else "no tracking server"))

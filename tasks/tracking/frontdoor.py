@@ -81,9 +81,11 @@ class FrontDoor:
                 entries.append(entry)
         return entries
 
-    def nginx_config(self) -> str:
+    def nginx_config(self, replicas: tuple = (), replica_port: int = 0) -> str:
+        """The front door to MLflow on loopback; with replicas (address, down), the balancer in front of their replica_port."""
         s = self.settings
         return render("nginx-mlflow-tracking.conf.j2", port=s.port, backend_port=s.backend_port, certificate=CERTIFICATE, key=KEY,
+                      tls=s.tls or not replicas, replicas=replicas, replica_port=replica_port, replica_tls=s.tls,
                       **signin_guard.nginx_values(s))
 
     def auth_config(self, database_uri: str = LOCAL_AUTH_DATABASE) -> str:

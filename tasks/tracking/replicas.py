@@ -1,18 +1,23 @@
 """setup-tracking for replicas of one service: the shared secrets read once, the db host converged first, then every
-tracking host in parallel with the same secrets and stores.
+tracking host in parallel with the same secrets and stores, a replica that restarts while serving taking its turn
+(drained from every balancer, restarted, gated, put back), then the balancers.
 
 Runbook this replaces: set up PostgreSQL on its own server and open it to the app servers; copy the database password,
-the Flask secret key and the S3 keys to each app server by hand; hope the copies stay the same.
+the Flask secret key and the S3 keys to each app server by hand; restart them one by one behind the load balancer.
 """
 
 from __future__ import annotations
+
+import threading
+from typing import Callable
 
 from fabric import Config
 
 from tasks.fleet import run_on_hosts
 from tasks.inventory import Host
-from tasks.report import HostReport
-from tasks.tracking import database, server
+from tasks.ops.remote import HostError, Remote
+from tasks.report import HostReport, show_error, show_note
+from tasks.tracking import balancer, database, server
 from tasks.tracking.service import SharedSecrets, StoreFiles, TrackingService, read_secrets, stores_for
 
 
@@ -31,8 +36,45 @@ def shared_secrets(config: Config, service: TrackingService) -> tuple[SharedSecr
     return SharedSecrets.first_of([found[host.name] for host in service.replicas]), []
 
 
+class Turns:
+    """Replicas restart one at a time while they serve, each drained from every balancer first and put back once its
+    health gate passed (a replica that fails stays drained: the others answer for it)."""
+
+    def __init__(self, config: Config, service: TrackingService):
+        self.config, self.service = config, service
+        self.lock = threading.Lock()
+
+    def __call__(self, host: Host, report: HostReport, restart: Callable[[], bool]) -> bool:
+        with self.lock:
+            if not self.drain(report, frozenset({host.name}), f"drain {host.name} before its server restarts"):
+                return False
+            if not restart():
+                show_note(report, f"{host.name} stays drained from the balancers: fix it and run setup-tracking again")
+                return False
+            return self.drain(report, frozenset(), f"{host.name} back behind the balancers")
+
+    def drain(self, report: HostReport, drained: frozenset[str], summary: str) -> bool:
+        for lb in self.service.balancers:
+            remote = Remote(lb, self.config.clone())
+            try:
+                step = balancer.set_drained(remote, self.service, drained, summary)
+            except HostError as error:
+                report.error = f"balancer {lb.name}: {error}"
+                show_error(report)
+                return False
+            finally:
+                remote.close()
+            if step.failed:
+                report.error = f"balancer {lb.name}: {summary}: {step.output.strip()[-500:]}"
+                show_error(report)
+                return False
+            show_note(report, f"balancer {lb.name}: {summary}")
+        return True
+
+
 def setup_replicas(config: Config, service: TrackingService, hosts: list[Host], files: StoreFiles, check: bool) -> list[HostReport]:
-    """The db host (when the service has one), then the tracking hosts; nothing on a tracking host when the database failed."""
+    """The db host (when the service has one), the tracking hosts, then the balancers; each stage only when the one
+    before it succeeded everywhere."""
     secrets, failed = shared_secrets(config, service)
     if secrets is None:
         return failed
@@ -48,4 +90,9 @@ def setup_replicas(config: Config, service: TrackingService, hosts: list[Host], 
         if any(report.failed for report in reports):
             return reports
     stores = stores_for(service, files, secrets, certificate["pem"])
-    return reports + run_on_hosts(config, hosts, lambda remote, report: server.converge(remote, report, stores), check=check)
+    fronted = [balancer.replica_host(host, service) if service.fronted else host for host in hosts]
+    turns = Turns(config, service) if service.fronted else None
+    reports += run_on_hosts(config, fronted, lambda remote, report: server.converge(remote, report, stores, turns), check=check)
+    if service.fronted and not any(report.failed for report in reports):
+        reports += run_on_hosts(config, list(service.balancers), lambda remote, report: balancer.converge(remote, report, service), check=check)
+    return reports

@@ -11,6 +11,7 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass
+from typing import Callable
 
 from invoke.exceptions import Exit
 
@@ -184,9 +185,13 @@ class TrackingTarget:
     def backup_files(self) -> dict[str, tuple[str, str]]:
         """path -> (content, mode) of the backup and restore scripts, and of the timer when a schedule is set."""
         s = self.settings
-        values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT, user=SERVICE_USER)
+        values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT,
+                      user=SERVICE_USER, replica=self.replica, env_file=ENV_FILE, env_path=self.env_path)
+        if self.replica:  # restoring a service of replicas is not built: the dump restores with pg_restore by hand
+            files = {BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755")}
+            return files | self.backup_timer_files()
         restore = dict(
-            unit_path=UNIT_PATH, env_file=ENV_FILE, backup_script=BACKUP_SCRIPT, installed_env=INSTALLED_ENV,
+            unit_path=UNIT_PATH, backup_script=BACKUP_SCRIPT, installed_env=INSTALLED_ENV,
             env_version=schema.ENV_VERSION,
             database_functions=postgres.functions(),
             gate=gate_script(UNIT, self.server_port, self.health_checks, s.health_timeout, after_restart=True),
@@ -197,10 +202,14 @@ class TrackingTarget:
             BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755"),
             RESTORE_SCRIPT: (render("mlflow-restore.sh.j2", **values, **restore), "755"),
         }
-        if s.backup_schedule:
-            files[BACKUP_UNIT] = (render("mlflow-backup.service.j2", keep=s.backup_keep), "644")
-            files[BACKUP_TIMER] = (render("mlflow-backup.timer.j2", schedule=s.backup_schedule), "644")
-        return files
+        return files | self.backup_timer_files()
+
+    def backup_timer_files(self) -> dict[str, tuple[str, str]]:
+        s = self.settings
+        if not s.backup_schedule:
+            return {}
+        return {BACKUP_UNIT: (render("mlflow-backup.service.j2", keep=s.backup_keep), "644"),
+                BACKUP_TIMER: (render("mlflow-backup.timer.j2", schedule=s.backup_schedule), "644")}
 
     def unit(self, node_name: str) -> str:
         s = self.settings
@@ -247,6 +256,8 @@ ROLE_LOGIN = (f"password=$(sed -n 's/^MLFLOW_DB_PASSWORD=//p' {ENV_FILE}) && [ -
 SECRETS_AFTER_START = (f"started=$(systemctl show -p ExecMainStartTimestamp --value {UNIT}) && [ -n \"$started\" ] && "
                        f"[ \"$(stat -c %Y {ENV_FILE})\" -gt \"$(date -d \"$started\" +%s)\" ] && echo yes")
 AUTH_SECRET_KEYS = ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"]
+# The kind of the step that (re)starts the server: a replica serving clients is drained from the balancers around it.
+RESTART_STEP = "restart"
 # The env the installed unit starts, as a shell expression for a script on the host.
 INSTALLED_ENV = f"$(grep -o '{ENVS_ROOT}/tracking-[0-9a-f]*' {UNIT_PATH} | head -1)"
 
@@ -383,6 +394,7 @@ def restart_step(facts: f.Facts, target: TrackingTarget, inputs: dict[str, Step 
     if facts[SECRETS_NEWER_THAN_SERVER] == "yes" and not secrets_changed:
         reasons.append("secrets (since the server started)")
     inputs["restart"] = ensure_running(UNIT, target.server_port, facts[SERVICE_STATE], reasons)
+    inputs["restart"].kind = RESTART_STEP
     return inputs["restart"]
 
 
@@ -455,8 +467,6 @@ def old_env_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
 
 def backup_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
     """The backup and restore scripts; the timer and its service only when backup_schedule is set."""
-    if target.replica:
-        return []
     files = {path: ensure_file(path, content, facts[f.file_content(path)], mode=mode) for path, (content, mode) in target.backup_files().items()}
     steps = list(files.values())
     timer = facts[BACKUP_TIMER_STATE]
@@ -506,8 +516,20 @@ def from_wheelhouse(remote: Remote, target: TrackingTarget, marker: str, check: 
     return dataclasses.replace(target, find_links=spec.find_links, pins=spec.pins), steps
 
 
-def converge(remote: Remote, report: HostReport, stores: SharedStores | None = None) -> None:
+def restarts_while_serving(facts: f.Facts, steps: list[Step]) -> bool:
+    return facts[SERVICE_STATE].get("ActiveState") == "active" and any(step.kind == RESTART_STEP and step.changed for step in steps)
+
+
+def converge(remote: Remote, report: HostReport, stores: SharedStores | None = None, take_turn: Callable | None = None) -> None:
+    """stores: the shared stores of a replica. take_turn(host, report, apply) -> bool runs a plan that restarts a server
+    while it serves clients: the replicas take turns, each drained from the balancers while it restarts."""
     target = TrackingTarget(remote.host, remote.connection.host, stores=stores)
+    apply_plan = frontdoor.apply_with_key(remote, report, target.settings.tls_key)
+
+    def apply_in_turn(facts: f.Facts, steps: list[Step]) -> bool:
+        if take_turn and restarts_while_serving(facts, steps):
+            return take_turn(remote.host, report, lambda: apply_plan(facts, steps))
+        return apply_plan(facts, steps)
 
     def guarded_plan(facts: f.Facts) -> list[Step]:
         nonlocal target
@@ -518,8 +540,7 @@ def converge(remote: Remote, report: HostReport, stores: SharedStores | None = N
         record(report, wheels)
         return [guard] + plan(target, facts)
 
-    converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), guarded_plan,
-                              frontdoor.apply_with_key(remote, report, target.settings.tls_key))
+    converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), guarded_plan, apply_in_turn)
     facts, steps = converged.facts, converged.steps
     if converged.done:
         exports = f"MLFLOW_TRACKING_URI={target.url}"

@@ -1,63 +1,149 @@
-"""A team-scale tracking service on real hosts: PostgreSQL on a db host (mlt45), artifacts in a real S3 server (rclone on
-mlt44), two tracking replicas (mlt46, mlt47) sharing both and one set of secrets."""
+"""A team-scale tracking service on real hosts, TLS and sign-in on: PostgreSQL on a db host (mlt45), artifacts in a real
+S3 server (rclone on mlt44), two tracking replicas (mlt46, mlt47) sharing both and one set of secrets, a balancer (mlt48)."""
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+from pathlib import Path
 
 import pytest
 
-from tests.integration.fabrun import fab, host_entry, recap, write_inventory
+from tests.integration.fabrun import fab, host_entry, recap, wait_for, write_inventory
 from tests.integration.s3server import start_s3_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]  # each replica's own self-signed certificate
 
 PREFIX = "team"
+LEARNED_CERTIFICATES = Path("~/.mlflow/certs").expanduser()
 
 
 @pytest.fixture(scope="module")
 def team(module_hosts, tmp_path_factory):
-    s3_host, db, one, two = module_hosts("mlt44", "mlt45", "mlt46", "mlt47",
-                                         prebaked={"mlt45": ("db",), "mlt46": ("replica",), "mlt47": ("replica",)})
+    s3_host, db, one, two, lb = module_hosts("mlt44", "mlt45", "mlt46", "mlt47", "mlt48",
+                                             prebaked={"mlt45": ("db",), "mlt46": ("replica",), "mlt47": ("replica",), "mlt48": ("lb",)})
     s3 = start_s3_server(s3_host)
     directory = tmp_path_factory.mktemp("replicas")
     credentials = s3.credentials_file(directory / "s3.env")
-    hosts = {"mlt45": host_entry(db, ["db"]), "mlt46": host_entry(one, ["tracking"]), "mlt47": host_entry(two, ["tracking"])}
+    hosts = {"mlt45": host_entry(db, ["db"]), "mlt46": host_entry(one, ["tracking"]), "mlt47": host_entry(two, ["tracking"]),
+             "mlt48": host_entry(lb, ["lb"])}
 
     def inventory(**tracking):
-        settings = {"tls": False, "workers": 1, "database": "host", "artifacts": f"s3://{s3.bucket}/{PREFIX}",
+        settings = {"workers": 1, "database": "host", "artifacts": f"s3://{s3.bucket}/{PREFIX}",
                     "s3_endpoint_url": s3.endpoint_url, "s3_credentials_file": str(credentials), **tracking}
         return write_inventory(directory / "hosts.toml", hosts, tracking=settings)
 
     result = fab(inventory(), "setup-tracking")
     assert result.returncode == 0, result.stdout[-5000:]
-    return s3, db, one, two, inventory
+    assert f"tracking service: https://{lb.address}:5000 -> mlt46, mlt47" in result.stdout
+    return s3, db, one, two, lb, inventory
 
 
-def admin_env(host) -> dict[str, str]:
-    password = re.search(r'user = "admin:(.*)"', host.run("cat /etc/mlflow/admin.curl").stdout).group(1)
-    return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+def admin_password(host) -> str:
+    return re.search(r'user = "admin:(.*)"', host.run("cat /etc/mlflow/admin.curl").stdout).group(1)
+
+
+@pytest.fixture
+def through_the_balancer(team, monkeypatch):
+    """MLflow's client signed in as the admin, trusting the balancer's self-signed certificate; the service's URL."""
+    *_, one, _, lb, _ = team
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin_password(one))
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(LEARNED_CERTIFICATES / f"{lb.address}_5000.pem"))
+    return f"https://{lb.address}:5000"
 
 
 def main_pid(host) -> str:
     return host.run("systemctl show -p MainPID --value mlflow-tracking").stdout.strip()
 
 
+class TrackingLoad:
+    """Reads (no retry: each must succeed) and MLflow client writes (the client retries a 5xx) through the balancer."""
+
+    def __init__(self, url: str, run_id: str, readers: int = 3, writers: int = 2):
+        import requests
+
+        self.url, self.run_id = url, run_id
+        self.stop = threading.Event()
+        self.reads = self.failed_reads = self.writes = self.failed_writes = 0
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
+        self.verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+        self.requests = requests
+        self.threads = [threading.Thread(target=self.read, daemon=True) for _ in range(readers)]
+        self.threads += [threading.Thread(target=self.write, args=(index,), daemon=True) for index in range(writers)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(120)
+
+    def count(self, kind: str, error: str = "") -> None:
+        with self.lock:
+            setattr(self, kind, getattr(self, kind) + 1)
+            if error:
+                self.errors.append(error)
+
+    def read(self) -> None:
+        session = self.requests.Session()
+        while not self.stop.is_set():
+            try:
+                answer = session.get(f"{self.url}/api/2.0/mlflow/runs/get", params={"run_id": self.run_id}, auth=self.auth,
+                                     verify=self.verify, timeout=30)
+                self.count("reads") if answer.status_code == 200 else self.count("failed_reads", f"read: HTTP {answer.status_code}")
+            except self.requests.RequestException as error:
+                self.count("failed_reads", f"read: {type(error).__name__}: {error}")
+
+    def write(self, index: int) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.url)
+        step = 0
+        while not self.stop.is_set():
+            try:
+                client.log_metric(self.run_id, f"load_{index}", float(step), step=step)
+                self.count("writes")
+            except Exception as error:  # noqa: BLE001 -- every failed client operation is counted and shown
+                self.count("failed_writes", f"write: {type(error).__name__}: {error}")
+            step += 1
+
+    def wait_for_traffic(self, reads: int = 20, writes: int = 5) -> None:
+        wait_for(lambda: self.reads >= reads and self.writes >= writes, 60, "reads and writes through the balancer")
+
+    def outcome(self) -> str:
+        return f"{self.reads} reads ({self.failed_reads} failed), {self.writes} writes ({self.failed_writes} failed): {self.errors[:5]}"
+
+
+@pytest.fixture
+def load_run(through_the_balancer):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(through_the_balancer)
+    experiment = client.get_experiment_by_name("load") or client.get_experiment(client.create_experiment("load"))
+    return through_the_balancer, client.create_run(experiment.experiment_id).info.run_id
+
+
 def test_replicas_share_one_set_of_secrets_and_keep_no_database_of_their_own(team):
-    _, db, one, two, _ = team
+    _, db, one, two, *_ = team
     digests = {host.run("sha256sum /etc/mlflow/tracking.env | cut -c1-64").stdout for host in (one, two)}
     assert len(digests) == 1
     for host in (one, two):
         assert host.run("stat -c '%U %G %a' /etc/mlflow/tracking.env").stdout.strip() == "root mlflow 640"
-        assert host.run("systemctl is-active postgresql", check=False).stdout.strip() != "active" or \
-            host.run("runuser -u postgres -- psql -tAX -c \"select 1 from pg_database where datname='mlflow'\"", check=False).stdout.strip() == ""
+        assert "mlflow" not in host.run("runuser -u postgres -- psql -tAX -c 'select datname from pg_database' 2>/dev/null || true").stdout
     ps = one.run("ps -eo args").stdout
     assert "AWS_SECRET" not in ps and "PGPASSWORD" not in ps
 
 
 def test_the_database_takes_tls_connections_from_the_replicas_only(team):
-    s3, db, one, _, _ = team
+    s3, db, one, *_ = team
     assert db.run("runuser -u postgres -- psql -tAX -c 'show ssl'").stdout.strip() == "on"
     hba = db.run("cat /etc/postgresql/mlflow-fab/pg_hba.conf").stdout
     assert f"hostssl  mlflow  mlflow  {one.address}/32  scram-sha-256" in hba
@@ -70,42 +156,97 @@ def test_the_database_takes_tls_connections_from_the_replicas_only(team):
     assert refused.returncode != 0 and "no pg_hba.conf entry" in refused.stderr, refused.stderr
 
 
-def test_a_run_logged_on_one_replica_is_read_and_downloaded_on_the_other_with_its_artifacts_in_the_bucket(team, tmp_path, monkeypatch):
+def test_a_run_logged_through_the_balancer_is_on_both_replicas_with_its_artifacts_in_the_bucket(team, through_the_balancer, tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    s3, _, one, two, _ = team
-    for key, value in admin_env(one).items():
-        monkeypatch.setenv(key, value)
-    client_one, client_two = MlflowClient(f"http://{one.address}:5000"), MlflowClient(f"http://{two.address}:5000")
-    experiment = client_one.create_experiment("team-scale")
-    run = client_one.create_run(experiment)
-    (tmp_path / "notes.txt").write_text("logged through replica one\n")
-    client_one.log_artifact(run.info.run_id, str(tmp_path / "notes.txt"))
-    client_one.log_metric(run.info.run_id, "rmse", 0.7)
-    client_one.set_terminated(run.info.run_id)
-
-    seen = client_two.get_run(run.info.run_id)
-    assert seen.data.metrics["rmse"] == 0.7
-    assert seen.info.artifact_uri.startswith("mlflow-artifacts:/"), seen.info.artifact_uri
-    mlflow.set_tracking_uri(f"http://{two.address}:5000")
-    downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="notes.txt", dst_path=str(tmp_path / "out"))
-    assert open(downloaded).read() == "logged through replica one\n"
+    s3, _, one, two, *_ = team
+    client = MlflowClient(through_the_balancer)
+    run = client.create_run(client.create_experiment("team-scale"))
+    (tmp_path / "notes.txt").write_text("logged through the balancer\n")
+    client.log_artifact(run.info.run_id, str(tmp_path / "notes.txt"))
+    client.log_metric(run.info.run_id, "rmse", 0.7)
+    client.set_terminated(run.info.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
     stored = s3.objects(f"{PREFIX}/")
     assert any(key.endswith(f"{run.info.run_id}/artifacts/notes.txt") for key in stored), stored
     assert not any(".mlflow-fab/" in key for key in stored), "the health probes left objects behind"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")  # each replica's own self-signed certificate
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    for replica in (one, two):
+        mlflow.set_tracking_uri(f"https://{replica.address}:5000")
+        assert MlflowClient().get_run(run.info.run_id).data.metrics["rmse"] == 0.7
+        downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="notes.txt", dst_path=str(tmp_path / replica.name))
+        assert Path(downloaded).read_text() == "logged through the balancer\n"
+
+
+def test_a_user_made_once_signs_in_on_every_replica(team, tmp_path):
+    import requests
+
+    *_, one, two, lb, inventory = team
+    credentials = tmp_path / "credentials"
+    result = fab(inventory(), "tracking-user", "--add", "alice", "--credentials", str(credentials))
+    assert result.returncode == 0, result.stdout[-3000:]
+    password = re.search(r"mlflow_tracking_password = (\S+)", credentials.read_text()).group(1)
+    for host in (one, two, lb):
+        answer = requests.get(f"https://{host.address}:5000/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                              auth=("alice", password), verify=str(LEARNED_CERTIFICATES / f"{lb.address}_5000.pem") if host is lb else False)
+        assert answer.status_code == 200, (host.name, answer.status_code)
 
 
 def test_a_second_run_changes_nothing(team):
     *_, inventory = team
     result = fab(inventory(), "setup-tracking")
     assert result.returncode == 0, result.stdout[-3000:]
-    for host in ("mlt45", "mlt46", "mlt47"):
+    for host in ("mlt45", "mlt46", "mlt47", "mlt48"):
         assert recap(result, host)["changed"] == 0, result.stdout[-3000:]
 
 
+def test_status_shows_every_replica_and_the_balancers_view_of_it(team):
+    *_, inventory = team
+    result = fab(inventory(), "status")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "mlt46: up" in result.stdout and "mlt47: up" in result.stdout
+    assert result.stdout.count("shared (host)") == 2
+
+
+def test_a_replica_killed_under_load_costs_no_read_and_no_client_write(team, load_run):
+    _, _, one, *_ = team
+    url, run_id = load_run
+    with TrackingLoad(url, run_id) as load:
+        load.wait_for_traffic()
+        killed = main_pid(one)
+        one.run(f"kill -9 {killed}")
+        wait_for(lambda: main_pid(one) not in ("0", killed) and
+                 one.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5050/health", check=False).stdout == "200",
+                 120, "systemd to bring the killed server back")
+        served = load.reads
+        load.wait_for_traffic(reads=served + 20, writes=load.writes + 5)
+    print("kill -9 under load:", load.outcome())
+    assert load.failed_reads == 0 and load.failed_writes == 0, load.outcome()
+
+
+def test_a_changed_setting_restarts_the_replicas_one_at_a_time_with_no_failed_request(team, load_run):
+    *_, one, two, lb, inventory = team
+    url, run_id = load_run
+    before = {host.name: main_pid(host) for host in (one, two)}
+    with TrackingLoad(url, run_id) as load:
+        load.wait_for_traffic()
+        result = fab(inventory(workers=2), "setup-tracking")
+        load.wait_for_traffic(reads=load.reads + 20, writes=load.writes + 5)
+    assert result.returncode == 0, result.stdout[-4000:]
+    print("workers changed under load:", load.outcome())
+    assert load.failed_reads == 0 and load.failed_writes == 0, load.outcome()
+    assert all(main_pid(host) != before[host.name] for host in (one, two)), "both replicas run the new setting"
+    for name in ("mlt46", "mlt47"):
+        assert f"balancer mlt48: drain {name} before its server restarts" in result.stdout
+        assert f"balancer mlt48: {name} back behind the balancers" in result.stdout
+    assert " down;" not in lb.run("cat /etc/nginx/conf.d/mlflow-tracking.conf").stdout
+
+
 def test_wrong_s3_keys_stop_before_any_server_restarts_and_change_no_secrets_file(team, tmp_path):
-    s3, _, one, two, inventory = team
+    s3, _, one, two, _, inventory = team
     wrong = tmp_path / "wrong.env"
     wrong.write_text(f"AWS_ACCESS_KEY_ID={s3.access_key}\nAWS_SECRET_ACCESS_KEY={'0' * 40}\n")
     wrong.chmod(0o600)
@@ -119,14 +260,13 @@ def test_wrong_s3_keys_stop_before_any_server_restarts_and_change_no_secrets_fil
 
 
 def test_an_unreachable_database_stops_before_any_server_restarts(team, tmp_path):
-    _, db, one, two, inventory = team
+    _, db, one, two, _, inventory = team
     url = tmp_path / "db.url"
     url.write_text(f"postgresql://mlflow:not-the-password@{db.address}:5433/mlflow\n")
     url.chmod(0o600)
     before = {host.name: main_pid(host) for host in (one, two)}
     hosts_toml = inventory(database="external", database_url_file=str(url))
-    text = hosts_toml.read_text().replace('roles = ["db"]', "roles = []")
-    hosts_toml.write_text(text)
+    hosts_toml.write_text(hosts_toml.read_text().replace('roles = ["db"]', "roles = []"))
     result = fab(hosts_toml, "setup-tracking")
     assert result.returncode == 1
     assert f"the database {db.address}:5433 does not answer as mlflow" in result.stdout, result.stdout[-3000:]
