@@ -44,3 +44,4 @@ bench: system-deps venv
 	$(PY) bench/deploy_model.py
 	$(PY) bench/rolling.py
 	$(PY) bench/wheelhouse.py
+	$(PY) bench/replicas.py

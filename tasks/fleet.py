@@ -73,6 +73,20 @@ def run_on_hosts(config: Config, hosts: list[Host], work, check: bool = False, t
     return [report for _, report in jobs]
 
 
+def merge_reports(*stages: list[HostReport]) -> list[HostReport]:
+    """One report per host of a task that ran in stages (each stage's run_on_hosts made its own), in first-seen order."""
+    merged: dict[str, HostReport] = {}
+    for reports in stages:
+        for report in reports:
+            into = merged.setdefault(report.host, HostReport(report.host, check=report.check))
+            into.steps += report.steps
+            into.notes += report.notes
+            into.error = into.error or report.error
+            into.unreachable = into.unreachable or report.unreachable
+            into.remote_commands += report.remote_commands
+    return list(merged.values())
+
+
 def end_with_recap(reports: list[HostReport]) -> None:
     """The recap line per host; exit non-zero if any host failed."""
     show_recap(reports, show_commands=bool(os.environ.get("MLFLOW_FAB_COUNT_COMMANDS")))

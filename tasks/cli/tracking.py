@@ -17,6 +17,7 @@ from tasks.tracking.backups import backup_on, download_directory, restore_on
 from tasks.tracking.server import check_user_certificates, converge
 from tasks.tracking.service import StoreFiles, TrackingService
 from tasks.tracking.upgrade import upgrade_on
+from tasks.tracking.upgrade_replicas import upgrade_replicas
 from tasks.tracking.users import check_credentials_file, chosen_action, remove_on, set_password_on, settle
 from tasks.values import check_mlflow_version
 
@@ -102,6 +103,12 @@ def upgrade_tracking(c, mlflow_version="", download="", check=False):
             check_mlflow_version(mlflow_version)
         except ValueError as error:
             raise Exit(f"error: --mlflow-version {error} (got {mlflow_version!r})", code=2) from None
-    hosts = arguments.hosts_for(c, role="tracking")
+    service = TrackingService.of(arguments.inventory(c))
     directory = download_directory(download) if download and not check else ""
+    if service.shared:
+        if c.config.get("target_hosts"):
+            raise Exit("error: the replicas of one service upgrade together (one schema): run upgrade-tracking without -H", code=2)
+        end_with_recap(upgrade_replicas(c.config, service, mlflow_version or service.settings.mlflow_version, directory, check))
+        return
+    hosts = arguments.hosts_for(c, role="tracking")
     end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))

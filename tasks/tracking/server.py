@@ -59,12 +59,13 @@ class TrackingTarget:
     # the host's wheelhouse and the versions resolved into it, when the env is built from one (tasks/ops/wheelsync.py)
     find_links: str = ""
     pins: tuple[str, ...] = ()
-    # a replica of a service whose database and artifact store are shared (None: its own PostgreSQL, today's one host)
+    # a replica's way to the shared database and artifact store, with the shared secrets (setup-tracking carries them)
     stores: SharedStores | None = None
 
     @property
     def replica(self) -> bool:
-        return self.stores is not None
+        """One of the replicas of a service with a shared database, rather than a server with its own PostgreSQL."""
+        return self.settings.database != "local"
 
     @property
     def artifacts_in_s3(self) -> bool:
@@ -231,14 +232,17 @@ class TrackingTarget:
             after="network-online.target" if self.replica else "network-online.target postgresql.service",
         )
 
+    def auth_config(self) -> str:
+        return frontdoor.FrontDoor(self.host, self.address).auth_config(self.auth_database_uri if self.replica else frontdoor.LOCAL_AUTH_DATABASE)
+
     @property
     def auth_database_uri(self) -> str:
         """Where the auth app keeps users: the shared database for a replica, else the local one over its socket."""
         return self.stores.backend_store_uri() if self.replica else frontdoor.LOCAL_AUTH_DATABASE
 
-    def preflight_script(self, env_file: str) -> str:
+    def preflight_script(self, env_file: str, auth_config: str) -> str:
         return render_script("tracking-preflight.sh.j2", user=SERVICE_USER, env_path=self.env_path, env_file=env_file,
-                             auth_config=frontdoor.AUTH_CONFIG if self.settings.auth else "", artifacts=self.settings.artifacts,
+                             auth_config=auth_config if self.settings.auth else "", artifacts=self.settings.artifacts,
                              probe_key=f"preflight-{self.host.name}")
 
     def artifact_round_trip_script(self) -> str:
@@ -301,14 +305,19 @@ def shared_secrets_differ(target: TrackingTarget, facts: f.Facts) -> bool:
     return not (facts[ENV_DIGEST] == digest and facts[ENV_FILE_STAT].strip() == f"root {SERVICE_USER} 640" and admin_ok)
 
 
-def shared_stores_step(target: TrackingTarget, differ: bool, needed: bool) -> Step:
-    """Before a replica's server (re)starts, or when its secrets change: the shared database and artifact store must answer
-    with the service's secrets (sent from this process's memory through stdin), which are installed only then."""
+def shared_stores_step(target: TrackingTarget, differ: bool, needed: bool, auth_config: Step | None) -> Step:
+    """Before a replica's server (re)starts, or when its secrets or auth config change: the shared database and artifact
+    store must answer with the service's secrets (sent from this process's memory through stdin) and the auth config
+    (which names the database), which are installed only then."""
     name = f"secrets {ENV_FILE}"
+    differ = differ or bool(auth_config and auth_config.changed)
     if not (differ or needed):
         return Step.ok(name, "the service's shared secrets (never shown)")
-    script = render_script("tracking-shared-secrets.sh.j2", env_file=ENV_FILE, user=SERVICE_USER, preflight=target.preflight_script(f"{ENV_FILE}.next"),
-                           admin_curl=frontdoor.ADMIN_CURL if target.settings.auth else "", admin=frontdoor.ADMIN)
+    auth = target.settings.auth
+    script = render_script("tracking-shared-secrets.sh.j2", env_file=ENV_FILE, user=SERVICE_USER,
+                           preflight=target.preflight_script(f"{ENV_FILE}.next", f"{frontdoor.AUTH_CONFIG}.next"),
+                           auth_config=frontdoor.AUTH_CONFIG if auth else "", auth_config_content=target.auth_config() if auth else "",
+                           admin_curl=frontdoor.ADMIN_CURL if auth else "", admin=frontdoor.ADMIN)
     action = "check the shared database and artifact store with the service's secrets, then install them" if differ else \
         "check the shared database and artifact store answer with the service's secrets"
     return Step.secret(name, f"{action} (sent through stdin, never shown)", script, target.stores.env_file())
@@ -417,7 +426,9 @@ def replica_steps(target: TrackingTarget, facts: f.Facts, door_steps: frontdoor.
     inputs.update({"database certificate": trust[0] if trust else None, "secrets": Step("secrets", "", changed=differ)})
     restart = restart_step(facts, target, inputs, differ)
     admin = admin_password_steps(target, facts[target.probe_fact], differ) if target.settings.auth else []
-    return [*trust, *door_steps.steps, env, shared_stores_step(target, differ, restart.changed or bool(admin)), *admin]
+    # the auth config names the database: it is installed with the secrets, once both passed the check
+    before = [step for step in door_steps.steps if step is not door_steps.auth_config]
+    return [*trust, *before, env, shared_stores_step(target, differ, restart.changed or bool(admin), door_steps.auth_config), *admin]
 
 
 def system_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:

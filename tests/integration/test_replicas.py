@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tarfile
 import threading
 from pathlib import Path
 
@@ -17,6 +18,8 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:Unverified HTTPS request")]  # each replica's own self-signed certificate
 
 PREFIX = "team"
+# The service starts on OLD; the module's last test upgrades its replicas to NEW.
+OLD, NEW = "3.16.1", "3.17.2"
 LEARNED_CERTIFICATES = Path("~/.mlflow/certs").expanduser()
 
 
@@ -31,7 +34,7 @@ def team(module_hosts, tmp_path_factory):
              "mlt48": host_entry(lb, ["lb"])}
 
     def inventory(**tracking):
-        settings = {"workers": 1, "database": "host", "artifacts": f"s3://{s3.bucket}/{PREFIX}",
+        settings = {"workers": 1, "mlflow_version": OLD, "database": "host", "artifacts": f"s3://{s3.bucket}/{PREFIX}",
                     "s3_endpoint_url": s3.endpoint_url, "s3_credentials_file": str(credentials), **tracking}
         return write_inventory(directory / "hosts.toml", hosts, tracking=settings)
 
@@ -264,14 +267,17 @@ def test_an_unreachable_database_stops_before_any_server_restarts(team, tmp_path
     url = tmp_path / "db.url"
     url.write_text(f"postgresql://mlflow:not-the-password@{db.address}:5433/mlflow\n")
     url.chmod(0o600)
-    before = {host.name: main_pid(host) for host in (one, two)}
+    def state(host):
+        return main_pid(host), host.run("sha256sum /etc/mlflow/tracking.env /etc/mlflow/basic_auth.ini").stdout
+
+    before = {host.name: state(host) for host in (one, two)}
     hosts_toml = inventory(database="external", database_url_file=str(url))
     hosts_toml.write_text(hosts_toml.read_text().replace('roles = ["db"]', "roles = []"))
     result = fab(hosts_toml, "setup-tracking")
     assert result.returncode == 1
     assert f"the database {db.address}:5433 does not answer as mlflow" in result.stdout, result.stdout[-3000:]
     assert "not-the-password" not in result.stdout
-    assert {host.name: main_pid(host) for host in (one, two)} == before
+    assert {host.name: state(host) for host in (one, two)} == before, "a server restarted, or its secrets or auth config changed"
 
 
 def test_secrets_files_on_this_machine_must_be_private(team, tmp_path):
@@ -281,3 +287,38 @@ def test_secrets_files_on_this_machine_must_be_private(team, tmp_path):
     result = fab(inventory(s3_credentials_file=str(loose)), "setup-tracking")
     assert result.returncode == 2
     assert f"s3_credentials_file {loose}: other users of this machine may read it: chmod 600 {loose}" in result.stdout + result.stderr
+
+
+def test_a_backup_dumps_the_shared_database_once_and_lists_the_artifacts_in_the_bucket(team, tmp_path):
+    s3, *_, inventory = team
+    result = fab(inventory(), "backup-tracking", "--download", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:]
+    (downloaded,) = tmp_path.glob("*-mlflow-backup-*.tar")
+    with tarfile.open(downloaded) as archive:
+        assert set(archive.getnames()) == {"manifest.json", "SHA256SUMS", "mlflow.dump", "artifacts.tsv"}
+        listing = archive.extractfile("artifacts.tsv").read().decode()
+    listed = {key: int(size) for key, size, _ in (line.split("\t") for line in listing.splitlines())}
+    assert listed == s3.objects(f"{PREFIX}/") and any(key.endswith("/artifacts/notes.txt") for key in listed), listing
+
+
+def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_every_run(team, load_run):
+    from mlflow import MlflowClient
+
+    *_, one, two, lb, inventory = team
+    url, run_id = load_run
+    client = MlflowClient(url)
+    kept = client.create_run(client.get_run(run_id).info.experiment_id, run_name="before-upgrade")
+    client.log_metric(kept.info.run_id, "accuracy", 0.93)
+    with TrackingLoad(url, run_id) as load:
+        load.wait_for_traffic()
+        result = fab(inventory(), "upgrade-tracking", "--mlflow-version", NEW)
+        load.wait_for_traffic(reads=load.reads + 20, writes=load.writes + 5)
+    print("upgrade under load:", load.outcome())
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert result.stdout.count("schema before:") == 1 and "backup" in result.stdout
+    for host in (one, two):
+        assert host.run("curl -s -K /etc/mlflow/admin.curl http://127.0.0.1:5050/version").stdout.strip() == NEW
+        assert host.run("ls /opt/mlflow/envs | grep -c tracking-").stdout.strip() == "1"
+    assert client.get_run(kept.info.run_id).data.metrics["accuracy"] == 0.93
+    assert load.failed_writes == 0 and load.failed_reads == 0, load.outcome()
+    assert " down;" not in lb.run("cat /etc/nginx/conf.d/mlflow-tracking.conf").stdout

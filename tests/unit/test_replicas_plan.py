@@ -208,3 +208,16 @@ def test_s3_credentials_are_read_and_a_readable_file_is_refused(tmp_path):
     with pytest.raises(SecretFileError, match="no quotes or spaces") as error:
         read_s3_credentials(private(tmp_path, "quoted.env", "AWS_ACCESS_KEY_ID=A\nAWS_SECRET_ACCESS_KEY='$(id)'\n"))
     assert "$(id)" not in str(error.value)
+
+
+def test_a_replicas_auth_config_names_the_database_and_is_installed_only_with_the_checked_secrets():
+    t = replica(auth=True)
+    facts = replica_facts(t)
+    facts[frontdoor.AUTH_CONFIG_FILE] = file_fact("[mlflow]\ndatabase_uri = postgresql+psycopg2://mlflow@old-db:5432/mlflow\n",
+                                                  group="mlflow", mode="640")
+    steps = tracking.plan(t, Facts(facts))
+    assert f"file {frontdoor.AUTH_CONFIG}" not in changed(steps), "written before the stores were checked"
+    secrets = next(step for step in steps if step.name == f"secrets {ENV_FILE}")
+    assert secrets.changed and "then install them" in secrets.summary
+    assert "database_uri = postgresql+psycopg2://mlflow@10.0.0.9:5432/mlflow?sslmode=verify-full" in secrets.script
+    assert secrets.script.index("MLFLOW_AUTH_CONFIG_PATH=/etc/mlflow/basic_auth.ini.next") < secrets.script.index(f"mv {frontdoor.AUTH_CONFIG}.next {frontdoor.AUTH_CONFIG}")
