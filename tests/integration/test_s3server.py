@@ -1,4 +1,4 @@
-"""The S3 test server (tests/integration/s3server.py) on mlt44, driven by a real S3 client: rclone's own s3 backend."""
+"""The S3 test server (tests/integration/s3server.py) on mlt49, driven by a real S3 client: rclone's own s3 backend."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def s3(module_hosts):
-    (host,) = module_hosts("mlt44")
+    (host,) = module_hosts("mlt49")
     with start_s3_server(host) as server:
         yield server
 
