@@ -21,5 +21,6 @@ ns.add_task(overview.logs)
 ns.add_task(tracking.backup_tracking)
 ns.add_task(tracking.restore_tracking)
 ns.add_task(tracking.upgrade_tracking)
+ns.add_task(tracking.migrate_tracking)
 # Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
 ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import fabric
@@ -42,15 +43,18 @@ def hosts_for(c, role: str | None) -> list[Host]:
 
 
 def tracking_uri(c) -> str:
-    """MLFLOW_TRACKING_URI when set, else the inventory's tracking host."""
+    """MLFLOW_TRACKING_URI when set, else the inventory's tracking service: its first balancer when balancers front
+    replicas, else its first tracking host."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     from tasks.tracking.server import TrackingTarget
+    from tasks.tracking.service import TrackingService
 
-    hosts = inventory(c).with_role("tracking")
+    service = TrackingService.of(inventory(c))
+    hosts = list(service.balancers if service.fronted else service.replicas)
     if not hosts:
         raise Exit("error: no tracking server: set MLFLOW_TRACKING_URI or give a host roles = [\"tracking\"] in the inventory", code=2)
-    target = TrackingTarget(hosts[0], hosts[0].address)
+    target = TrackingTarget(dataclasses.replace(hosts[0], tracking=service.settings) if service.fronted else hosts[0], hosts[0].address)
     if target.settings.tls and not target.settings.tls_certificate:
         from tasks.tracking.frontdoor import laptop_certificate_path
 

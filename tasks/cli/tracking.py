@@ -1,4 +1,5 @@
-"""Tasks of the tracking service: `fab setup-tracking`, `tracking-user`, `backup-tracking`, `restore-tracking`, `upgrade-tracking`."""
+"""Tasks of the tracking service: `fab setup-tracking`, `tracking-user`, `backup-tracking`, `restore-tracking`, `upgrade-tracking`,
+`migrate-tracking`."""
 
 from __future__ import annotations
 
@@ -112,3 +113,27 @@ def upgrade_tracking(c, mlflow_version="", download="", check=False):
         return
     hosts = arguments.hosts_for(c, role="tracking")
     end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: upgrade_on(remote, report, mlflow_version or remote.host.tracking.mlflow_version, directory), check=check))
+
+
+@task(help={"from": "the one-host tracking server to move (an inventory host without role tracking, or user@address)",
+            "check": "check both sides and change nothing"})
+def migrate_tracking(c, from_="", check=False):
+    """Move a one-host tracking server's runs, users and artifacts into the service of replicas (shared database, S3)."""
+    from tasks.tracking.migrate import migrate
+
+    service = TrackingService.of(arguments.inventory(c))
+    if not from_:
+        raise Exit("error: give --from HOST: the one-host tracking server to move", code=2)
+    if not service.shared or not service.settings.artifacts.startswith("s3://") or not service.replicas:
+        raise Exit('error: migrate-tracking moves a server into a service of replicas: set [tracking] database = "host" or '
+                   '"external" and artifacts = "s3://...", give hosts role "tracking", and run fab setup-tracking first', code=2)
+    c.config.target_hosts = [from_]
+    (source,) = arguments.hosts_for(c, role=None)
+    if source.name in {host.name for host in service.replicas}:
+        raise Exit(f"error: {source.name} has role tracking: setup-tracking made it a replica already. List the server to move "
+                   "without that role (roles = []), migrate, then give it the role if it should become a replica", code=2)
+    try:
+        files = StoreFiles.read(service.settings)
+    except SecretFileError as error:
+        raise Exit(f"error: {error}: nothing was changed", code=2) from None
+    end_with_recap(migrate(c.config, service, source, files, check))

@@ -25,13 +25,14 @@ LEARNED_CERTIFICATES = Path("~/.mlflow/certs").expanduser()
 
 @pytest.fixture(scope="module")
 def team(module_hosts, tmp_path_factory):
-    s3_host, db, one, two, lb = module_hosts("mlt44", "mlt45", "mlt46", "mlt47", "mlt48",
-                                             prebaked={"mlt45": ("db",), "mlt46": ("replica",), "mlt47": ("replica",), "mlt48": ("lb",)})
+    s3_host, db, one, two, lb, models = module_hosts(
+        "mlt44", "mlt45", "mlt46", "mlt47", "mlt48", "mlt13",
+        prebaked={"mlt45": ("db",), "mlt46": ("replica",), "mlt47": ("replica",), "mlt48": ("lb",), "mlt13": ("models",)})
     s3 = start_s3_server(s3_host)
     directory = tmp_path_factory.mktemp("replicas")
     credentials = s3.credentials_file(directory / "s3.env")
     hosts = {"mlt45": host_entry(db, ["db"]), "mlt46": host_entry(one, ["tracking"]), "mlt47": host_entry(two, ["tracking"]),
-             "mlt48": host_entry(lb, ["lb"])}
+             "mlt48": host_entry(lb, ["lb"]), "mlt13": host_entry(models, ["models"])}
 
     def inventory(**tracking):
         settings = {"workers": 1, "mlflow_version": OLD, "database": "host", "artifacts": f"s3://{s3.bucket}/{PREFIX}",
@@ -287,6 +288,21 @@ def test_secrets_files_on_this_machine_must_be_private(team, tmp_path):
     result = fab(inventory(s3_credentials_file=str(loose)), "setup-tracking")
     assert result.returncode == 2
     assert f"s3_credentials_file {loose}: other users of this machine may read it: chmod 600 {loose}" in result.stdout + result.stderr
+
+
+def test_a_model_logged_through_the_balancer_is_in_the_bucket_and_deploys_from_the_service(team, through_the_balancer):
+    from tests.wine import log_wine_model
+
+    s3, *_, inventory = team
+    run_id = log_wine_model(through_the_balancer)
+    assert any(key.endswith("/artifacts/MLmodel") for key in s3.objects(f"{PREFIX}/")), "the model is not in the bucket"
+    assert fab(inventory(), "setup-lb").returncode == 0
+    signed_in = {key: os.environ[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    result = fab(inventory(), "deploy-model", "--run-id", run_id, env=signed_in)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert recap(result, "mlt13")["failed"] == 0
+    predicted = fab(inventory(), "predict", "--each")
+    assert predicted.returncode == 0 and "mlt13" in predicted.stdout, predicted.stdout[-2000:]
 
 
 def test_a_backup_dumps_the_shared_database_once_and_lists_the_artifacts_in_the_bucket(team, tmp_path):

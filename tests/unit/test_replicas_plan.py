@@ -221,3 +221,19 @@ def test_a_replicas_auth_config_names_the_database_and_is_installed_only_with_th
     assert secrets.changed and "then install them" in secrets.summary
     assert "database_uri = postgresql+psycopg2://mlflow@10.0.0.9:5432/mlflow?sslmode=verify-full" in secrets.script
     assert secrets.script.index("MLFLOW_AUTH_CONFIG_PATH=/etc/mlflow/basic_auth.ini.next") < secrets.script.index(f"mv {frontdoor.AUTH_CONFIG}.next {frontdoor.AUTH_CONFIG}")
+
+
+def test_tasks_reach_a_fronted_service_through_its_first_balancer(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tasks.cli.arguments import tracking_uri
+
+    private(tmp_path, "s3.env", "AWS_ACCESS_KEY_ID=A\nAWS_SECRET_ACCESS_KEY=B\n")
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text("[tracking]\ndatabase = 'host'\nartifacts = 's3://bucket/team'\ns3_credentials_file = 's3.env'\nport = 443\n"
+                     "[hosts.db1]\naddress = '10.0.0.9'\nroles = ['db']\n[hosts.t1]\naddress = '10.0.0.5'\nroles = ['tracking']\n"
+                     "[hosts.t2]\naddress = '10.0.0.6'\nroles = ['tracking']\n[hosts.lb1]\naddress = '10.0.0.20'\nroles = ['lb']\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(SimpleNamespace(config=SimpleNamespace(inventory=str(hosts)))) == "https://10.0.0.20:443"
+    hosts.write_text(hosts.read_text().replace("roles = ['lb']", "roles = ['models']"))
+    assert tracking_uri(SimpleNamespace(config=SimpleNamespace(inventory=str(hosts)))) == "https://10.0.0.5:443"
