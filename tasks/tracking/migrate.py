@@ -70,11 +70,11 @@ def check_target(remote: Remote, report: HostReport) -> None:
 
 
 def stop_and_back_up(remote: Remote, report: HostReport, directory: str, found: dict) -> None:
-    steps = [Step.change(f"stop {UNIT}", "nothing is written from now on", f"systemctl stop {UNIT}"),
-             Step.change("backup", "database dump and artifact archive, with their sums", f"{BACKUP_SCRIPT} {remote.host.tracking.backup_keep + 1}")]
-    report.steps += steps
-    if apply(remote, steps, lambda each: show_step(report, each)):
-        download_backup(remote, report, backup_path(steps[1].output), directory)
+    stop = Step.change(f"stop {UNIT}", "nothing is written from now on", f"systemctl stop {UNIT}")
+    backup = Step.change("backup", "database dump and artifact archive, with their sums", f"{BACKUP_SCRIPT} {remote.host.tracking.backup_keep + 1}")
+    report.steps += [stop, backup]
+    if apply(remote, [stop, backup], lambda each: show_step(report, each)):
+        download_backup(remote, report, backup_path(backup.output), directory)
         found["backup"] = next(Path(directory).glob(f"{remote.host.name}-mlflow-backup-*.tar"))
 
 
