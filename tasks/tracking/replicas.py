@@ -13,7 +13,7 @@ from typing import Callable
 
 from fabric import Config
 
-from tasks.fleet import run_on_hosts
+from tasks.fleet import Connect, run_on_hosts
 from tasks.inventory import Host
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, show_error, show_note
@@ -40,8 +40,8 @@ class Turns:
     """Replicas restart one at a time while they serve, each drained from every balancer first and put back once its
     health gate passed (a replica that fails stays drained: the others answer for it)."""
 
-    def __init__(self, config: Config, service: TrackingService):
-        self.config, self.service = config, service
+    def __init__(self, config: Config, service: TrackingService, connect: Connect = Remote):
+        self.config, self.service, self.connect = config, service, connect
         self.lock = threading.Lock()
 
     def __call__(self, host: Host, report: HostReport, restart: Callable[[], bool]) -> bool:
@@ -54,22 +54,33 @@ class Turns:
             return self.drain(report, frozenset(), f"{host.name} back behind the balancers")
 
     def drain(self, report: HostReport, drained: frozenset[str], summary: str) -> bool:
+        """Every balancer with these replicas down (none: all in service). When one balancer fails, those already drained
+        are put back: a replica is never left drained on some balancers while its restart did not happen."""
+        done = []
         for lb in self.service.balancers:
-            remote = Remote(lb, self.config.clone())
-            try:
-                step = balancer.set_drained(remote, self.service, drained, summary)
-            except HostError as error:
-                report.error = f"balancer {lb.name}: {error}"
+            failure = self.set_drained(lb, drained, summary)
+            if failure:
+                report.error = f"balancer {lb.name}: {failure}"
                 show_error(report)
+                for each in done if drained else []:
+                    left = self.set_drained(each, frozenset(), "put back")
+                    show_note(report, f"balancer {each.name}: " + (f"still drains {', '.join(sorted(drained))}: {left}" if left
+                                                                   else "put back, the restart did not happen"))
                 return False
-            finally:
-                remote.close()
-            if step.failed:
-                report.error = f"balancer {lb.name}: {summary}: {step.output.strip()[-500:]}"
-                show_error(report)
-                return False
+            done.append(lb)
             show_note(report, f"balancer {lb.name}: {summary}")
         return True
+
+    def set_drained(self, lb: Host, drained: frozenset[str], summary: str) -> str:
+        """'' once the balancer has these replicas down, else what went wrong."""
+        remote = self.connect(lb, self.config.clone())
+        try:
+            step = balancer.set_drained(remote, self.service, drained, summary)
+        except HostError as error:
+            return str(error)
+        finally:
+            remote.close()
+        return f"{summary}: {step.output.strip()[-500:]}" if step.failed else ""
 
 
 def setup_replicas(config: Config, service: TrackingService, hosts: list[Host], files: StoreFiles, check: bool) -> list[HostReport]:

@@ -237,3 +237,29 @@ def test_tasks_reach_a_fronted_service_through_its_first_balancer(tmp_path, monk
     assert tracking_uri(SimpleNamespace(config=SimpleNamespace(inventory=str(hosts)))) == "https://10.0.0.20:443"
     hosts.write_text(hosts.read_text().replace("roles = ['lb']", "roles = ['models']"))
     assert tracking_uri(SimpleNamespace(config=SimpleNamespace(inventory=str(hosts)))) == "https://10.0.0.5:443"
+
+
+def test_a_drain_that_fails_on_one_balancer_puts_the_others_back_and_nothing_restarts():
+    from types import SimpleNamespace
+
+    from tasks.ops.nginx import install_config_script
+    from tasks.report import HostReport
+    from tasks.tracking import balancer
+    from tasks.tracking.replicas import Turns
+    from tasks.tracking.service import TrackingService
+    from tests.unit.fake_remote import FakeHost
+
+    settings = TrackingSettings(database="host", artifacts="s3://bucket/team", s3_credentials_file="/x")
+    replicas = tuple(Host(name=name, address=address, roles=("tracking",), tracking=settings) for name, address in (("t1", "10.0.0.5"), ("t2", "10.0.0.6")))
+    balancers = tuple(Host(name=name, address=address, roles=("lb",)) for name, address in (("lb1", "10.0.0.20"), ("lb2", "10.0.0.21")))
+    fleet = FakeFleet({"lb2": FakeHost(fail="nginx")})
+    restarted = []
+    turns = Turns(SimpleNamespace(clone=lambda: None), TrackingService(settings, replicas, None, balancers), connect=lambda host, config: fleet(host))
+    assert not turns(replicas[0], HostReport("t1"), lambda: restarted.append("t1") or True)
+    assert restarted == []
+    service = turns.service
+    drained, back = (install_config_script(frontdoor.NGINX_CONFIG, balancer.config(balancers[0], service, names))
+                     for names in (frozenset({"t1"}), frozenset()))
+    lb1_scripts = [sent.script for sent in fleet.sent("lb1")]
+    assert len(lb1_scripts) == 2 and drained in lb1_scripts[0]
+    assert back in lb1_scripts[1], "lb1 was left with t1 drained"
