@@ -17,6 +17,7 @@ DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+PASSWORD = re.compile(r"[!#-&(-\[\]-~]{1,1024}")  # printable ASCII but space, quotes and backslash
 S3_VALUE = re.compile(r"[A-Za-z0-9/+=._-]{1,2048}")
 
 
@@ -80,7 +81,11 @@ def read_database_url(path: Path) -> DatabaseUrl:
     if unknown or query.get("sslmode", "require") not in SSL_MODES:
         raise SecretFileError(f"{what} {path}: the only option taken is sslmode, one of {', '.join(SSL_MODES)} "
                               f"(the connection leaves the host: it must be encrypted)")
-    return DatabaseUrl(user, parts.hostname, port, database, query.get("sslmode", "require"), unquote(parts.password))
+    password = unquote(parts.password)
+    if not PASSWORD.fullmatch(password):
+        raise SecretFileError(f"{what} {path}: the password must be printable, without spaces, quotes or backslashes "
+                              "(systemd's EnvironmentFile would change it)")
+    return DatabaseUrl(user, parts.hostname, port, database, query.get("sslmode", "require"), password)
 
 
 def read_s3_credentials(path: Path) -> dict[str, str]:

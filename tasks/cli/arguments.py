@@ -32,12 +32,12 @@ def inventory(c):
         raise Exit(f"error: {error}", code=2) from None
 
 
-def hosts_for(c, role: str | None) -> list[Host]:
-    """-H hosts if given, else the inventory hosts with this role; bad input exits before any connection."""
+def hosts_for(c, role: str | None, targets: list[str] | None = None) -> list[Host]:
+    """TARGETS (default: -H) if given, else the inventory hosts with this role; bad input exits before any connection."""
     ssh_config = getattr(c.config, "base_ssh_config", None)
     aliases = ssh_config.get_hostnames() if ssh_config is not None else ()
     try:
-        return select_hosts(inventory(c), c.config.get("target_hosts") or [], role, aliases)
+        return select_hosts(inventory(c), targets or c.config.get("target_hosts") or [], role, aliases)
     except InventoryError as error:
         raise Exit(f"error: {error}", code=2) from None
 

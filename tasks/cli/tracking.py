@@ -127,8 +127,7 @@ def migrate_tracking(c, from_="", check=False):
     if not service.shared or not service.settings.artifacts.startswith("s3://") or not service.replicas:
         raise Exit('error: migrate-tracking moves a server into a service of replicas: set [tracking] database = "host" or '
                    '"external" and artifacts = "s3://...", give hosts role "tracking", and run fab setup-tracking first', code=2)
-    c.config.target_hosts = [from_]
-    (source,) = arguments.hosts_for(c, role=None)
+    (source,) = arguments.hosts_for(c, role=None, targets=[from_])
     if source.name in {host.name for host in service.replicas}:
         raise Exit(f"error: {source.name} has role tracking: setup-tracking made it a replica already. List the server to move "
                    "without that role (roles = []), migrate, then give it the role if it should become a replica", code=2)

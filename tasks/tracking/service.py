@@ -7,13 +7,14 @@ this process's memory: read from a host's secrets file over SSH, written to the 
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.inventory import Host, Inventory, TrackingSettings
 from tasks.ops.remote import Remote
-from tasks.report import HostReport
+from tasks.report import HostReport, show_error
 from tasks.secret_files import DatabaseUrl, read_database_url, read_s3_credentials
 from tasks.tracking import database
 from tasks.tracking.schema import DATABASE
@@ -23,6 +24,7 @@ ENV_FILE = "/etc/mlflow/tracking.env"
 # The db host's certificate on the tracking hosts: libpq checks the server against it (sslmode=verify-full).
 DATABASE_CA = "/etc/mlflow/database-ca.pem"
 SECRET_NAMES = ("MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+GENERATED_SECRET = re.compile(r"[A-Za-z0-9_-]{20,}")
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,18 @@ def read_secrets(remote: Remote, report: HostReport) -> dict[str, str]:
     result = remote.run_script(f"[ ! -f {ENV_FILE} ] || cat {ENV_FILE}", step="read shared secrets")
     if result.exited != 0:
         report.error = f"cannot read {ENV_FILE}: {result.stdout.strip()[-300:]}"
+        show_error(report)
         return {}
     values = parse_env_file(result.stdout)
-    return {name: values[name] for name in SECRET_NAMES if values.get(name)}
+    found = {name: values[name] for name in SECRET_NAMES if values.get(name)}
+    # they go on into other hosts' secrets files, a curl config and SQL: only the forms we generate are taken
+    odd = [name for name, value in found.items() if not GENERATED_SECRET.fullmatch(value)]
+    if odd:
+        report.error = (f"{ENV_FILE} holds {', '.join(odd)} in a form setup-tracking never writes (20 or more letters, digits, "
+                        "'_' or '-'): remove the line to have a new one generated, or fix it; nothing was changed")
+        show_error(report)
+        return {}
+    return found
 
 
 @dataclass(frozen=True)

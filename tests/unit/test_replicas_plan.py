@@ -263,3 +263,29 @@ def test_a_drain_that_fails_on_one_balancer_puts_the_others_back_and_nothing_res
     lb1_scripts = [sent.script for sent in fleet.sent("lb1")]
     assert len(lb1_scripts) == 2 and drained in lb1_scripts[0]
     assert back in lb1_scripts[1], "lb1 was left with t1 drained"
+
+
+def test_a_shared_secret_in_a_form_we_never_write_is_not_carried_to_other_hosts():
+    from types import SimpleNamespace
+
+    from tasks.report import HostReport
+    from tasks.tracking.service import read_secrets
+
+    class Answers:
+        def __init__(self, text):
+            self.text = text
+
+        def run_script(self, script, step):
+            return SimpleNamespace(exited=0, stdout=self.text)
+
+    good = "MLFLOW_DB_PASSWORD=" + "p" * 32 + "\nMLFLOW_AUTH_ADMIN_PASSWORD=" + "a" * 32 + "\n"
+    assert read_secrets(Answers(good), HostReport("t1")) == {"MLFLOW_DB_PASSWORD": "p" * 32, "MLFLOW_AUTH_ADMIN_PASSWORD": "a" * 32}
+    report = HostReport("t2")
+    assert read_secrets(Answers(good.replace("a" * 32, 'x"\\nurl = file:///etc/shadow"' + "a" * 20)), report) == {}
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD in a form setup-tracking never writes" in report.error and "shadow" not in report.error
+
+
+def test_an_external_database_password_that_systemd_would_change_is_refused(tmp_path):
+    with pytest.raises(SecretFileError, match="without spaces, quotes or backslashes") as error:
+        read_database_url(private(tmp_path, "db.url", 'postgresql://u:a%22b@h/db'))
+    assert 'a"b' not in str(error.value)
