@@ -16,7 +16,7 @@ from pathlib import Path
 from tasks.converge import APPLIED, apply_shown, converge_host
 from tasks.inventory import ModelSettings
 from tasks.ops import facts as f
-from tasks.ops import wheelsync
+from tasks.ops import firewall, wheelsync
 from tasks.ops.audit import AUDIT_LOG, operator
 from tasks.ops.audit import append_script as append_audit
 from tasks.ops.audit import parse as parse_audit
@@ -28,10 +28,15 @@ from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import HostError, Remote, private_path
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages, ensure_system_user
-from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running, restart_script
+from tasks.ops.systemd import (
+    daemon_reload,
+    ensure_enabled,
+    ensure_running,
+    restart_script,
+)
 from tasks.report import HostReport, record, show_note, show_step
-from tasks.serving import firewall
 from tasks.serving import switch as model_switch
+from tasks.serving.firewall import MODEL_WALL
 from tasks.serving.history import (
     MODELS_ROOT,
     history_entry,
@@ -289,7 +294,7 @@ class DeployPlan:
 
 
 def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
-                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy(), spec: EnvSpec | None = None) -> DeployPlan:
+                firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy(MODEL_WALL), spec: EnvSpec | None = None) -> DeployPlan:
     """The release this host will serve (an existing one when the digest is already there) and the steps to get there.
 
     SPEC, when given, is the model's env as it will be built (from the host's wheelhouse)."""
@@ -575,7 +580,7 @@ class HostDeploy(HostRollout):
     action = "deploy"
 
     def __init__(self, remote: Remote, report: HostReport, name: str, lock: Lock, deployment: Deployment, tarball: bytes = b"",
-                 break_lock: bool = False, firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy()):
+                 break_lock: bool = False, firewall_policy: firewall.FirewallPolicy = firewall.FirewallPolicy(MODEL_WALL)):
         super().__init__(remote, report, name, lock, break_lock)
         self.deployment, self.tarball, self.firewall = deployment, tarball, firewall_policy
 

@@ -8,22 +8,26 @@ Runbook this replaces: an nginx upstream of app servers pasted by hand; commenti
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from tasks.converge import converge_host
 from tasks.inventory import Host
 from tasks.ops import facts as f
+from tasks.ops.firewall import FirewallPolicy, Wall
 from tasks.ops.nginx import config_step, install_config_script
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step, apply
 from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled
-from tasks.report import HostReport, show_note
+from tasks.report import HostReport, record, show_note
 from tasks.tracking import frontdoor, signin_guard
 from tasks.tracking.frontdoor import FrontDoor, apply_with_key, certificate_steps, learn_certificate
 from tasks.tracking.service import TrackingService
 
 SERVICE_PACKAGES = ["nginx", "openssl", "curl"]  # curl: `fab status` asks each replica from here
+REPLICA_WALL = Wall("tracking port", "the lb hosts", "inet mlflow_fab_tracking", "/etc/mlflow/firewall-tracking.nft",
+                    "mlflow-fab-firewall-tracking.service", "setup-tracking")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,15 @@ def replica_host(host: Host, service: TrackingService) -> Host:
     names = [f"{name}:{host.tracking.port}" for lb in service.balancers for name in (lb.name, lb.address)]
     allowed = list(host.tracking.allowed_hosts) + [name for name in names if name not in host.tracking.allowed_hosts]
     return dataclasses.replace(host, tracking=dataclasses.replace(host.tracking, signin_guard=False, allowed_hosts=allowed))
+
+
+def replica_firewall(service: TrackingService) -> FirewallPolicy:
+    """The replicas answer their port only to the balancers, when balancers front them and [lb] firewall is on."""
+    if not service.fronted:
+        return FirewallPolicy(REPLICA_WALL, off_because="no lb hosts in front of the replicas")
+    if not service.firewall:
+        return FirewallPolicy(REPLICA_WALL, off_because="[lb] firewall = false")
+    return FirewallPolicy(REPLICA_WALL, tuple(lb.address for lb in service.balancers))
 
 
 def door(lb: Host, service: TrackingService) -> FrontDoor:
@@ -87,6 +100,23 @@ def converge(remote: Remote, report: HostReport, service: TrackingService, drain
         path, fingerprint = learn_certificate(remote, lb.address, s.port, converged.steps, converged.facts[frontdoor.TLS_STATE])
         note += f"; self-signed certificate, sha256 fingerprint {fingerprint}, saved to {path} (MLFLOW_TRACKING_SERVER_CERT_PATH)"
     show_note(report, note)
+
+
+def routed_addresses(config_text: str) -> set[str]:
+    """The replicas' addresses a balancer's config sends requests to now."""
+    return set(re.findall(r"^\s*server (\S+):\d+ ", config_text, re.MULTILINE))
+
+
+def stop_routing_to_removed(remote: Remote, report: HostReport, service: TrackingService) -> None:
+    """Before the db host stops admitting a replica that left hosts.toml, the balancer stops sending it requests; a replica
+    it does not route to yet (new in hosts.toml, not set up) is written down until the balancer's own converge."""
+    routed = routed_addresses(f.gather(remote, [frontdoor.NGINX_FILE])[frontdoor.NGINX_FILE].content)
+    removed = routed - {host.address for host in service.replicas}
+    if not removed:
+        return
+    new = frozenset(host.name for host in service.replicas if host.address not in routed)
+    step = set_drained(remote, service, new, f"stop sending requests to {', '.join(sorted(removed))} (no longer in hosts.toml)")
+    record(report, [step])
 
 
 def set_drained(remote: Remote, service: TrackingService, drained: frozenset[str], summary: str) -> Step:

@@ -13,7 +13,7 @@ from typing import Callable
 
 from fabric import Config
 
-from tasks.fleet import Connect, run_on_hosts
+from tasks.fleet import Connect, merge_reports, run_on_hosts
 from tasks.inventory import Host
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, show_error, show_note
@@ -91,19 +91,24 @@ def setup_replicas(config: Config, service: TrackingService, hosts: list[Host], 
         return failed
     certificate = {"pem": ""}
     reports = []
+    if service.fronted and not check:
+        reports = run_on_hosts(config, list(service.balancers), lambda remote, report: balancer.stop_routing_to_removed(remote, report, service))
+        if any(report.failed for report in reports):
+            return reports
     if service.db_host:
         clients = tuple(host.address for host in service.replicas)
 
         def converge_database(remote, report: HostReport) -> None:
             certificate["pem"] = database.converge(remote, report, clients, secrets.db_password)
 
-        reports = run_on_hosts(config, [service.db_host], converge_database, check=check)
+        reports += run_on_hosts(config, [service.db_host], converge_database, check=check)
         if any(report.failed for report in reports):
             return reports
     stores = stores_for(service, files, secrets, certificate["pem"])
     fronted = [balancer.replica_host(host, service) if service.fronted else host for host in hosts]
     turns = Turns(config, service) if service.fronted else None
-    reports += run_on_hosts(config, fronted, lambda remote, report: server.converge(remote, report, stores, turns), check=check)
+    wall = balancer.replica_firewall(service)
+    reports += run_on_hosts(config, fronted, lambda remote, report: server.converge(remote, report, stores, turns, wall), check=check)
     if service.fronted and not any(report.failed for report in reports):
         reports += run_on_hosts(config, list(service.balancers), lambda remote, report: balancer.converge(remote, report, service), check=check)
-    return reports
+    return merge_reports(reports)

@@ -18,7 +18,7 @@ from invoke.exceptions import Exit
 from tasks.converge import converge_host
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
-from tasks.ops import postgres, wheelsync
+from tasks.ops import firewall, postgres, wheelsync
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
@@ -61,6 +61,8 @@ class TrackingTarget:
     pins: tuple[str, ...] = ()
     # a replica's way to the shared database and artifact store, with the shared secrets (setup-tracking carries them)
     stores: SharedStores | None = None
+    # a replica's port answering only the balancers (None: not ours to manage, as on a one-host server)
+    wall: firewall.FirewallPolicy | None = None
 
     @property
     def replica(self) -> bool:
@@ -87,7 +89,8 @@ class TrackingTarget:
     @property
     def packages(self) -> list[str]:
         base = REPLICA_PACKAGES if self.replica else TRACKING_PACKAGES
-        return base + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings)
+        walls = self.wall.packages if self.wall else []
+        return base + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings) + walls
 
     @property
     def admin_curl_args(self) -> str:
@@ -156,6 +159,7 @@ class TrackingTarget:
             *local_database,
             *frontdoor.facts(local_database=not self.replica),
             *signin_guard.facts(),
+            *(firewall.facts(self.wall) if self.wall else []),
             self.env_marker_fact,
             RUNNING_MARKER,
             ENVS,
@@ -188,7 +192,7 @@ class TrackingTarget:
         s = self.settings
         values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT,
                       user=SERVICE_USER, replica=self.replica, env_file=ENV_FILE, env_path=self.env_path)
-        if self.replica:  # restoring a service of replicas is not built: the dump restores with pg_restore by hand
+        if self.replica:  # the service restores from the first replica (tasks/tracking/restore_replicas.py)
             files = {BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755")}
             return files | self.backup_timer_files()
         restore = dict(
@@ -422,13 +426,14 @@ def replica_steps(target: TrackingTarget, facts: f.Facts, door_steps: frontdoor.
     """A replica: the db host's certificate to trust, then the env, then the shared secrets, checked against the stores."""
     stores = target.stores
     trust = [ensure_file(DATABASE_CA, stores.database_ca, facts[DATABASE_CA_FILE])] if stores.database_ca else []
+    wall = firewall.steps(target.wall, [target.settings.port], facts) if target.wall else []
     differ = shared_secrets_differ(target, facts)
     inputs.update({"database certificate": trust[0] if trust else None, "secrets": Step("secrets", "", changed=differ)})
     restart = restart_step(facts, target, inputs, differ)
     admin = admin_password_steps(target, facts[target.probe_fact], differ) if target.settings.auth else []
     # the auth config names the database: it is installed with the secrets, once both passed the check
     before = [step for step in door_steps.steps if step is not door_steps.auth_config]
-    return [*trust, *before, env, shared_stores_step(target, differ, restart.changed or bool(admin), door_steps.auth_config), *admin]
+    return [*trust, *wall, *before, env, shared_stores_step(target, differ, restart.changed or bool(admin), door_steps.auth_config), *admin]
 
 
 def system_steps(target: TrackingTarget, facts: f.Facts) -> list[Step]:
@@ -531,10 +536,12 @@ def restarts_while_serving(facts: f.Facts, steps: list[Step]) -> bool:
     return facts[SERVICE_STATE].get("ActiveState") == "active" and any(step.kind == RESTART_STEP and step.changed for step in steps)
 
 
-def converge(remote: Remote, report: HostReport, stores: SharedStores | None = None, take_turn: Callable | None = None) -> None:
+def converge(remote: Remote, report: HostReport, stores: SharedStores | None = None, take_turn: Callable | None = None,
+             wall: firewall.FirewallPolicy | None = None) -> None:
     """stores: the shared stores of a replica. take_turn(host, report, apply) -> bool runs a plan that restarts a server
-    while it serves clients: the replicas take turns, each drained from the balancers while it restarts."""
-    target = TrackingTarget(remote.host, remote.connection.host, stores=stores)
+    while it serves clients: the replicas take turns, each drained from the balancers while it restarts. wall: who may
+    reach a replica's port."""
+    target = TrackingTarget(remote.host, remote.connection.host, stores=stores, wall=wall)
     apply_plan = frontdoor.apply_with_key(remote, report, target.settings.tls_key)
 
     def apply_in_turn(facts: f.Facts, steps: list[Step]) -> bool:

@@ -33,12 +33,13 @@ class TrackingService:
     replicas: tuple[Host, ...]
     db_host: Host | None = None
     balancers: tuple[Host, ...] = ()
+    firewall: bool = True  # [lb] firewall: the replicas answer only the balancers
 
     @classmethod
     def of(cls, inventory: Inventory) -> "TrackingService":
         db_hosts = inventory.with_role("db")
         return cls(inventory.tracking, tuple(inventory.with_role("tracking")), db_hosts[0] if db_hosts else None,
-                   tuple(inventory.with_role("lb")))
+                   tuple(inventory.with_role("lb")), inventory.lb.firewall)
 
     @property
     def shared(self) -> bool:

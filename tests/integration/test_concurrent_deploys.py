@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 from importlib.metadata import version
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest

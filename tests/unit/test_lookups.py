@@ -11,13 +11,20 @@ import pytest
 
 from tasks.inventory import load_inventory
 from tasks.ops import facts as f
+from tasks.ops import firewall
 from tasks.ops.facts import Fact, Facts, FileState, gather_script, read_facts
 from tasks.ops.steps import Step
-from tasks.serving import balancer, firewall
+from tasks.serving import balancer
 from tasks.serving.deploy import Deployment, plan_deploy, plan_rollback
+from tasks.serving.firewall import MODEL_WALL
 from tasks.tracking import frontdoor
 from tasks.tracking import server as tracking
-from tests.unit.test_models_plan import artifact, model_host, new_deployment, served_facts  # noqa: F401  (artifact is a fixture)
+from tests.unit.test_models_plan import (  # noqa: F401  (artifact is a fixture)
+    artifact,
+    model_host,
+    new_deployment,
+    served_facts,
+)
 from tests.unit.test_tracking_plan import converged_facts, file_fact, target
 
 TASKS = Path(__file__).resolve().parents[2] / "tasks"
@@ -79,7 +86,7 @@ def test_setup_tracking_reads_only_facts_it_gathers(settings):
 
 def test_deploys_and_the_balancer_read_only_facts_they_gather(artifact, tmp_path):  # noqa: F811
     model = model_host()
-    policy = firewall.FirewallPolicy(("10.0.0.1", "lb.example"))
+    policy = firewall.FirewallPolicy(MODEL_WALL, ("10.0.0.1", "lb.example"))
     facts = Recording(served_facts(model, Deployment("wine", artifact, sample="{}"), "r1"))
     plan_deploy(model, new_deployment(artifact), facts, policy)
     assert facts.read <= set(model.facts() + firewall.facts(policy))

@@ -9,8 +9,8 @@ import pytest
 
 from tasks.inventory import InventoryError, LbSettings, load_inventory
 from tasks.ops import facts as f
+from tasks.ops import firewall
 from tasks.ops.facts import Facts
-from tasks.serving import firewall
 from tasks.serving.balancer import (
     CERTIFICATE,
     KEY,
@@ -24,6 +24,8 @@ from tasks.serving.balancer import (
     upstreams,
 )
 from tasks.serving.deploy import model_ports
+from tasks.serving.firewall import MODEL_WALL
+from tasks.serving.firewall import policy as model_firewall
 from tasks.serving.users import users_script
 
 
@@ -85,13 +87,13 @@ def test_a_new_certificate_reloads_an_unchanged_config(tmp_path):
 
 
 def test_firewall_follows_the_lb_hosts_and_the_setting(tmp_path):
-    assert firewall.policy(load_inventory(inventory_file(tmp_path, lb_hosts=2))).sources == ("10.0.0.1", "10.0.0.2")
-    assert not firewall.policy(load_inventory(inventory_file(tmp_path, "firewall = false"))).enabled
-    assert not firewall.policy(load_inventory(inventory_file(tmp_path, lb_hosts=0))).enabled
+    assert model_firewall(load_inventory(inventory_file(tmp_path, lb_hosts=2))).sources == ("10.0.0.1", "10.0.0.2")
+    assert not model_firewall(load_inventory(inventory_file(tmp_path, "firewall = false"))).enabled
+    assert not model_firewall(load_inventory(inventory_file(tmp_path, lb_hosts=0))).enabled
 
 
 def test_firewall_rules_allow_the_balancers_and_loopback_only():
-    rules = firewall.render_rules([5002, 5001], ["10.0.0.2", "10.0.0.1", "fd00::1"])
+    rules = firewall.render_rules(MODEL_WALL, [5002, 5001], ["10.0.0.2", "10.0.0.1", "fd00::1"])
     assert "table inet mlflow_fab\ndelete table inet mlflow_fab\n" in rules  # atomic replace, no other table touched
     assert 'iif "lo" accept' in rules
     assert "tcp dport { 5001, 5002 } ip saddr { 10.0.0.1, 10.0.0.2 } accept" in rules
@@ -101,16 +103,16 @@ def test_firewall_rules_allow_the_balancers_and_loopback_only():
 
 
 def test_firewall_steps_on_off_and_unresolved():
-    on = firewall.steps(firewall.FirewallPolicy(("10.0.0.1",)), [5001], Facts({}))
-    assert [step.name for step in on] == [f"file {firewall.RULES}", f"file {firewall.UNIT_PATH}", "firewall"]
-    assert f"systemctl enable --quiet {firewall.UNIT}" in on[-1].script
-    off_clean = firewall.steps(firewall.FirewallPolicy(), [5001], Facts({}))
+    on = firewall.steps(firewall.FirewallPolicy(MODEL_WALL, ("10.0.0.1",)), [5001], Facts({}))
+    assert [step.name for step in on] == [f"file {MODEL_WALL.rules}", f"file {MODEL_WALL.unit_path}", "firewall"]
+    assert f"systemctl enable --quiet {MODEL_WALL.unit}" in on[-1].script
+    off_clean = firewall.steps(firewall.FirewallPolicy(MODEL_WALL), [5001], Facts({}))
     assert not off_clean[0].changed
-    off = firewall.steps(firewall.FirewallPolicy(), [5001], Facts({firewall.TABLE_LOADED: "loaded"}))
+    off = firewall.steps(firewall.FirewallPolicy(MODEL_WALL), [5001], Facts({MODEL_WALL.table_loaded: "loaded"}))
     assert off[0].changed and "nft delete table inet mlflow_fab" in off[0].script and "flush" not in off[0].script
-    unresolved = firewall.steps(firewall.FirewallPolicy(("lb.example",)), [5001], Facts({firewall.resolved("lb.example"): ""}))
+    unresolved = firewall.steps(firewall.FirewallPolicy(MODEL_WALL, ("lb.example",)), [5001], Facts({firewall.resolved("lb.example"): ""}))
     assert unresolved[0].failed and "lb.example" in unresolved[0].summary
-    resolved = firewall.steps(firewall.FirewallPolicy(("lb.example",)), [5001], Facts({firewall.resolved("lb.example"): "10.0.0.9"}))
+    resolved = firewall.steps(firewall.FirewallPolicy(MODEL_WALL, ("lb.example",)), [5001], Facts({firewall.resolved("lb.example"): "10.0.0.9"}))
     assert "10.0.0.9" in resolved[0].diff
 
 
