@@ -14,6 +14,7 @@ from tasks.credentials import TRACKING_CREDENTIALS, mlflow_credentials, write_pe
 from tasks.fleet import end_with_recap, run_on_hosts
 from tasks.secret_files import SecretFileError
 from tasks.tracking.replicas import setup_replicas
+from tasks.tracking.restore_replicas import restore_service
 from tasks.tracking.backups import backup_on, download_directory, restore_on
 from tasks.tracking.server import check_user_certificates, converge
 from tasks.tracking.service import StoreFiles, TrackingService
@@ -80,14 +81,16 @@ def backup_tracking(c, download=""):
     end_with_recap(run_on_hosts(c.config, hosts, lambda remote, report: backup_on(remote, report, directory)))
 
 
-@task(help={"from": "a backup file on the laptop (from --download), or a path on the host"})
-def restore_tracking(c, from_=""):
+@task(help={"from": "a backup file on the laptop (from --download), or a path on the host",
+            "accept-missing-artifacts": "replicas: restore even when objects the backup lists are missing from the bucket or changed"})
+def restore_tracking(c, from_="", accept_missing_artifacts=False):
     """Replace the tracking database and artifacts with a backup, after checking it; the current state is backed up first, and comes back on any failure."""
     if not from_:
         raise Exit("error: give --from FILE (a backup from fab backup-tracking --download, or a path on the host)", code=2)
-    if TrackingService.of(arguments.inventory(c)).shared:
-        raise Exit("error: restore-tracking restores a one-host server; for replicas, restore the backup's mlflow.dump with "
-                   "pg_restore --clean into the shared database (the artifacts stay in the bucket, listed in artifacts.tsv)", code=2)
+    service = TrackingService.of(arguments.inventory(c))
+    if service.shared:  # one database for every replica: the first one restores it while all are stopped
+        end_with_recap(restore_service(c.config, service, from_, accept_missing_artifacts))
+        return
     hosts = arguments.hosts_for(c, role="tracking")
     if len(hosts) != 1:
         raise Exit(f"error: restore one tracking host at a time: pass -H (tracking hosts: {', '.join(h.name for h in hosts)})", code=2)

@@ -3,6 +3,7 @@ S3 server (rclone on mlt44), two tracking replicas (mlt46, mlt47) sharing both a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tarfile
@@ -21,6 +22,7 @@ PREFIX = "team"
 # The service starts on OLD; the module's last test upgrades its replicas to NEW.
 OLD, NEW = "3.16.1", "3.17.2"
 LEARNED_CERTIFICATES = Path("~/.mlflow/certs").expanduser()
+ON_THE_HOST = "https://127.0.0.1:5000"  # a replica's front door as the host itself sees it (its firewall admits loopback)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +162,7 @@ def test_the_database_takes_tls_connections_from_the_replicas_only(team):
     assert refused.returncode != 0 and "no pg_hba.conf entry" in refused.stderr, refused.stderr
 
 
-def test_a_run_logged_through_the_balancer_is_on_both_replicas_with_its_artifacts_in_the_bucket(team, through_the_balancer, tmp_path, monkeypatch):
-    import mlflow
+def test_a_run_logged_through_the_balancer_is_on_both_replicas_with_its_artifacts_in_the_bucket(team, through_the_balancer, tmp_path):
     from mlflow import MlflowClient
 
     s3, _, one, two, *_ = team
@@ -176,13 +177,23 @@ def test_a_run_logged_through_the_balancer_is_on_both_replicas_with_its_artifact
     assert any(key.endswith(f"{run.info.run_id}/artifacts/notes.txt") for key in stored), stored
     assert not any(".mlflow-fab/" in key for key in stored), "the health probes left objects behind"
 
-    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")  # each replica's own self-signed certificate
-    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    for replica in (one, two):  # each replica answers only the balancers: asked from the host itself
+        metrics = replica.run(f"curl -sfk -K /etc/mlflow/admin.curl '{ON_THE_HOST}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}'")
+        assert {"rmse": 0.7}.items() <= {m["key"]: m["value"] for m in json.loads(metrics.stdout)["run"]["data"]["metrics"]}.items()
+        path = f"{run.info.artifact_uri.removeprefix('mlflow-artifacts:/')}/notes.txt"
+        downloaded = replica.run(f"curl -sfk -K /etc/mlflow/admin.curl '{ON_THE_HOST}/api/2.0/mlflow-artifacts/artifacts/{path}'")
+        assert downloaded.stdout == "logged through the balancer\n", (replica.name, downloaded.stdout, downloaded.stderr)
+
+
+def test_a_replica_answers_only_the_balancers(team):
+    import requests
+
+    *_, one, two, lb, _ = team
     for replica in (one, two):
-        mlflow.set_tracking_uri(f"https://{replica.address}:5000")
-        assert MlflowClient().get_run(run.info.run_id).data.metrics["rmse"] == 0.7
-        downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="notes.txt", dst_path=str(tmp_path / replica.name))
-        assert Path(downloaded).read_text() == "logged through the balancer\n"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"https://{replica.address}:5000/health", verify=False, timeout=10)
+        assert lb.run(f"curl -sk -o /dev/null -w '%{{http_code}}' https://{replica.address}:5000/health").stdout == "200"
+        assert replica.run("systemctl is-enabled mlflow-fab-firewall-tracking.service").stdout.strip() == "enabled"
 
 
 def test_a_user_made_once_signs_in_on_every_replica(team, tmp_path):
@@ -193,10 +204,12 @@ def test_a_user_made_once_signs_in_on_every_replica(team, tmp_path):
     result = fab(inventory(), "tracking-user", "--add", "alice", "--credentials", str(credentials))
     assert result.returncode == 0, result.stdout[-3000:]
     password = re.search(r"mlflow_tracking_password = (\S+)", credentials.read_text()).group(1)
-    for host in (one, two, lb):
-        answer = requests.get(f"https://{host.address}:5000/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                              auth=("alice", password), verify=str(LEARNED_CERTIFICATES / f"{lb.address}_5000.pem") if host is lb else False)
-        assert answer.status_code == 200, (host.name, answer.status_code)
+    answer = requests.get(f"https://{lb.address}:5000/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                          auth=("alice", password), verify=str(LEARNED_CERTIFICATES / f"{lb.address}_5000.pem"))
+    assert answer.status_code == 200, answer.status_code
+    for replica in (one, two):
+        status = replica.run(f"curl -sk -o /dev/null -w '%{{http_code}}' -u 'alice:{password}' '{ON_THE_HOST}/api/2.0/mlflow/experiments/search?max_results=1'")
+        assert status.stdout == "200", (replica.name, status.stdout)
 
 
 def test_a_second_run_changes_nothing(team):
@@ -315,6 +328,47 @@ def test_a_backup_dumps_the_shared_database_once_and_lists_the_artifacts_in_the_
         listing = archive.extractfile("artifacts.tsv").read().decode()
     listed = {key: int(size) for key, size, _ in (line.split("\t") for line in listing.splitlines())}
     assert listed == s3.objects(f"{PREFIX}/") and any(key.endswith("/artifacts/notes.txt") for key in listed), listing
+
+
+def test_a_restore_says_which_artifacts_are_missing_then_brings_back_the_runs_of_the_backup(team, through_the_balancer, tmp_path):
+    import requests
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    s3, _, one, two, _, inventory = team
+    client = MlflowClient(through_the_balancer)
+    experiment = client.create_experiment("restore")
+    kept = client.create_run(experiment)
+    (tmp_path / "kept.txt").write_text("in the backup\n")
+    client.log_artifact(kept.info.run_id, str(tmp_path / "kept.txt"))
+    client.log_metric(kept.info.run_id, "rmse", 0.5)
+    assert fab(inventory(), "backup-tracking", "--download", str(tmp_path)).returncode == 0
+    (backup,) = tmp_path.glob("*-mlflow-backup-*.tar")
+    later = client.create_run(experiment)
+    key = next(key for key in s3.objects(f"{PREFIX}/") if key.endswith(f"{kept.info.run_id}/artifacts/kept.txt"))
+    # removed through the service's artifact proxy, as a user of the service would
+    proxied = f"{through_the_balancer}/api/2.0/mlflow-artifacts/artifacts/{key.removeprefix(f'{PREFIX}/')}"
+    signed_in = dict(auth=(os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]),
+                     verify=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"], timeout=30)
+    assert requests.delete(proxied, **signed_in).status_code == 200
+    pids = {host.name: main_pid(host) for host in (one, two)}
+
+    refused = fab(inventory(), "restore-tracking", "--from", str(backup))
+    assert refused.returncode != 0 and f"missing: s3://{s3.bucket}/{key}" in refused.stdout, refused.stdout[-3000:]
+    assert "1 missing" in refused.stdout and "--accept-missing-artifacts" in refused.stdout
+    assert {host.name: main_pid(host) for host in (one, two)} == pids, "a refused restore stopped a replica"
+    assert client.get_run(later.info.run_id).info.run_id == later.info.run_id
+
+    assert requests.put(proxied, data=b"in the backup\n", **signed_in).status_code == 200  # the same bytes: the same ETag
+    restored = fab(inventory(), "restore-tracking", "--from", str(backup))
+    assert restored.returncode == 0, restored.stdout[-5000:]
+    assert "0 missing, 0 changed" in restored.stdout and "safety backup of the current state:" in restored.stdout
+    assert client.get_run(kept.info.run_id).data.metrics["rmse"] == 0.5
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found"):
+        client.get_run(later.info.run_id)
+    for host in (one, two):
+        assert host.run("systemctl is-active mlflow-tracking").stdout.strip() == "active"
+    assert one.run("test -e /var/backups/mlflow/.restore-shared", check=False).returncode != 0, "the staged backup was left"
 
 
 def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_every_run(team, load_run):

@@ -2,7 +2,7 @@
 dict, records every script it was sent, and plays back the step markers of apply scripts and model switches, so the
 real orchestration (plans, rolling, balancer, locks) runs in milliseconds without a host.
 
-Scripted per host: a step whose script contains `fail` fails, `unreachable` refuses every command, `hang` blocks
+Scripted per host: a step whose script contains `fail` fails, one containing a key of `prints` prints its text, `unreachable` refuses every command, `hang` blocks
 the command whose step label starts with it until the host is abandoned, `lock_held` refuses the lock.
 """
 
@@ -44,6 +44,8 @@ class FakeHost:
 
     facts: dict[Fact | str, str] = field(default_factory=dict)
     fail: str = ""
+    # what a step prints when its script contains the key
+    prints: dict[str, str] = field(default_factory=dict)
     unreachable: bool = False
     hang: str = ""
     lock_held: bool = False
@@ -142,7 +144,8 @@ class FakeRemote:
         output = []
         for index, body in STEP.findall(script):
             rc = 1 if self.fake.fail and self.fake.fail in body else 0
-            output.append(f"\n{BEGIN}{index}\n{'failed' if rc else 'done'}\n{END}{index} {rc}\n")
+            printed = "".join(f"{text}\n" for key, text in self.fake.prints.items() if key in body)
+            output.append(f"\n{BEGIN}{index}\n{printed}{'failed' if rc else 'done'}\n{END}{index} {rc}\n")
             if rc:
                 return rc, "".join(output)
         return 0, "".join(output)

@@ -23,7 +23,7 @@ from tasks.ops.systemd import restart_script
 from tasks.serving import switch
 from tasks.serving.users import users_script
 from tasks.templates import PROGRAMS, TEMPLATES, program, render_script
-from tasks.tracking import frontdoor, server
+from tasks.tracking import frontdoor, restore_replicas, server
 from tasks.tracking.signin_guard import start_jail_script
 from tasks.tracking.upgrade import migrate_script, restore_old_server_script
 from tasks.tracking.users import create_user_script, remove_user_script, reset_password_script
@@ -63,6 +63,9 @@ def shell_scripts() -> dict[str, str]:
         "self-signed": frontdoor.self_signed_script(door),
         "restore": target.backup_files()[server.RESTORE_SCRIPT][0],
         "database functions": postgres.functions(),
+        "restore replicas: check": restore_replicas.check_script("/tmp/x y.tar", "s3://bucket/team", accept_missing=False),
+        "restore replicas": restore_replicas.restore_script(auth=True),
+        "restore replicas: put back": restore_replicas.restore_script(auth=True, safety="/var/backups/mlflow/mlflow-backup-x.tar"),
         "switch follow": switch.follow_script(switch.Transaction("wine", "r1", "", [], [], "history")),
     }
     for name in ODD_USER_NAMES:

@@ -10,6 +10,7 @@ import pytest
 
 from tasks.inventory import Host, TrackingSettings
 from tasks.ops import facts as f
+from tasks.ops import firewall
 from tasks.ops.facts import Facts
 from tasks.ops.steps import Step, apply, apply_script
 from tasks.secret_files import DatabaseUrl, SecretFileError, read_database_url, read_s3_credentials
@@ -289,3 +290,95 @@ def test_an_external_database_password_that_systemd_would_change_is_refused(tmp_
     with pytest.raises(SecretFileError, match="without spaces, quotes or backslashes") as error:
         read_database_url(private(tmp_path, "db.url", 'postgresql://u:a%22b@h/db'))
     assert 'a"b' not in str(error.value)
+
+
+def test_a_fronted_replica_answers_its_port_only_to_the_balancers():
+    from tasks.tracking import balancer
+    from tasks.tracking.service import TrackingService
+
+    settings = TrackingSettings(database="host", artifacts="s3://bucket/team", s3_credentials_file="/x")
+    replicas = (Host(name="t1", address="10.0.0.5", roles=("tracking",), tracking=settings),)
+    balancers = tuple(Host(name=name, address=address, roles=("lb",)) for name, address in (("lb1", "10.0.0.20"), ("lb2", "10.0.0.21")))
+    wall = balancer.replica_firewall(TrackingService(settings, replicas, None, balancers))
+    t = TrackingTarget(replica().host, "10.0.0.5", stores=stores(), wall=wall)
+    assert "nftables" in t.packages and set(firewall.facts(wall)) <= set(t.facts())
+    steps = tracking.plan(t, Facts(replica_facts(t)))
+    rules = next(step for step in steps if step.name == f"file {balancer.REPLICA_WALL.rules}")
+    assert "tcp dport { 5000 } ip saddr { 10.0.0.20, 10.0.0.21 } accept" in rules.diff
+    assert "table inet mlflow_fab_tracking" in rules.diff and "inet mlflow_fab\n" not in rules.diff, "the model hosts' table is another"
+    assert "firewall" in changed(steps) and "restart mlflow-tracking" not in changed(steps), "a new wall needs no restart"
+    off = balancer.replica_firewall(TrackingService(settings, replicas, None, balancers, firewall=False))
+    assert not off.enabled and "[lb] firewall = false" in firewall.steps(off, [5000], Facts({}))[0].summary
+    assert not balancer.replica_firewall(TrackingService(settings, replicas, None, ())).enabled
+
+
+def restore_on_fake_replicas(**hosts):
+    from types import SimpleNamespace
+
+    from tasks.tracking.restore_replicas import restore_service
+    from tasks.tracking.service import TrackingService
+    from tests.unit.fake_remote import FakeHost
+
+    settings = TrackingSettings(database="host", artifacts="s3://bucket/team", s3_credentials_file="/x")
+    replicas = tuple(Host(name=name, address=address, roles=("tracking",), tracking=settings) for name, address in (("t1", "10.0.0.5"), ("t2", "10.0.0.6")))
+    fleet = FakeFleet({name: FakeHost(**values) for name, values in hosts.items()})
+    service = TrackingService(settings, replicas, None, (Host(name="lb1", address="10.0.0.20", roles=("lb",)),))
+    reports = restore_service(SimpleNamespace(clone=lambda: None), service, "/var/backups/mlflow/old.tar", False, connect=lambda host, config: fleet(host))
+    return fleet, {report.host: report for report in reports}
+
+
+SAFETY = {"safety backup of the current state": "safety backup of the current state: /var/backups/mlflow/mlflow-backup-safety.tar"}
+
+
+def test_a_restore_of_replicas_that_fails_its_check_stops_nothing():
+    fleet, reports = restore_on_fake_replicas(t1={"fail": "sha256sum --quiet -c SHA256SUMS"})
+    assert fleet.steps("t1") == ["check backup", "staged backup"] and fleet.steps("t2") == []
+    assert reports["t1"].failed
+
+
+def test_a_restore_of_replicas_stops_all_restores_once_and_starts_all():
+    fleet, reports = restore_on_fake_replicas(t1={"prints": SAFETY})
+    assert fleet.steps("t1") == ["check backup", "stop mlflow-tracking", "restore", "start mlflow-tracking", "staged backup"]
+    assert fleet.steps("t2") == ["stop mlflow-tracking", "start mlflow-tracking"]
+    assert fleet.first("t2", "stop mlflow-tracking") < fleet.first("t1", "restore") < fleet.first("t2", "start mlflow-tracking")
+    assert not any(report.failed for report in reports.values())
+
+
+def test_a_replica_failing_its_gate_after_the_restore_brings_the_state_from_before_back():
+    fleet, reports = restore_on_fake_replicas(t1={"prints": SAFETY}, t2={"fail": "systemctl start"})
+    assert fleet.steps("t1") == ["check backup", "stop mlflow-tracking", "restore", "start mlflow-tracking", "stop mlflow-tracking",
+                                 "put back", "start mlflow-tracking", "staged backup"]
+    put_back = next(sent.script for sent in fleet.sent("t1") if sent.step == "put back")
+    assert "safety=/var/backups/mlflow/mlflow-backup-safety.tar" in put_back and "mlflow-backup 1000" not in put_back
+    assert reports["t2"].failed
+
+
+def test_a_restore_that_fails_on_the_database_starts_the_replicas_on_what_they_served():
+    fleet, reports = restore_on_fake_replicas(t1={"fail": "DROP TABLE IF EXISTS"})
+    assert fleet.steps("t1") == ["check backup", "stop mlflow-tracking", "restore", "start mlflow-tracking", "staged backup"]
+    assert fleet.steps("t2") == ["stop mlflow-tracking", "start mlflow-tracking"] and reports["t1"].failed
+
+
+def test_a_replica_removed_from_hosts_toml_leaves_the_balancers_before_the_database_stops_admitting_it():
+    from tasks.ops.nginx import install_config_script
+    from tasks.report import HostReport
+    from tasks.tracking import balancer
+    from tasks.tracking.service import TrackingService
+    from tests.unit.fake_remote import FakeHost
+
+    settings = TrackingSettings(database="host", artifacts="s3://bucket/team", s3_credentials_file="/x")
+    t1, t2, gone = (Host(name=name, address=address, roles=("tracking",), tracking=settings)
+                    for name, address in (("t1", "10.0.0.5"), ("t2", "10.0.0.6"), ("t3", "10.0.0.7")))
+    lb = Host(name="lb1", address="10.0.0.20", roles=("lb",))
+    before = TrackingService(settings, (t1, gone), None, (lb,))
+    after = TrackingService(settings, (t1, t2), None, (lb,))
+    routed = base64.b64encode(balancer.config(lb, before).encode()).decode()
+    fleet = FakeFleet({"lb1": FakeHost(facts={frontdoor.NGINX_FILE: f"root root 644\n{routed}"})})
+    balancer.stop_routing_to_removed(fleet(lb), HostReport("lb1"), after)
+    config = balancer.config(lb, after, frozenset({"t2"}))
+    assert [sent.script for sent in fleet.sent("lb1") if install_config_script(frontdoor.NGINX_CONFIG, config) in sent.script]
+    assert "10.0.0.7" not in config and "server 10.0.0.6:5000 max_fails=1 fail_timeout=5s down" in config, "t3 routed, or t2 before its setup"
+
+    unchanged = FakeFleet({"lb1": FakeHost(facts={frontdoor.NGINX_FILE: f"root root 644\n{routed}"})})
+    balancer.stop_routing_to_removed(unchanged(lb), HostReport("lb1"), before)
+    assert len(unchanged.sent("lb1")) == 1, "only the fact was read"
