@@ -8,7 +8,7 @@ SUBNET = f"10.88.0.0/{PREFIX_LENGTH}"
 ADDRESSES = {
     **{f"mlt{i}": f"10.88.0.{10 + i}" for i in range(1, 10)},
     **{f"demo{i}": f"10.88.0.{20 + i}" for i in range(1, 4)},
-    **{f"mlt{i}": f"10.88.0.{30 + i}" for i in range(10, 50)},
+    **{f"mlt{i}": f"10.88.0.{30 + i}" for i in range(10, 60)},
 }
 
 

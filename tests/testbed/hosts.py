@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import cgroups, network, proc
-from .addresses import address_of
+from .addresses import address_of, hosts_file
 from .proc import TestbedError
 from .ssh import accepts_key, ssh_argv
 
@@ -115,6 +115,8 @@ class TestHost:
         proc.run(["mount", "-t", "overlay", f"mlflow-fab-testbed-{self.name}", self.root, "-o",
                   f"lowerdir={lowers_path.read_text().strip()},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"])
         (self.root / "etc/hostname").write_text(f"{self.name}\n")
+        # written at each boot, not baked into the base: a new test host name rebuilds nothing
+        (self.root / "etc/hosts").write_text(hosts_file())
         for target in SHARED_CACHES.values():
             (self.root / target.lstrip("/")).mkdir(parents=True, exist_ok=True)  # nspawn's --overlay needs it
         network.create_host_network(self.name, self.address)

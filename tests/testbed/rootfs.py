@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import addresses
 from .proc import TestbedError, run, tail
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ def base_key(public_key: str) -> str:
         digest.update(data)
 
     add("rootfs.py", Path(__file__).read_bytes())
-    add("hosts", addresses.hosts_file().encode())
     add("parameters", repr((SUITE, MIRROR, VARIANT, PACKAGES)).encode())
     add("public key", public_key.encode())
     add("sources", MACHINE_SOURCES.read_bytes())
@@ -106,7 +104,6 @@ def _configure(root: Path, public_key: str) -> None:
     # Empty, not a newline: nspawn fails on a lone newline ("Failed to read machine ID ... Invalid argument").
     _write(root / "etc/machine-id", "")
     (root / "etc/hostname").unlink(missing_ok=True)
-    _write(root / "etc/hosts", addresses.hosts_file())
 
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     shutil.copy2(MACHINE_SOURCES, root / "etc/apt/sources.list.d" / MACHINE_SOURCES.name)
