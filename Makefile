@@ -45,3 +45,4 @@ bench: system-deps venv
 	$(PY) bench/rolling.py
 	$(PY) bench/wheelhouse.py
 	$(PY) bench/replicas.py
+	$(PY) bench/monitoring.py

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from invoke import Collection
 
-from tasks.cli import overview, serving, tracking, training
+from tasks.cli import monitoring, overview, serving, tracking, training
 
 ns = Collection()
 ns.add_task(tracking.setup_tracking)
@@ -22,5 +22,7 @@ ns.add_task(tracking.backup_tracking)
 ns.add_task(tracking.restore_tracking)
 ns.add_task(tracking.upgrade_tracking)
 ns.add_task(tracking.migrate_tracking)
+ns.add_task(monitoring.setup_monitoring)
+ns.add_task(monitoring.monitor)
 # Override with FABRIC_INVENTORY=path/to/hosts.toml, or `inventory:` in a Fabric config file.
 ns.configure({"inventory": str(Path(__file__).resolve().with_name("hosts.toml")), "target_hosts": []})

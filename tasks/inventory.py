@@ -18,6 +18,7 @@ from tasks.values import (
     check_address,
     check_allowed_host,
     check_artifacts,
+    check_duration,
     check_endpoint_url,
     check_host_name,
     check_mlflow_version,
@@ -28,7 +29,7 @@ from tasks.values import (
     check_version,
 )
 
-KNOWN_ROLES = ("tracking", "models", "lb", "train", "db")
+KNOWN_ROLES = ("tracking", "models", "lb", "train", "db", "monitor")
 DATABASES = ("local", "host", "external")
 # One service's settings, the same on every replica: a host's own [hosts.NAME.tracking] may not change them.
 SHARED_TRACKING_KEYS = ("database", "database_url_file", "s3_endpoint_url", "s3_credentials_file")
@@ -121,6 +122,24 @@ class LbSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """Prometheus on the monitor hosts, and the exporters it scrapes on every host."""
+
+    retention: str = "15d"
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "15s"
+    # Prometheus listens on 127.0.0.1 of the monitor hosts only: `fab monitor` tunnels to it over SSH.
+    prometheus_port: int = 9090
+    # on each host's inventory address, answering the monitor hosts only (and loopback)
+    node_exporter_port: int = 9100
+    # mtail on the lb hosts: the models' request metrics, from the balancer's log
+    mtail_port: int = 3903
+    # a model alerts when more of its answers than this are 5xx, or its p99 latency is above this, for 5 minutes
+    model_error_ratio: float = 0.05
+    model_p99_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """How `fab run-project` builds a project's env on the train hosts."""
 
@@ -156,6 +175,7 @@ class Inventory:
     models: dict[str, ModelSettings] = field(default_factory=dict)
     lb: LbSettings = field(default_factory=LbSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
     def with_role(self, role: str) -> list[Host]:
         return [host for host in self.hosts.values() if role in host.roles]
@@ -208,6 +228,8 @@ def _matches(value, annotation) -> bool:
         return isinstance(value, dict)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:  # `1` is as good as `1.0`
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, annotation)
 
 
@@ -229,6 +251,12 @@ VALUE_CHECKS = {
     "mlflow_version": check_mlflow_version,
     "psycopg2_version": check_version,
     "backup_schedule": _check_schedule,
+    "retention": check_duration,
+    "scrape_interval": check_duration,
+    "evaluation_interval": check_duration,
+    "prometheus_port": check_port,
+    "node_exporter_port": check_port,
+    "mtail_port": check_port,
 }
 
 
@@ -407,6 +435,19 @@ def _check_distinct_ports(host: Host, path: Path) -> None:
         seen[port] = who
 
 
+def _check_monitoring(monitoring: MonitoringSettings, hosts: list[Host], path: Path) -> None:
+    """The exporters' ports may not be ones a host already listens on; the model thresholds are positive."""
+    for host in hosts:
+        for who, port in _ports_in_use(host):
+            for key in ("node_exporter_port", "mtail_port"):
+                if port == getattr(monitoring, key) and (key == "node_exporter_port" or "lb" in host.roles):
+                    raise InventoryError(f"{path}: [monitoring] {key} {port} is {who} of [hosts.{host.name}]: give it another port")
+    if not 0 < monitoring.model_error_ratio < 1:
+        raise InventoryError(f"{path}: [monitoring] model_error_ratio must be between 0 and 1 (0.05 is 5 %), not {monitoring.model_error_ratio}")
+    if monitoring.model_p99_seconds <= 0:
+        raise InventoryError(f"{path}: [monitoring] model_p99_seconds must be a positive number of seconds")
+
+
 def load_inventory(path: str | Path) -> Inventory:
     path = Path(path)
     try:
@@ -418,7 +459,7 @@ def load_inventory(path: str | Path) -> Inventory:
     except tomllib.TOMLDecodeError as error:
         raise InventoryError(f"{path}: not valid TOML: {error}") from None
 
-    sections = ("defaults", "tracking", "models", "lb", "train", "hosts")
+    sections = ("defaults", "tracking", "models", "lb", "train", "monitoring", "hosts")
     for key, value in data.items():
         if key not in sections:
             raise InventoryError(f"{path}: unknown section [{key}] (known: {', '.join(sections)})")
@@ -431,6 +472,7 @@ def load_inventory(path: str | Path) -> Inventory:
     models = _model_settings({"": ModelSettings()}, data.get("models", {}), "models", path)
     lb = _with_local_pem_files(LbSettings(**_check_table(data.get("lb", {}), LbSettings, "lb", path)), "lb", path)
     train = TrainSettings(**_check_table(data.get("train", {}), TrainSettings, "train", path))
+    monitoring = MonitoringSettings(**_check_table(data.get("monitoring", {}), MonitoringSettings, "monitoring", path))
     if train.env_manager not in ("venv", "conda"):
         raise InventoryError(f'{path}: [train] env_manager must be "venv" or "conda", not {train.env_manager!r}')
 
@@ -459,7 +501,8 @@ def load_inventory(path: str | Path) -> Inventory:
         hosts[name] = Host(name=name, **values)
         _check_distinct_ports(hosts[name], path)
     _check_tracking_service(tracking, list(hosts.values()), path)
-    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models, lb=lb, train=train)
+    _check_monitoring(monitoring, list(hosts.values()), path)
+    return Inventory(path=path, defaults=defaults, tracking=tracking, hosts=hosts, models=models, lb=lb, train=train, monitoring=monitoring)
 
 
 def select_hosts(inventory: Inventory, targets: list[str], role: str | None, ssh_aliases=()) -> list[Host]:

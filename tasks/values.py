@@ -144,3 +144,12 @@ def check_mlflow_version(text: str) -> None:
     if Version(text) < Version(OLDEST_MLFLOW):
         raise ValueError(f'must be {OLDEST_MLFLOW} or newer: older MLflow reads the admin password only from basic_auth.ini, '
                          f'and the tracking server would crash-loop with sign-in on (the oldest that works is "{OLDEST_MLFLOW}")')
+
+
+PROMETHEUS_DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
+
+
+def check_duration(text: str) -> None:
+    """A Prometheus duration: 15s, 1m30s, 15d."""
+    if not PROMETHEUS_DURATION.fullmatch(text):
+        raise ValueError("must be a duration such as 15s, 1m30s or 15d (units ms, s, m, h, d, w, y)")

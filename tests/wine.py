@@ -42,6 +42,20 @@ def log_wine_model(tracking_uri: str, alpha: float = 0.5, l1_ratio: float = 0.5,
     return run.info.run_id
 
 
+def log_flaky_model(tracking_uri: str, experiment: str = "wine-quality") -> str:
+    """tests/monitoring/flaky_model.py, with the wine model's requirements (the same env on the hosts) and input example."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    example = pd.read_csv(DATA).drop(columns="quality").head(3)
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("monitoring") / "flaky_model.py"),
+                                input_example=example, pip_requirements=pinned_requirements())
+    return run.info.run_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="log the wine-quality ElasticNet model")
     parser.add_argument("--tracking-uri", required=True)

@@ -16,16 +16,25 @@ def status(c):
     """Every inventory host (or -H): tracking server, PostgreSQL, model services and releases, health."""
     from rich.table import Table
 
-    from tasks.overview.status import COLUMNS, host_status
+    from tasks.monitoring.live import FIGURES
+    from tasks.overview.status import COLUMNS, LIVE_FIGURES, host_status
     from tasks.tracking.service import TrackingService
 
     hosts = arguments.hosts_for(c, role=None)
-    service = TrackingService.of(arguments.inventory(c))
-    reports = run_on_hosts(c.config, hosts, lambda remote, report: host_status(remote, report, service))
+    inventory = arguments.inventory(c)
+    service = TrackingService.of(inventory)
+    port = inventory.monitoring.prometheus_port
+    reports = run_on_hosts(c.config, hosts, lambda remote, report: host_status(remote, report, service, port))
     table = Table("host", *COLUMNS)
     for report in reports:
         table.add_row(report.host, *(report.details.get(column, "-") for column in COLUMNS))
     console.print(table)
+    live = next((report for report in reports if LIVE_FIGURES in report.details), None)
+    if live:
+        figures = Table(f"model (last 5 minutes at the balancers, Prometheus on {live.host})", *FIGURES)
+        for model, row in sorted(live.details[LIVE_FIGURES].items()):
+            figures.add_row(model, *(row.get(column, "-") for column in FIGURES))
+        console.print(figures if live.details[LIVE_FIGURES] else f"no model traffic in the last 5 minutes (Prometheus on {live.host})")
     end_with_recap(reports)
 
 

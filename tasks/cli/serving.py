@@ -42,14 +42,39 @@ ROLLING_HELP = {
 }
 
 
-def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock):
+BAKE_HELP = {
+    "bake": "after the canary passed its gate, watch its live traffic at the balancers for this many seconds; a breach rolls it back",
+    "max-error-rate": "with --bake: the share of 5xx answers the canary may give (default 1%)",
+    "max-p99": "with --bake: the canary's p99 latency limit (default 250ms)",
+}
+
+
+def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock, bake=None):
     from tasks.serving.rolling import PlanError, RollingOptions, plan_batches
 
     try:
         plan_batches(["check"], batch_size, int(canary))
     except (PlanError, ValueError) as error:
         raise Exit(f"error: {error}", code=2) from None
-    return RollingOptions(str(batch_size), int(canary), int(max_failures), float(pause), rollback_all, break_lock)
+    return RollingOptions(str(batch_size), int(canary), int(max_failures), float(pause), rollback_all, break_lock, bake)
+
+
+def bake_limits(c, bake, max_error_rate, max_p99, canary):
+    """--bake's limits, checked before anything is fetched: it needs a canary, and lb hosts whose log shows its traffic."""
+    from tasks.serving.bake import BakeError, BakeLimits, error_rate, seconds
+
+    if not float(bake):
+        return None
+    if float(bake) < 0:
+        raise Exit("error: --bake must be a number of seconds", code=2)
+    if int(canary) < 1:
+        raise Exit("error: --bake judges the canary: give --canary N too", code=2)
+    if not arguments.inventory(c).with_role("lb"):
+        raise Exit("error: --bake reads the canary's traffic at the balancer: the inventory has no lb host; nothing was changed", code=2)
+    try:
+        return BakeLimits(float(bake), error_rate(max_error_rate), seconds(max_p99))
+    except BakeError as error:
+        raise Exit(f"error: {error}", code=2) from None
 
 
 @task(
@@ -60,10 +85,11 @@ def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break
         "sample": "JSON request for the health gate (default: the model's serving_input_example.json)",
         "check": "show the plan with diffs and change nothing",
         **ROLLING_HELP,
+        **BAKE_HELP,
     }
 )
 def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, check=False, batch_size="1", canary=0,
-                 max_failures=0, pause=0.0, rollback_all=False, break_lock=False):
+                 max_failures=0, pause=0.0, rollback_all=False, break_lock=False, bake=0.0, max_error_rate="1%", max_p99="250ms"):
     """Deploy a model from the tracking server to the "models" hosts: preflight in parallel, then batches with a health gate and rollback."""
     from tasks.serving.deploy import Deployment, HostDeploy
     from tasks.serving.firewall import policy as firewall_policy
@@ -72,7 +98,8 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
     from tasks.serving.source import model_uri as resolve_uri
 
     name = checked_name(name)
-    options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock)
+    options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock,
+                              bake_limits(c, bake, max_error_rate, max_p99, canary))
     hosts = arguments.hosts_for(c, role="models")
     check_fronted(c, name)
     try:

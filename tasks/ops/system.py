@@ -9,15 +9,15 @@ from tasks.ops.steps import Step
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 
 
-def ensure_packages(wanted: list[str], installed: set[str]) -> Step:
-    missing = [name for name in wanted if name not in installed]
+def ensure_packages(wanted: list[str], installed: set[str], name: str = "packages") -> Step:
+    missing = [package for package in wanted if package not in installed]
     if not missing:
-        return Step.ok("packages", "installed: " + " ".join(wanted))
-    names = " ".join(shlex.quote(name) for name in missing)
+        return Step.ok(name, "installed: " + " ".join(wanted))
+    names = " ".join(shlex.quote(package) for package in missing)
     install = f"{APT_ENV} apt-get install -y -q --no-install-recommends {names}"
     # Package lists may be missing or stale on a fresh server: refresh once, only when install fails.
     script = f"{install} || {{ apt-get update -q && {install}; }}"
-    return Step.change("packages", "install " + " ".join(missing), script)
+    return Step.change(name, "install " + " ".join(missing), script)
 
 
 def ensure_system_user(name: str, home: str, exists: bool) -> Step:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tasks.monitoring.live import figures_fact
 from tasks.ops import facts as f
 from tasks.ops.health import probe_healthy
 from tasks.ops.steps import Step
@@ -12,6 +13,7 @@ from tasks.tracking.server import POSTGRESQL_STATE, SERVICE_STATE, TrackingTarge
 from tasks.tracking.service import TrackingService
 
 COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models", "balancer")
+LIVE_FIGURES = "live figures"  # a monitor host's report: model -> column -> figure
 # `NAME STATE CURRENT RUNNING` per model with a current link
 MODELS = f.Fact(
     "models",
@@ -51,12 +53,15 @@ def view_summary(text: str) -> tuple[str, bool]:
     return "\n".join(cells) or "-", all(state == "200" for _, state in rows)
 
 
-def host_status(remote, report, tracking_service: TrackingService) -> None:
+def host_status(remote, report, tracking_service: TrackingService, prometheus_port: int = 0) -> None:
+    """prometheus_port: on a monitor host, also each model's live figures (report.details[LIVE_FIGURES])."""
     target = TrackingTarget(remote.host, remote.connection.host)
     version = f.Fact("version", target.local_curl("/version"))
     fronts = tracking_service.fronted and "lb" in remote.host.roles
     view = balancer_view(tracking_service)
-    facts = f.gather(remote, [f.os_release(), SERVICE_STATE, POSTGRESQL_STATE, version, target.probe_fact, MODELS] + ([view] if fronts else []))
+    live = figures_fact(prometheus_port) if prometheus_port and "monitor" in remote.host.roles else None
+    facts = f.gather(remote, [f.os_release(), SERVICE_STATE, POSTGRESQL_STATE, version, target.probe_fact, MODELS]
+                     + ([view] if fronts else []) + ([live] if live else []))
     models, models_active = model_summary(facts[MODELS])
     service = facts[SERVICE_STATE]
     installed = service.get("UnitFileState", "") not in ("", "not-found")
@@ -71,6 +76,8 @@ def host_status(remote, report, tracking_service: TrackingService) -> None:
         "url": target.url if installed else "-",
         "models": models,
     }
+    if live:
+        report.details[LIVE_FIGURES] = facts[live]
     replicas_in_service = True
     if fronts:
         report.details["balancer"], replicas_in_service = view_summary(facts[view])

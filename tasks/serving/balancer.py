@@ -30,6 +30,8 @@ KEY = "/etc/ssl/private/mlflow-models.key"
 # `name:$6$...` lines (SHA-512 crypt) written by `fab model-user`; nginx's workers (www-data) read it.
 USERS = "/etc/nginx/mlflow-models.users"
 BALANCER_PACKAGES = ["nginx", "openssl"]
+# One line per answer of every model (its format in each model's file): what mtail turns into request metrics.
+REQUESTS_LOG = "/var/log/nginx/mlflow-models.log"
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def upstreams(inventory: Inventory) -> list[Upstream]:
 
 
 def render_config(model: Upstream, lb: LbSettings) -> str:
-    return render("nginx-mlflow-model.conf.j2", model=model, tls=lb.tls, auth=lb.auth, certificate=CERTIFICATE, key=KEY, users=USERS)
+    return render("nginx-mlflow-model.conf.j2", model=model, tls=lb.tls, auth=lb.auth, certificate=CERTIFICATE, key=KEY, users=USERS,
+                  requests_log=REQUESTS_LOG)
 
 
 INSTALLED_PACKAGES = f.installed_packages(BALANCER_PACKAGES)

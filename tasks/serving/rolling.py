@@ -24,6 +24,7 @@ from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, console, show_error, show_note, show_recap
 from tasks.serving import switch as model_switch
+from tasks.serving.bake import Bake, BakeLimits, Verdict
 from tasks.serving.deploy import HostRollout
 
 PREFLIGHT_TIMEOUT = 1800
@@ -75,6 +76,8 @@ class RollingOptions:
     pause: float = 0.0
     rollback_all: bool = False
     break_lock: bool = False
+    # the canary watched under its live traffic before the other batches (None: no bake)
+    bake: BakeLimits | None = None
 
 
 def guarded(deploy: HostRollout, phase: Callable[[], None]) -> None:
@@ -217,7 +220,10 @@ def rolling(config: Config, inventory: Inventory, hosts: list[Host], make_deploy
         failures = None if check else _preflight_failures(deploys, options)
         if failures is None:
             return [deploy.report for deploy in deploys]
-        _roll_batches(deploys, failures, options, balancer)
+        bake = Bake(balancer.remotes, model, options.bake) if options.bake and balancer else None
+        if bake and not _bake_can_read(bake, deploys):
+            return [deploy.report for deploy in deploys]
+        _roll_batches(deploys, failures, options, balancer, bake)
     except (Interrupted, KeyboardInterrupt):
         interrupted = True
         console.print("[red]interrupted (Ctrl-C): no further host is switched[/]")
@@ -241,8 +247,42 @@ def _preflight_failures(deploys: list[HostRollout], options: RollingOptions) -> 
     return failures
 
 
-def _roll_batches(deploys: list[HostRollout], failures: list[HostRollout], options: RollingOptions, balancer: Balancer | None) -> None:
-    """Canary, then batches, each drained and switched; stop once the failures are over the budget."""
+def _bake_can_read(bake: Bake, deploys: list[HostRollout]) -> bool:
+    """Before the first switch: a bake that could not read the balancers' logs would judge nothing."""
+    try:
+        bake.start()
+    except HostError as error:
+        console.print(f"[red]--bake: {error}: stopping before the first switch[/]")
+        for deploy in deploys:
+            deploy.report.error = f"not deployed: --bake can't read the balancer's log ({error})"
+        return False
+    return True
+
+
+def _bake_canary(canary: list[HostRollout], bake: Bake, balancer: Balancer | None) -> bool:
+    """The canary under its live traffic for the bake's seconds; a breach (or logs that can't be read) rolls it back."""
+    upstreams = [f"{d.remote.host.address}:{d.remote.host.model(bake.model).port}" for d in canary]
+    console.rule(f"bake: {', '.join(d.name for d in canary)} under live traffic for {bake.limits.seconds:g} s ({bake.limits.describe()})")
+    try:
+        bake.start()
+        time.sleep(bake.limits.seconds)  # the canary serves meanwhile: its answers are what is judged
+        verdict = bake.verdict(upstreams)
+    except HostError as error:
+        verdict = Verdict(False, f"the bake could not read the balancer's log ({error})")
+    if verdict.passed:
+        console.print(f"[green]{verdict.summary}[/]")
+        return True
+    console.print(f"[red]{verdict.summary}: rolling the canary back, stopping the deploy[/]")
+    for deploy in canary:
+        deploy.report.error = verdict.summary
+    _roll_back_updated(canary, balancer, "the canary failed its bake")
+    return False
+
+
+def _roll_batches(deploys: list[HostRollout], failures: list[HostRollout], options: RollingOptions, balancer: Balancer | None,
+                  bake: Bake | None = None) -> None:
+    """Canary (baked under live traffic with --bake), then batches, each drained and switched; stop once the failures are
+    over the budget."""
     by_name = {deploy.name: deploy for deploy in deploys}
     ready = [d.name for d in deploys if d.outcome == "staged" and d.plan.touches_service]
     batches = plan_batches(ready, options.batch_size, options.canary)
@@ -257,6 +297,9 @@ def _roll_batches(deploys: list[HostRollout], failures: list[HostRollout], optio
                 by_name[name].report.error = by_name[name].report.error or str(error)
             return
         failures = failures + [by_name[name] for name in batch if by_name[name].outcome != "updated"]
+        canary = [by_name[name] for name in batch]
+        if bake and options.canary and number == 1 and all(d.outcome == "updated" for d in canary) and not _bake_canary(canary, bake, balancer):
+            return
         if len(failures) > options.max_failures:
             console.print(f"[red]{len(failures)} host(s) failed (allowed: {options.max_failures}): stopping the deploy[/]")
             if options.rollback_all:
@@ -297,13 +340,13 @@ def _switch_batch(batch: list[HostRollout], balancer: Balancer | None) -> None:
             balancer.set_drained((balancer.drained - names) | keep_out, f"back in the balancer: {', '.join(sorted(back)) or 'none'}")
 
 
-def _roll_back_updated(updated: list[HostRollout], balancer: Balancer | None) -> None:
-    console.rule(f"--rollback-all: {', '.join(d.name for d in updated) or 'nothing to roll back'}")
+def _roll_back_updated(updated: list[HostRollout], balancer: Balancer | None, why: str = "--rollback-all after failures elsewhere") -> None:
+    console.rule(f"{why}: roll back {', '.join(d.name for d in updated) or 'nothing'}")
     for deploy in updated:
         if balancer:
             balancer.set_drained(balancer.drained | {deploy.name}, f"drained {deploy.name}")
         try:
-            settle([deploy], lambda d: d.return_to_previous("--rollback-all after failures elsewhere"),
+            settle([deploy], lambda d: d.return_to_previous(why),
                    deploy.model.settings.health_timeout * 2 + model_switch.DEADLINE_MARGIN + SWITCH_MARGIN)
         finally:
             if balancer and deploy.outcome not in ("unreachable", "interrupted"):

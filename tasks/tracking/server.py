@@ -21,6 +21,7 @@ from tasks.ops import facts as f
 from tasks.ops import firewall, postgres, wheelsync
 from tasks.ops.files import ensure_directory, ensure_file, ensure_secret_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
+from tasks.ops.metrics import textfile_script
 from tasks.ops.pyenv import ENVS_ROOT, EnvSpec, ensure_env
 from tasks.ops.remote import Remote
 from tasks.ops.steps import Step
@@ -191,7 +192,7 @@ class TrackingTarget:
         """path -> (content, mode) of the backup and restore scripts, and of the timer when a schedule is set."""
         s = self.settings
         values = dict(backup_dir=BACKUP_DIR, keep=s.backup_keep, database=DATABASE, artifacts=s.artifacts, version=self.local_curl("/version"), unit=UNIT,
-                      user=SERVICE_USER, replica=self.replica, env_file=ENV_FILE, env_path=self.env_path)
+                      user=SERVICE_USER, replica=self.replica, env_file=ENV_FILE, env_path=self.env_path, backup_metric=BACKUP_METRIC_SCRIPT)
         if self.replica:  # the service restores from the first replica (tasks/tracking/restore_replicas.py)
             files = {BACKUP_SCRIPT: (render("mlflow-backup.sh.j2", **values), "755")}
             return files | self.backup_timer_files()
@@ -256,6 +257,9 @@ class TrackingTarget:
                              path=f".mlflow-fab/health-{self.host.name}")
 
 
+# the backup's time, for the monitor hosts' alert on backups that stopped (setup-monitoring seeds it from the newest backup)
+BACKUP_METRIC = "mlflow_backup_last_success_timestamp_seconds"
+BACKUP_METRIC_SCRIPT = textfile_script("mlflow_backup", BACKUP_METRIC, "When mlflow-backup last made a backup.", "$(date +%s)")
 SECRET_KEYS = ["MLFLOW_DB_PASSWORD", "MLFLOW_BACKEND_STORE_URI"]
 # Prints 1 when role mlflow signs in with the secrets file's password, as the server does (the password stays in the environment).
 ROLE_LOGIN = (f"password=$(sed -n 's/^MLFLOW_DB_PASSWORD=//p' {ENV_FILE}) && [ -n \"$password\" ] && "

@@ -57,7 +57,7 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
 
 
 def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = None, accept_new_host_keys: bool = True,
-                    lb: dict | None = None) -> Path:
+                    lb: dict | None = None, monitoring: dict | None = None) -> Path:
     """hosts.toml from plain dicts (json.dumps of str, int, bool and lists is valid TOML).
 
     Host keys are learned on first use into a known_hosts file beside it: every fresh test host has new keys.
@@ -70,6 +70,8 @@ def write_inventory(path: Path, hosts: dict[str, dict], tracking: dict | None = 
         *(f"{key} = {json.dumps(value)}" for key, value in (tracking or {}).items()),
         "[lb]",
         *(f"{key} = {json.dumps(value)}" for key, value in (lb or {}).items()),
+        "[monitoring]",
+        *(f"{key} = {json.dumps(value)}" for key, value in (monitoring or {}).items()),
     ]
     for name, table in hosts.items():
         lines.append(f"[hosts.{name}]")

@@ -16,6 +16,7 @@ import pytest
 
 from tasks.credentials import chosen_action
 from tasks.inventory import Host, TrackingSettings
+from tasks.monitoring.prometheus import check_step
 from tasks.ops import postgres
 from tasks.ops.health import HttpCheck, gate_script
 from tasks.ops.nginx import reload_script
@@ -66,6 +67,12 @@ def shell_scripts() -> dict[str, str]:
         "restore replicas: check": restore_replicas.check_script("/tmp/x y.tar", "s3://bucket/team", accept_missing=False),
         "restore replicas": restore_replicas.restore_script(auth=True),
         "restore replicas: put back": restore_replicas.restore_script(auth=True, safety="/var/backups/mlflow/mlflow-backup-x.tar"),
+        "bake answers": render_script("bake-answers.sh.j2", log="/var/log/nginx/mlflow-models.log", offset=4096, model="wine-2",
+                                      upstreams="10.0.0.5:5001 [fd00::1]:5001"),
+        "prometheus check config": check_step("global: {}", "groups: []").script,
+        "prometheus reload": render_script("prometheus/reload.sh.j2", port=9090),
+        "mtail compile": render_script("prometheus/mtail-compile.sh.j2", program="Y291bnRlciB4Cg=="),
+        "backup metric": server.BACKUP_METRIC_SCRIPT,
         "switch follow": switch.follow_script(switch.Transaction("wine", "r1", "", [], [], "history")),
     }
     for name in ODD_USER_NAMES:

@@ -19,11 +19,12 @@ MAY_IMPORT = {
     "tracking": {"inputs", "ops", "machinery"},
     "serving": {"inputs", "ops", "machinery", "tracking"},
     "training": {"inputs", "ops", "machinery", "tracking"},
-    "overview": {"inputs", "ops", "machinery", "tracking", "serving"},
-    "cli": {"inputs", "ops", "machinery", "tracking", "serving", "training", "overview"},
+    "monitoring": {"inputs", "ops", "machinery", "tracking", "serving"},
+    "overview": {"inputs", "ops", "machinery", "tracking", "serving", "monitoring"},
+    "cli": {"inputs", "ops", "machinery", "tracking", "serving", "training", "monitoring", "overview"},
 }
 PACKAGE_LAYERS = {"tasks.ops": "ops", "tasks.tracking": "tracking", "tasks.serving": "serving", "tasks.training": "training",
-                  "tasks.overview": "overview", "tasks.cli": "cli"}
+                  "tasks.monitoring": "monitoring", "tasks.overview": "overview", "tasks.cli": "cli"}
 
 
 def module_name(path: Path) -> str:

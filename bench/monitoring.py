@@ -1,0 +1,70 @@
+"""What monitoring costs a host at rest: CPU and memory of the exporters setup-monitoring installs (the node exporter on
+every host, mtail on lb hosts) and of Prometheus on the monitor host, scraped every 15 s (the default).
+
+    .venv/bin/python bench/monitoring.py [--windows 3] [--seconds 60]
+
+Fresh testbed hosts: a monitor host, an lb host and a model host. Each process is measured over windows of --seconds
+(CPU from /proc/PID/stat, resident memory from /proc/PID/status); prints the median of the windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import timed_fab
+
+from tests.integration.fabrun import host_entry, write_inventory
+from tests.testbed import Testbed
+
+MONITOR, LB, MODELS = "mlt55", "mlt56", "mlt57"
+PROCESSES = {MODELS: ["prometheus-node-exporter"], LB: ["prometheus-node-exporter", "mtail"], MONITOR: ["prometheus-node-exporter", "prometheus"]}
+# utime + stime in clock ticks, and VmRSS in kB, of a unit's main process
+SAMPLE = ("pid=$(systemctl show -p MainPID --value {unit}); "
+          "echo $(cut -d' ' -f14,15 /proc/$pid/stat) $(sed -n 's/^VmRSS: *\\([0-9]*\\) kB/\\1/p' /proc/$pid/status) $(getconf CLK_TCK)")
+
+
+def sample(host, unit: str) -> tuple[int, int, int]:
+    utime, stime, rss, ticks = host.run(SAMPLE.format(unit=unit)).stdout.split()
+    return int(utime) + int(stime), int(rss), int(ticks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    testbed = Testbed()
+    testbed.prepare()
+    hosts = {name: testbed.start(name) for name in (MONITOR, LB, MODELS)}
+    try:
+        inventory = Path(tempfile.mkdtemp()) / "hosts.toml"
+        roles = {MONITOR: ["monitor"], LB: ["lb"], MODELS: ["models"]}
+        write_inventory(inventory, {name: host_entry(host, roles[name]) for name, host in hosts.items()})
+        seconds, _, _ = timed_fab(inventory, "setup-monitoring")
+        print(f"setup-monitoring on 3 fresh hosts: {seconds:.1f} s", flush=True)
+        cpu: dict[tuple[str, str], list[float]] = {}
+        memory: dict[tuple[str, str], list[float]] = {}
+        for window in range(args.windows):
+            before = {(name, unit): sample(hosts[name], unit) for name, units in PROCESSES.items() for unit in units}
+            time.sleep(args.seconds)  # the processes at rest for one window: what is measured
+            for key, (ticks_before, _, hz) in before.items():
+                ticks_after, rss, _ = sample(hosts[key[0]], key[1])
+                cpu.setdefault(key, []).append(100 * (ticks_after - ticks_before) / hz / args.seconds)
+                memory.setdefault(key, []).append(rss / 1024)
+            print(f"window {window + 1}/{args.windows} done", flush=True)
+    finally:
+        for host in hosts.values():
+            host.stop()
+    print()
+    roles_of = {MONITOR: "monitor host", LB: "lb host", MODELS: "model host"}
+    for (name, unit), values in cpu.items():
+        print(f"{roles_of[name]:<13} {unit:<26} CPU {statistics.median(values):5.2f} % of one core   "
+              f"RSS {statistics.median(memory[(name, unit)]):6.1f} MB   (median of {len(values)} windows of {args.seconds:g} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""What every host runs for the monitor hosts: Debian's node exporter on the host's inventory address (CPU, memory, disks,
+the states of our systemd units, and the textfile metrics our scripts leave), and on lb hosts mtail, turning the
+balancer's model log into request metrics per model and model host; both answer the monitor hosts only.
+
+Runbook this replaces: apt-get install prometheus-node-exporter (which listens on every interface); edit
+/etc/default/prometheus-node-exporter; grep the nginx log for 5xx by hand; open the ports to the Prometheus server in the
+firewall, or forget to.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from tasks.inventory import Host, Inventory, MonitoringSettings
+from tasks.ops import facts as f
+from tasks.ops import firewall
+from tasks.ops.files import ensure_file
+from tasks.ops.firewall import FirewallPolicy, Wall
+from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
+from tasks.ops.metrics import TEXTFILE_DIR, textfile_script
+from tasks.ops.steps import Step
+from tasks.ops.system import ensure_packages
+from tasks.ops.systemd import ensure_enabled, ensure_running
+from tasks.serving.balancer import REQUESTS_LOG
+from tasks.templates import TEMPLATES, render, render_script
+from tasks.tracking.server import BACKUP_DIR, BACKUP_METRIC
+
+NODE_EXPORTER = "prometheus-node-exporter"
+NODE_EXPORTER_DEFAULTS = f"/etc/default/{NODE_EXPORTER}"
+MTAIL = "mtail"
+MTAIL_DEFAULTS = "/etc/default/mtail"
+MTAIL_PROGRAM = "/etc/mtail/mlflow-models.mtail"
+MONITOR_WALL = Wall("exporter ports", "the monitor hosts", "inet mlflow_fab_monitor", "/etc/mlflow/firewall-monitor.nft",
+                    "mlflow-fab-firewall-monitor.service", "setup-monitoring")
+# The units whose states the node exporter reports (anchored by the exporter; `[.]` survives systemd's unquoting).
+OUR_UNITS = "(mlflow-.+|nginx|postgresql.*|prometheus.*|fail2ban)[.]service"
+GATE_TIMEOUT = 60
+BACKUP_METRIC_FILE = f"{TEXTFILE_DIR}/mlflow_backup.prom"
+
+# curl: the gates ask the exporters as Prometheus would
+EXPORTER_PACKAGES = [NODE_EXPORTER, "curl"]
+INSTALLED = f.installed_packages(firewall.FIREWALL_PACKAGES + EXPORTER_PACKAGES + [MTAIL])
+DEFAULTS_FILE = f.file_content(NODE_EXPORTER_DEFAULTS)
+MTAIL_DEFAULTS_FILE = f.file_content(MTAIL_DEFAULTS)
+MTAIL_PROGRAM_FILE = f.file_content(MTAIL_PROGRAM)
+
+# the newest backup's time (seconds since the epoch), when the host makes backups and no backup metric is there yet
+UNRECORDED_BACKUP = f.Fact("unrecorded_backup", f"[ -e {BACKUP_METRIC_FILE} ] || ls -1t {BACKUP_DIR}/mlflow-backup-*.tar 2>/dev/null "
+                                                "| head -1 | xargs -r stat -c %Y")
+
+
+def listen_address(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """One exporter's service: its unit, where it listens, and a metric its /metrics always shows."""
+
+    unit: str
+    host_address: str
+    port: int
+    shows: str
+
+    @property
+    def address(self) -> str:
+        return listen_address(self.host_address, self.port)
+
+    @property
+    def checks(self) -> list[HttpCheck]:
+        return [HttpCheck("/metrics", base=f"http://{self.address}", expect=self.shows)]
+
+    @property
+    def probe_fact(self) -> f.Fact[str]:
+        return f.Fact(f"probe:{self.unit}", probe_command(self.port, self.checks))
+
+    @property
+    def state_fact(self) -> f.Fact[dict[str, str]]:
+        return f.service_state(self.unit)
+
+    def facts(self) -> list[f.Fact]:
+        return [self.state_fact, self.probe_fact]
+
+
+@dataclass(frozen=True)
+class ExporterTarget:
+    """One host's exporters as they should be, and who may scrape them."""
+
+    host: Host
+    settings: MonitoringSettings
+    monitors: tuple[str, ...]  # the monitor hosts' addresses
+    # Prometheus on this host (a monitor host): its port is behind the same wall while the package starts it on every
+    # interface, before setup-monitoring gives it 127.0.0.1
+    prometheus_port: int | None = None
+
+    @property
+    def wall(self) -> FirewallPolicy:
+        return FirewallPolicy(MONITOR_WALL, self.monitors, off_because="no monitor hosts")
+
+    @property
+    def balancer(self) -> bool:
+        """An lb host: mtail reads its model log."""
+        return "lb" in self.host.roles
+
+    @property
+    def node(self) -> Exporter:
+        return Exporter(NODE_EXPORTER, self.host.address, self.settings.node_exporter_port, "node_exporter_build_info")
+
+    @property
+    def mtail(self) -> Exporter:
+        return Exporter(MTAIL, self.host.address, self.settings.mtail_port, "mtail_lines_total")
+
+    @property
+    def ports(self) -> list[int]:
+        return ([self.node.port] + ([self.mtail.port] if self.balancer else [])
+                + ([self.prometheus_port] if self.prometheus_port else []))
+
+    def defaults(self) -> str:
+        return render("prometheus-node-exporter.default.j2", listen=self.node.address, units=OUR_UNITS, textfile_dir=TEXTFILE_DIR)
+
+    def mtail_defaults(self) -> str:
+        return render("prometheus/mtail.default.j2", log=REQUESTS_LOG, address=self.host.address, port=self.mtail.port)
+
+    def facts(self) -> list[f.Fact]:
+        mtail = [MTAIL_DEFAULTS_FILE, MTAIL_PROGRAM_FILE, *self.mtail.facts()] if self.balancer else []
+        return [f.os_release(), INSTALLED, *firewall.facts(self.wall), DEFAULTS_FILE, *self.node.facts(), UNRECORDED_BACKUP, *mtail]
+
+
+def targets(inventory: Inventory) -> list[ExporterTarget]:
+    monitors = tuple(host.address for host in inventory.with_role("monitor"))
+    return [ExporterTarget(host, inventory.monitoring, monitors,
+                           inventory.monitoring.prometheus_port if "monitor" in host.roles else None)
+            for host in inventory.hosts.values()]
+
+
+def plan(target: ExporterTarget, facts: f.Facts) -> list[Step]:
+    """The wall first (the package starts the exporter on every interface), then the exporter on the inventory address."""
+    installed = facts[INSTALLED]
+    wall = [ensure_packages(firewall.FIREWALL_PACKAGES, installed, name="packages (firewall)"),
+            *firewall.steps(target.wall, target.ports, facts)]
+    package = ensure_packages(EXPORTER_PACKAGES, installed)
+    defaults = ensure_file(NODE_EXPORTER_DEFAULTS, target.defaults(), facts[DEFAULTS_FILE])
+    steps = [*wall, package, defaults, *serving_steps(target.node, facts, {"the package": package, NODE_EXPORTER_DEFAULTS: defaults})]
+    mtail = mtail_steps(target, facts) if target.balancer else []
+    return steps + mtail + backup_metric_steps(facts[UNRECORDED_BACKUP])
+
+
+def mtail_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
+    """mtail on the balancer's model log, its program compiled before it is installed; a change restarts it (the
+    counters start again from 0, which Prometheus' rate() takes as a reset)."""
+    package = ensure_packages([MTAIL], facts[INSTALLED], name="packages (mtail)")
+    program = program_text()
+    compiled = Step.change("compile mtail program", "mtail --compile_only on the new program, before it is installed",
+                           render_script("prometheus/mtail-compile.sh.j2", program=base64.b64encode(program.encode()).decode()))
+    install = ensure_file(MTAIL_PROGRAM, program, facts[MTAIL_PROGRAM_FILE])
+    defaults = ensure_file(MTAIL_DEFAULTS, target.mtail_defaults(), facts[MTAIL_DEFAULTS_FILE])
+    inputs = {"the package": package, MTAIL_PROGRAM: install, MTAIL_DEFAULTS: defaults}
+    return [package, *([compiled] if install.changed else []), install, defaults, *serving_steps(target.mtail, facts, inputs)]
+
+
+def serving_steps(exporter: Exporter, facts: f.Facts, inputs: dict[str, Step]) -> list[Step]:
+    """(Re)started when an input changed or it is down, enabled, and gated on its /metrics as Prometheus will ask it."""
+    restart = ensure_running(exporter.unit, exporter.port, facts[exporter.state_fact], [name for name, step in inputs.items() if step.changed])
+    steps = [restart, ensure_enabled(exporter.unit, facts[exporter.state_fact])]
+    if restart.changed or not probe_healthy(facts[exporter.probe_fact], exporter.checks):
+        return steps + [Step.change(f"{exporter.unit} gate", f"wait up to {GATE_TIMEOUT} s for {exporter.address}/metrics",
+                                    gate_script(exporter.unit, exporter.port, exporter.checks, GATE_TIMEOUT, after_restart=restart.changed))]
+    return steps + [Step.ok(f"{exporter.unit} gate", f"{exporter.address}/metrics answers")]
+
+
+def program_text() -> str:
+    return (TEMPLATES / "prometheus" / "mlflow-models.mtail").read_text()
+
+
+def backup_metric_steps(newest_backup: str) -> list[Step]:
+    """A host whose backups were made before the exporter was here: the newest one's time, so the alert on stopped
+    backups starts from it (mlflow-backup writes it from now on)."""
+    if not newest_backup.strip().isdigit():
+        return []
+    seed = textfile_script("mlflow_backup", BACKUP_METRIC, "When mlflow-backup last made a backup.", newest_backup.strip())
+    return [Step.change("backup metric", f"{BACKUP_METRIC} from the newest backup in {BACKUP_DIR}", seed)]

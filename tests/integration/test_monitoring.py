@@ -1,0 +1,233 @@
+"""Monitoring on real hosts: a tracking server (mlt51), a balancer (mlt52) and two model hosts (mlt53, mlt54) watched by
+a monitor host (mlt50) running Debian's Prometheus, rules evaluated every second so an alert fires within its `for` time;
+then canaries judged by their live traffic. The models come from a local MLflow store (sqlite) on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from tests.integration.fabrun import FAB, REPO, fab, host_entry, recap, wait_for, write_inventory
+from tests.integration.test_rolling import ROW
+from tests.wine import log_flaky_model, log_wine_model
+
+pytestmark = pytest.mark.integration
+
+RULE_TESTS = Path(__file__).resolve().parents[1] / "monitoring" / "mlflow-fab-rules.test.yml"
+
+
+class Watched(NamedTuple):
+    monitor: object
+    tracked: object
+    lb: object
+    models: object  # the first model host: the canary
+    other: object  # the second model host
+    inventory: Path
+    env: dict  # HOME and the local MLflow store, for fab deploy-model
+
+
+@pytest.fixture(scope="module")
+def watched(module_hosts, tmp_path_factory):
+    import mlflow
+
+    monitor, tracked, lb, models, other = module_hosts("mlt50", "mlt51", "mlt52", "mlt53", "mlt54", prebaked={
+        "mlt51": ("tracking",), "mlt52": ("lb",), "mlt53": ("models",), "mlt54": ("models",)})
+    home = tmp_path_factory.mktemp("monitoring")
+    inventory = write_inventory(
+        home / "hosts.toml",
+        {"mlt50": host_entry(monitor, ["monitor"]), "mlt51": host_entry(tracked, ["tracking"]), "mlt52": host_entry(lb, ["lb"]),
+         "mlt53": host_entry(models, ["models"]), "mlt54": host_entry(other, ["models"])},
+        tracking={"tls": False, "auth": False, "workers": 1, "backup_schedule": "daily"},
+        lb={"tls": False, "auth": False},
+        monitoring={"scrape_interval": "1s", "evaluation_interval": "1s"},
+    )
+    store = f"sqlite:///{home}/mlflow.db"
+    mlflow.set_tracking_uri(store)
+    mlflow.create_experiment("wine-quality", artifact_location=str(home / "artifacts"))
+    run_id = log_wine_model(store)
+    env = {"HOME": str(home), "MLFLOW_TRACKING_URI": store}
+    for task in (("setup-tracking",), ("setup-lb",), ("deploy-model", "--run-id", run_id), ("setup-monitoring",)):
+        result = fab(inventory, *task, env=env)
+        assert result.returncode == 0, result.stdout[-5000:]
+    return Watched(monitor, tracked, lb, models, other, inventory, env)
+
+
+def query(monitor, promql: str) -> list[dict]:
+    answer = monitor.run(f"curl -s -G --data-urlencode {shlex.quote('query=' + promql)} http://127.0.0.1:9090/api/v1/query")
+    return json.loads(answer.stdout)["data"]["result"]
+
+
+def test_prometheus_listens_on_loopback_only_and_scrapes_every_host(watched):
+    monitor = watched.monitor
+    listening = monitor.run("ss -ltnH 'sport = :9090'").stdout.split()
+    assert "127.0.0.1:9090" in listening and "0.0.0.0:9090" not in listening and "*:9090" not in listening, listening
+    wait_for(lambda: {r["metric"]["host"]: r["metric"]["roles"] for r in query(monitor, 'up{job="node"} == 1')}
+             == {"mlt50": "monitor", "mlt51": "tracking", "mlt52": "lb", "mlt53": "models", "mlt54": "models"}, 60,
+             "every node exporter up, with its roles")
+    assert wait_for(lambda: query(monitor, 'up{job="balancer", host="mlt52"} == 1'), 60, "mtail on the balancer up")
+
+
+def test_an_exporter_answers_the_monitor_hosts_only(watched):
+    import requests
+
+    monitor, tracked = watched.monitor, watched.tracked
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{tracked.address}:9100/metrics", timeout=10)
+    metrics = monitor.run(f"curl -sf http://{tracked.address}:9100/metrics").stdout
+    assert 'node_systemd_unit_state{name="mlflow-tracking.service",state="active",type="simple"} 1' in metrics
+
+
+def test_the_shipped_alert_rules_pass_their_tests_with_the_installed_promtool(watched):
+    monitor = watched.monitor
+    monitor.run("rm -rf /root/rule-tests && mkdir /root/rule-tests && cp /etc/prometheus/rules/mlflow-fab.yml /root/rule-tests/")
+    monitor.run("cat > /root/rule-tests/rules.test.yml", input=RULE_TESTS.read_text())
+    result = monitor.run("cd /root/rule-tests && promtool test rules rules.test.yml", check=False)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+def test_predictions_through_the_balancer_give_each_models_request_rate_and_latency_per_model_host(watched):
+    import requests
+
+    monitor, lb, models = watched.monitor, watched.lb, watched.models
+    def predict(times: int) -> None:
+        for _ in range(times):
+            assert requests.post(f"http://{lb.address}:5001/invocations", json=ROW, timeout=30).status_code == 200
+
+    predict(80)  # round robin: 40 to each model host
+    upstream = f"{models.address}:5001"
+    counted = wait_for(lambda: [r for r in query(monitor, f'sum by (model, upstream, status) (mlflow_model_requests_total{{upstream="{upstream}"}}) >= 40')],
+                       60, "40 answers from the first model host counted at the balancer")
+    assert [(r["metric"]["model"], r["metric"]["status"]) for r in counted] == [("model", "200")]
+    predict(80)  # mtail makes a series at its first line: rates need the increase a second round brings
+    rate = wait_for(lambda: query(monitor, 'model:requests:rate5m{model="model"} > 0'), 60, "the model's request rate")
+    p99 = wait_for(lambda: query(monitor, 'model:latency_seconds:p99_5m{model="model"}'), 60, "the model's p99 latency")
+    errors = query(monitor, 'model:errors:ratio5m{model="model"}')
+    print(f"model: {float(rate[0]['value'][1]):.2f} requests/s, p99 {float(p99[0]['value'][1]) * 1000:.0f} ms, "
+          f"errors {float(errors[0]['value'][1]):.0%}")
+    assert 0 < float(p99[0]["value"][1]) < 10 and float(errors[0]["value"][1]) == 0
+
+
+def test_status_shows_each_models_live_figures(watched):
+    result = fab(watched.inventory, "status")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "last 5 minutes at the balancers, Prometheus on mlt50" in result.stdout, result.stdout[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("model "))
+    assert "0.0%" in row and " ms" in row, row
+
+
+def test_a_stopped_model_service_fires_its_alert(watched):
+    monitor, models = watched.monitor, watched.models
+    models.run("systemctl stop mlflow-model@model")
+    try:
+        firing = wait_for(lambda: [alert for alert in json.loads(monitor.run("curl -s http://127.0.0.1:9090/api/v1/alerts").stdout)["data"]["alerts"]
+                                   if alert["labels"]["alertname"] == "MlflowServiceDown" and alert["state"] == "firing"], 180,
+                          "MlflowServiceDown firing")
+        assert firing[0]["labels"]["host"] == "mlt53" and firing[0]["labels"]["name"] == "mlflow-model@model.service"
+    finally:
+        models.run("systemctl start mlflow-model@model")
+
+
+def test_a_backup_is_recorded_for_the_alert_on_stopped_backups(watched):
+    monitor, inventory = watched.monitor, watched.inventory
+    wait_for(lambda: query(monitor, 'ALERTS{alertname="BackupNeverMade", host="mlt51", alertstate="pending"}'), 60,
+             "BackupNeverMade pending: mlt51 has a schedule and no backup yet")
+    before = time.time()
+    result = fab(inventory, "backup-tracking")
+    assert result.returncode == 0, result.stdout[-3000:]
+    recorded = wait_for(lambda: query(monitor, f'mlflow_backup_last_success_timestamp_seconds{{host="mlt51"}} >= {int(before)}'), 60,
+                        "the backup's time scraped from mlt51")
+    assert recorded[0]["metric"]["roles"] == "tracking"
+    wait_for(lambda: not query(monitor, 'ALERTS{alertname=~"Backup.*"}'), 30, "no backup alert once the backup is recorded")
+
+
+def test_a_second_run_changes_nothing(watched):
+    inventory = watched.inventory
+    result = fab(inventory, "setup-monitoring")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert all(recap(result, host)["changed"] == 0 for host in ("mlt50", "mlt51", "mlt52", "mlt53", "mlt54")), result.stdout[-3000:]
+
+
+def test_fab_monitor_opens_prometheus_here_until_ctrl_c(watched):
+    import requests
+
+    inventory = watched.inventory
+    environment = {**{key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}, "FABRIC_INVENTORY": str(inventory)}
+    tunnel = subprocess.Popen([str(FAB), "monitor"], cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = tunnel.stdout.readline()
+        assert line.startswith("Prometheus of mlt50: http://127.0.0.1:"), line
+        url = line.split()[3]
+        assert requests.get(f"{url}-/ready", timeout=10).status_code == 200
+        assert requests.get(f"{url}api/v1/query", params={"query": "up"}, timeout=10).json()["status"] == "success"
+    finally:
+        tunnel.send_signal(signal.SIGINT)
+        output, _ = tunnel.communicate(timeout=30)
+    assert tunnel.returncode == 0 and "tunnel closed" in output, output
+
+
+class Predictions:
+    """A steady stream of predictions through the balancer, one strong wine (alcohol 14.5) in three: the flaky model
+    fails on those, the wine model answers them."""
+
+    def __init__(self, lb):
+        import requests
+
+        strong = json.loads(json.dumps(ROW))
+        strong["dataframe_split"]["data"][0][-1] = 14.5
+        self.url, self.rows, self.requests = f"http://{lb.address}:5001/invocations", [ROW, ROW, strong], requests
+        self.stop, self.statuses = threading.Event(), []
+        self.thread = threading.Thread(target=self.send, daemon=True)
+
+    def send(self) -> None:
+        session = self.requests.Session()
+        while not self.stop.is_set():
+            try:
+                self.statuses.append(session.post(self.url, json=self.rows[len(self.statuses) % 3], timeout=30).status_code)
+            except self.requests.RequestException:
+                self.statuses.append(0)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: len(self.statuses) >= 30, 60, "predictions flowing through the balancer")
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self.thread.join(60)
+
+
+def serving(host) -> str:
+    return host.run("basename $(readlink /opt/mlflow/models/model/current)").stdout.strip()
+
+
+def test_a_canary_failing_under_live_traffic_is_rolled_back_by_its_bake_and_no_other_host_is_touched(watched):
+    before = {host.name: serving(host) for host in (watched.models, watched.other)}
+    other_history = watched.other.run("wc -l < /opt/mlflow/models/model/history.jsonl").stdout
+    flaky = log_flaky_model(watched.env["MLFLOW_TRACKING_URI"])
+    with Predictions(watched.lb):
+        result = fab(watched.inventory, "deploy-model", "--run-id", flaky, "--canary", "1", "--bake", "15", "--max-error-rate", "5%",
+                     env=watched.env)
+    assert result.returncode != 0 and "canary failed its bake: error rate" in result.stdout, result.stdout[-4000:]
+    assert {host.name: serving(host) for host in (watched.models, watched.other)} == before
+    assert watched.other.run("wc -l < /opt/mlflow/models/model/history.jsonl").stdout == other_history, "the other host was switched"
+    assert any("mlt54" in line and "untouched" in line for line in result.stdout.splitlines()), result.stdout[-3000:]
+
+
+def test_a_healthy_canary_passes_its_bake_and_the_deploy_goes_on(watched):
+    before = serving(watched.models)
+    run_id = log_wine_model(watched.env["MLFLOW_TRACKING_URI"], alpha=0.3)
+    with Predictions(watched.lb):
+        # a p99 limit this machine's 2 shared cores keep under load; the limit itself is judged in tests/unit/test_bake.py
+        result = fab(watched.inventory, "deploy-model", "--run-id", run_id, "--canary", "1", "--bake", "10", "--max-p99", "2s",
+                     env=watched.env)
+    assert result.returncode == 0 and "canary passed its bake" in result.stdout, result.stdout[-4000:]
+    assert serving(watched.models) == serving(watched.other) != before

@@ -1,0 +1,63 @@
+"""The canary judged by its live traffic (--bake): the verdict from the balancer's log, and the rolling deploy on fake
+hosts passing the canary on, or rolling it back with no other host touched."""
+
+import pytest
+
+from tasks.serving.bake import BakeError, BakeLimits, error_rate, judge, parse_answers, seconds
+from tests.unit.fake_remote import FakeHost
+from tests.unit.test_models_plan import artifact  # noqa: F401  (a fixture)
+from tests.unit.test_rolling import deploying, deployment, fleet_of, inventory, outcomes, roll, switched  # noqa: F401
+
+LIMITS = BakeLimits(0.01, 0.01, 0.25)
+
+
+def test_limits_are_read_as_people_write_them():
+    assert error_rate("1%") == 0.01 and error_rate("0.5") == 0.5 and seconds("250ms") == 0.25 and seconds("1.5s") == 1.5
+    for bad in ("x", "100%", "-1%"):
+        with pytest.raises(BakeError, match="--max-error-rate"):
+            error_rate(bad)
+    with pytest.raises(BakeError, match="--max-p99"):
+        seconds("fast")
+
+
+def test_the_verdict_counts_5xx_and_the_model_raising_as_errors_and_takes_the_p99():
+    passed = judge([(200, 0.010)] * 99 + [(401, 0.001)], LIMITS)
+    assert passed.passed and "100 requests" in passed.summary and "error rate 0.0%" in passed.summary
+    raised = judge([(200, 0.010)] * 95 + [(400, 0.002)] * 5, LIMITS)
+    assert not raised.passed and "error rate 5.0% > 1.0%" in raised.summary
+    slow = judge([(200, 0.010)] * 98 + [(200, 0.900)] * 2, LIMITS)
+    assert not slow.passed and "p99 900 ms > 250 ms" in slow.summary
+    assert not judge([], LIMITS).passed and "no request reached the canary" in judge([], LIMITS).summary
+    assert parse_answers("200 0.004\nnoise\n502 1.5\n") == [(200, 0.004), (502, 1.5)]
+
+
+def balancers(answers: str, **more) -> dict:
+    """Both lb hosts: the log's size when the bake starts, then the canary's answers since."""
+    return {lb: FakeHost(prints={"stat -c %s": "4096", "awk -v model": answers}, **more) for lb in ("lb1", "lb2")}
+
+
+def test_a_canary_that_passes_its_bake_lets_the_deploy_go_on(inventory, deployment):  # noqa: F811
+    fleet = fleet_of(deployment)
+    fleet.hosts.update(balancers("200 0.004\n200 0.020"))
+    made = roll(inventory, fleet, deploying(deployment), canary=1, batch_size="3", bake=LIMITS)
+    assert set(outcomes(made).values()) == {"updated"}
+    answers = [sent.script for sent in fleet.sent("lb1") if "awk -v model" in sent.script]
+    assert len(answers) == 1 and "upstreams=10.0.1.1:5001" in answers[0] and "from=4096" in answers[0]
+    assert fleet.log.index(("lb1", "bake answers")) < fleet.first("m2", "switch"), "the other hosts wait for the verdict"
+
+
+def test_a_canary_that_breaches_is_rolled_back_and_no_other_host_is_touched(inventory, deployment):  # noqa: F811
+    fleet = fleet_of(deployment)
+    fleet.hosts.update(balancers("200 0.004\n400 0.003\n502 0.010"))
+    made = roll(inventory, fleet, deploying(deployment), canary=1, bake=LIMITS)
+    assert outcomes(made) == {"m1": "rolled back", "m2": "untouched", "m3": "untouched", "m4": "untouched"}
+    assert switched(fleet) == ["m1", "m1"] and made["m1"].serving == "r1"
+    assert "canary failed its bake: error rate 66.7% > 1.0%" in made["m1"].report.error
+
+
+def test_a_balancer_log_that_cannot_be_read_stops_the_deploy_before_the_first_switch(inventory, deployment):  # noqa: F811
+    fleet = fleet_of(deployment)
+    fleet.hosts.update(balancers("", fail="stat -c %s"))
+    made = roll(inventory, fleet, deploying(deployment), canary=1, bake=LIMITS)
+    assert switched(fleet) == [] and set(outcomes(made).values()) == {"untouched"}
+    assert all("--bake can't read the balancer's log" in deploy.report.error for deploy in made.values())

@@ -1,0 +1,184 @@
+"""setup-monitoring decided from facts: the exporters' wall and config on every host, Prometheus' config and rules."""
+
+import json
+
+import pytest
+import yaml
+
+from tasks.inventory import InventoryError, LbSettings, load_inventory
+from tasks.monitoring import exporters, prometheus
+from tasks.ops import firewall
+from tasks.ops.facts import Facts
+from tests.unit.fake_remote import FakeFleet, FakeHost
+from tests.unit.test_tracking_plan import DEBIAN, changed, file_fact
+
+INVENTORY = """
+[tracking]
+backup_schedule = "daily"
+[monitoring]
+retention = "30d"
+model_p99_seconds = 2
+[hosts.mon1]
+address = "10.0.0.9"
+roles = ["monitor"]
+[hosts.t1]
+address = "10.0.0.5"
+roles = ["tracking"]
+[hosts.m1]
+address = "fd00::7"
+roles = ["models"]
+"""
+
+
+def inventory(tmp_path, text=INVENTORY):
+    (tmp_path / "hosts.toml").write_text(text)
+    return load_inventory(tmp_path / "hosts.toml")
+
+
+def converged_facts(target) -> dict:
+    """What a host answers once setup-monitoring went through."""
+    wall = target.wall
+    return {
+        exporters.INSTALLED: "nftables ii \nprometheus-node-exporter ii \ncurl ii ",
+        wall.wall.rules_file: file_fact(firewall.render_rules(wall.wall, target.ports, list(wall.sources))),
+        wall.wall.unit_file: file_fact(firewall.render_unit(wall.wall)),
+        wall.wall.table_loaded: "loaded",
+        exporters.DEFAULTS_FILE: file_fact(target.defaults()),
+        target.node.state_fact: "ActiveState=active\nUnitFileState=enabled\nMainPID=42",
+        target.node.probe_fact: f"{target.node.checks[0].label} 200",
+    }
+
+
+def test_every_host_gets_an_exporter_on_its_inventory_address_answering_the_monitor_hosts_only(tmp_path):
+    targets = {target.host.name: target for target in exporters.targets(inventory(tmp_path))}
+    assert set(targets) == {"mon1", "t1", "m1"}
+    assert targets["m1"].node.address == "[fd00::7]:9100" and "--web.listen-address=[fd00::7]:9100" in targets["m1"].defaults()
+    assert targets["t1"].wall.sources == ("10.0.0.9",) and targets["t1"].ports == [9100]
+    assert targets["mon1"].ports == [9100, 9090], "the monitor's own Prometheus port is behind the wall while it installs"
+    rules = firewall.render_rules(targets["t1"].wall.wall, [9100], ["10.0.0.9"])
+    assert "table inet mlflow_fab_monitor" in rules and "tcp dport { 9100 } ip saddr { 10.0.0.9 } accept" in rules
+
+
+def test_the_wall_goes_up_before_the_package_starts_the_exporter_and_a_new_config_restarts_it(tmp_path):
+    target = exporters.targets(inventory(tmp_path))[1]
+    names = changed(exporters.plan(target, Facts({})))
+    assert names.index("firewall") < names.index("packages") < names.index(f"file {exporters.NODE_EXPORTER_DEFAULTS}")
+    assert names.index(f"file {exporters.NODE_EXPORTER_DEFAULTS}") < names.index(f"restart {exporters.NODE_EXPORTER}") < names.index(f"{exporters.NODE_EXPORTER} gate")
+
+
+def test_a_converged_host_is_a_no_op_and_an_old_backup_seeds_the_backup_metric(tmp_path):
+    target = exporters.targets(inventory(tmp_path))[1]
+    assert changed(exporters.plan(target, Facts(converged_facts(target)))) == []
+    seeded = exporters.plan(target, Facts({**converged_facts(target), exporters.UNRECORDED_BACKUP: "1764450000"}))
+    assert changed(seeded) == ["backup metric"] and "mlflow_backup_last_success_timestamp_seconds %s" in seeded[-1].script
+    assert '"1764450000"' in seeded[-1].script and "chmod 644" in seeded[-1].script
+
+
+def test_prometheus_scrapes_every_host_with_its_roles_and_keeps_to_loopback(tmp_path):
+    loaded = inventory(tmp_path)
+    (target,) = prometheus.targets(loaded, exporters.targets(loaded))
+    config = yaml.safe_load(target.config())
+    assert config["global"]["scrape_interval"] == "15s" and config["rule_files"] == ["rules/*.yml"]
+    nodes = next(job for job in config["scrape_configs"] if job["job_name"] == "node")["static_configs"]
+    assert nodes == [{"targets": ["10.0.0.9:9100"], "labels": {"host": "mon1", "roles": "monitor"}},
+                     {"targets": ["10.0.0.5:9100"], "labels": {"host": "t1", "roles": "tracking", "backups": "scheduled"}},
+                     {"targets": ["[fd00::7]:9100"], "labels": {"host": "m1", "roles": "models"}}]
+    assert "--web.listen-address=127.0.0.1:9090" in target.defaults() and "--storage.tsdb.retention.time=30d" in target.defaults()
+    assert {rule.get("alert") for group in yaml.safe_load(target.rules())["groups"] for rule in group["rules"]} - {None} == {
+        "TargetDown", "MlflowServiceDown", "UnitFailed", "DiskAlmostFull", "BackupStale", "BackupNeverMade", "ModelErrors", "ModelSlow"}
+
+
+def test_a_new_config_is_checked_by_promtool_before_it_is_installed_then_reloaded(tmp_path):
+    loaded = inventory(tmp_path)
+    (target,) = prometheus.targets(loaded, exporters.targets(loaded))
+    facts = {prometheus.INSTALLED: "prometheus ii \ncurl ii ", prometheus.DEFAULTS_FILE: file_fact(target.defaults()),
+             prometheus.CONFIG_FILE: file_fact("old"), prometheus.RULES_FILE: file_fact(target.rules()),
+             prometheus.STATE: "ActiveState=active\nUnitFileState=enabled", target.probe_fact: "/-/ready 200"}
+    names = changed(prometheus.plan(target, Facts(facts)))
+    assert names == ["check config", f"file {prometheus.CONFIG}", "reload prometheus"]
+    facts[prometheus.DEFAULTS_FILE] = file_fact("old")
+    names = changed(prometheus.plan(target, Facts(facts)))
+    assert "reload prometheus" not in names and f"restart {prometheus.PROMETHEUS}" in names and "health gate" in names
+
+
+def test_a_failed_promtool_check_installs_nothing(tmp_path):
+    from types import SimpleNamespace
+
+    from tasks.monitoring.setup import setup_monitoring
+    from tasks.ops import facts as f
+
+    loaded = inventory(tmp_path)
+    fleet = FakeFleet({"mon1": FakeHost(facts={f.os_release(): DEBIAN}, fail="promtool check config"),
+                       **{name: FakeHost(facts={f.os_release(): DEBIAN}) for name in ("t1", "m1")}})
+    reports = {report.host: report for report in setup_monitoring(SimpleNamespace(clone=lambda: None), loaded, False,
+                                                                  connect=lambda host, config: fleet(host))}
+    assert reports["mon1"].failed and not reports["t1"].failed
+    (applied,) = [sent.script for sent in fleet.sent("mon1") if "promtool check config" in sent.script]
+    assert applied.index("promtool check config") < applied.index(prometheus.CONFIG)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[monitoring]\nretention = \"two weeks\"\n", "retention must be a duration"),
+    ("[monitoring]\nnode_exporter_port = 5000\n[hosts.t1]\naddress = \"10.0.0.5\"\nroles = [\"tracking\"]\n", "node_exporter_port 5000 is the tracking port"),
+    ("[monitoring]\nscrape = \"1s\"\n", r"unknown key 'scrape' in \[monitoring\]"),
+    ("[hosts.x]\naddress = \"10.0.0.5\"\nroles = [\"monitoring\"]\n", "unknown role 'monitoring'"),
+])
+def test_bad_monitoring_settings_are_refused_naming_the_key(tmp_path, text, expected):
+    with pytest.raises(InventoryError, match=expected):
+        inventory(tmp_path, text)
+
+
+def test_lb_hosts_turn_their_model_log_into_request_metrics_for_the_monitor_hosts(tmp_path):
+    loaded = inventory(tmp_path, INVENTORY + '[hosts.lb1]\naddress = "10.0.0.20"\nroles = ["lb"]\n')
+    targets = {target.host.name: target for target in exporters.targets(loaded)}
+    lb = targets["lb1"]
+    assert lb.ports == [9100, 3903] and not targets["t1"].balancer
+    names = changed(exporters.plan(lb, Facts({})))
+    assert names.index("compile mtail program") < names.index(f"file {exporters.MTAIL_PROGRAM}") < names.index("restart mtail")
+    assert "LOGS=/var/log/nginx/mlflow-models.log" in lb.mtail_defaults() and "HOST=10.0.0.20" in lb.mtail_defaults()
+    (target,) = prometheus.targets(loaded, list(targets.values()))
+    jobs = {job["job_name"]: job["static_configs"] for job in yaml.safe_load(target.config())["scrape_configs"]}
+    assert jobs["balancer"] == [{"targets": ["10.0.0.20:3903"], "labels": {"host": "lb1"}}]
+    assert "model:latency_seconds:p99_5m > 2" in target.rules()
+
+
+def test_the_balancer_logs_each_answer_in_the_form_the_mtail_program_reads():
+    import re
+
+    from tasks.serving.balancer import REQUESTS_LOG, Server, Upstream, render_config
+
+    config = render_config(Upstream("wine-2", 8001, (Server("m1", "10.0.0.5", 5001),)), LbSettings())
+    assert "log_format mlflow_model_wine_2 'wine-2 $status $request_time \"$upstream_addr\"';" in config
+    assert f"access_log {REQUESTS_LOG} mlflow_model_wine_2;" in config
+    pattern = re.search(r"^/(.*)/ \{$", exporters.program_text(), re.MULTILINE).group(1)  # RE2 and Python agree on it
+    line = 'wine-2 502 2.003 "10.0.0.5:5001, 10.0.0.6:5001"'
+    assert re.fullmatch(pattern, line).group("upstream") == "10.0.0.6:5001", "the server that answered last"
+
+
+def test_status_shows_each_models_figures_as_prometheus_gives_them():
+    from tasks.monitoring.live import parse_figures
+
+    def answer(*results):
+        return json.dumps({"status": "success", "data": {"result": [{"metric": {"model": m}, "value": [0, v]} for m, v in results]}})
+
+    text = "\n".join([f"requests/s\t{answer(('wine', '12.3456'), ('iris', '0'))}", f"errors\t{answer(('wine', '0.0123'), ('iris', 'NaN'))}",
+                      f"p99\t{answer(('wine', '0.0456'))}", "p99\tcurl: (7) Failed to connect"])
+    assert parse_figures(text) == {"wine": {"requests/s": "12.35", "errors": "1.2%", "p99": "46 ms"},
+                                   "iris": {"requests/s": "0.00", "errors": "-"}}
+    assert parse_figures("requests/s\t") == {}
+
+
+def test_status_reads_the_live_figures_on_the_monitor_host_only():
+    from tasks.inventory import Host, TrackingSettings
+    from tasks.monitoring.live import figures_fact
+    from tasks.overview.status import LIVE_FIGURES, host_status
+    from tasks.report import HostReport
+    from tasks.tracking.service import TrackingService
+
+    service = TrackingService(TrackingSettings(), ())
+    answer = json.dumps({"data": {"result": [{"metric": {"model": "wine"}, "value": [0, "2"]}]}})
+    fleet = FakeFleet({"mon1": FakeHost(facts={figures_fact(9090): f"requests/s\t{answer}"}), "m1": FakeHost()})
+    reports = {name: HostReport(name) for name in ("mon1", "m1")}
+    host_status(fleet(Host(name="mon1", address="10.0.0.9", roles=("monitor",))), reports["mon1"], service, 9090)
+    host_status(fleet(Host(name="m1", address="10.0.0.5", roles=("models",))), reports["m1"], service, 9090)
+    assert reports["mon1"].details[LIVE_FIGURES] == {"wine": {"requests/s": "2.00"}} and LIVE_FIGURES not in reports["m1"].details
