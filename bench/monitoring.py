@@ -1,5 +1,6 @@
 """What monitoring costs a host at rest: CPU and memory of the exporters setup-monitoring installs (the node exporter on
-every host, mtail on lb hosts) and of Prometheus on the monitor host, scraped every 15 s (the default).
+every host, mtail and the nginx exporter on lb hosts) and of Prometheus and the blackbox exporter on the monitor host,
+scraped every 15 s (the default).
 
     .venv/bin/python bench/monitoring.py [--windows 3] [--seconds 60]
 
@@ -21,15 +22,17 @@ from tests.integration.fabrun import host_entry, write_inventory
 from tests.testbed import Testbed
 
 MONITOR, LB, MODELS = "mlt55", "mlt56", "mlt57"
-PROCESSES = {MODELS: ["prometheus-node-exporter"], LB: ["prometheus-node-exporter", "mtail"], MONITOR: ["prometheus-node-exporter", "prometheus"]}
-# utime + stime in clock ticks, and VmRSS in kB, of a unit's main process
-SAMPLE = ("pid=$(systemctl show -p MainPID --value {unit}); "
-          "echo $(cut -d' ' -f14,15 /proc/$pid/stat) $(sed -n 's/^VmRSS: *\\([0-9]*\\) kB/\\1/p' /proc/$pid/status) $(getconf CLK_TCK)")
+PROCESSES = {MODELS: ["prometheus-node-exporter"], LB: ["prometheus-node-exporter", "mtail", "prometheus-nginx-exporter"],
+             MONITOR: ["prometheus-node-exporter", "prometheus", "prometheus-blackbox-exporter"]}
+# a unit's main process: /proc/PID/stat, its VmRSS line, and the clock ticks per second
+SAMPLE = "pid=$(systemctl show -p MainPID --value {unit}); cat /proc/$pid/stat; grep '^VmRSS:' /proc/$pid/status; getconf CLK_TCK"
 
 
 def sample(host, unit: str) -> tuple[int, int, int]:
-    utime, stime, rss, ticks = host.run(SAMPLE.format(unit=unit)).stdout.split()
-    return int(utime) + int(stime), int(rss), int(ticks)
+    """(utime + stime in clock ticks, resident kB, ticks per second)."""
+    stat, rss, ticks = host.run(SAMPLE.format(unit=unit)).stdout.splitlines()
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return int(fields[11]) + int(fields[12]), int(rss.split()[1]), int(ticks)
 
 
 def main() -> None:
@@ -44,6 +47,7 @@ def main() -> None:
         inventory = Path(tempfile.mkdtemp()) / "hosts.toml"
         roles = {MONITOR: ["monitor"], LB: ["lb"], MODELS: ["models"]}
         write_inventory(inventory, {name: host_entry(host, roles[name]) for name, host in hosts.items()})
+        timed_fab(inventory, "setup-lb")  # nginx in front of the model host: what mtail and the nginx exporter read
         seconds, _, _ = timed_fab(inventory, "setup-monitoring")
         print(f"setup-monitoring on 3 fresh hosts: {seconds:.1f} s", flush=True)
         cpu: dict[tuple[str, str], list[float]] = {}
@@ -62,7 +66,7 @@ def main() -> None:
     print()
     roles_of = {MONITOR: "monitor host", LB: "lb host", MODELS: "model host"}
     for (name, unit), values in cpu.items():
-        print(f"{roles_of[name]:<13} {unit:<26} CPU {statistics.median(values):5.2f} % of one core   "
+        print(f"{roles_of[name]:<13} {unit:<30} CPU {statistics.median(values):5.2f} % of one core   "
               f"RSS {statistics.median(memory[(name, unit)]):6.1f} MB   (median of {len(values)} windows of {args.seconds:g} s)")
 
 

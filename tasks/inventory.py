@@ -134,6 +134,11 @@ class MonitoringSettings:
     node_exporter_port: int = 9100
     # mtail on the lb hosts: the models' request metrics, from the balancer's log
     mtail_port: int = 3903
+    # the nginx exporter where nginx runs (lb hosts, TLS front doors), reading nginx's stub_status on 127.0.0.1
+    nginx_exporter_port: int = 9113
+    nginx_status_port: int = 9180
+    # the PostgreSQL exporter where PostgreSQL runs (db hosts, one-host tracking servers)
+    postgres_exporter_port: int = 9187
     # a model alerts when more of its answers than this are 5xx, or its p99 latency is above this, for 5 minutes
     model_error_ratio: float = 0.05
     model_p99_seconds: float = 1.0
@@ -257,6 +262,9 @@ VALUE_CHECKS = {
     "prometheus_port": check_port,
     "node_exporter_port": check_port,
     "mtail_port": check_port,
+    "nginx_exporter_port": check_port,
+    "nginx_status_port": check_port,
+    "postgres_exporter_port": check_port,
 }
 
 
@@ -439,8 +447,8 @@ def _check_monitoring(monitoring: MonitoringSettings, hosts: list[Host], path: P
     """The exporters' ports may not be ones a host already listens on; the model thresholds are positive."""
     for host in hosts:
         for who, port in _ports_in_use(host):
-            for key in ("node_exporter_port", "mtail_port"):
-                if port == getattr(monitoring, key) and (key == "node_exporter_port" or "lb" in host.roles):
+            for key in ("node_exporter_port", "mtail_port", "nginx_exporter_port", "nginx_status_port", "postgres_exporter_port"):
+                if port == getattr(monitoring, key):
                     raise InventoryError(f"{path}: [monitoring] {key} {port} is {who} of [hosts.{host.name}]: give it another port")
     if not 0 < monitoring.model_error_ratio < 1:
         raise InventoryError(f"{path}: [monitoring] model_error_ratio must be between 0 and 1 (0.05 is 5 %), not {monitoring.model_error_ratio}")

@@ -19,6 +19,7 @@ from tasks.ops.files import ensure_file
 from tasks.ops.firewall import FirewallPolicy, Wall
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.metrics import TEXTFILE_DIR, textfile_script
+from tasks.ops.nginx import config_step
 from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled, ensure_running
@@ -31,6 +32,11 @@ NODE_EXPORTER_DEFAULTS = f"/etc/default/{NODE_EXPORTER}"
 MTAIL = "mtail"
 MTAIL_DEFAULTS = "/etc/default/mtail"
 MTAIL_PROGRAM = "/etc/mtail/mlflow-models.mtail"
+NGINX_EXPORTER = "prometheus-nginx-exporter"
+NGINX_EXPORTER_DEFAULTS = f"/etc/default/{NGINX_EXPORTER}"
+NGINX_STATUS_CONFIG = "/etc/nginx/conf.d/mlflow-fab-status.conf"
+POSTGRES_EXPORTER = "prometheus-postgres-exporter"
+POSTGRES_EXPORTER_DEFAULTS = f"/etc/default/{POSTGRES_EXPORTER}"
 MONITOR_WALL = Wall("exporter ports", "the monitor hosts", "inet mlflow_fab_monitor", "/etc/mlflow/firewall-monitor.nft",
                     "mlflow-fab-firewall-monitor.service", "setup-monitoring")
 # The units whose states the node exporter reports (anchored by the exporter; `[.]` survives systemd's unquoting).
@@ -40,10 +46,15 @@ BACKUP_METRIC_FILE = f"{TEXTFILE_DIR}/mlflow_backup.prom"
 
 # curl: the gates ask the exporters as Prometheus would
 EXPORTER_PACKAGES = [NODE_EXPORTER, "curl"]
-INSTALLED = f.installed_packages(firewall.FIREWALL_PACKAGES + EXPORTER_PACKAGES + [MTAIL])
+INSTALLED = f.installed_packages(firewall.FIREWALL_PACKAGES + EXPORTER_PACKAGES + [MTAIL, NGINX_EXPORTER, POSTGRES_EXPORTER])
 DEFAULTS_FILE = f.file_content(NODE_EXPORTER_DEFAULTS)
 MTAIL_DEFAULTS_FILE = f.file_content(MTAIL_DEFAULTS)
 MTAIL_PROGRAM_FILE = f.file_content(MTAIL_PROGRAM)
+NGINX_EXPORTER_DEFAULTS_FILE = f.file_content(NGINX_EXPORTER_DEFAULTS)
+NGINX_STATUS_FILE = f.file_content(NGINX_STATUS_CONFIG)
+POSTGRES_EXPORTER_DEFAULTS_FILE = f.file_content(POSTGRES_EXPORTER_DEFAULTS)
+# the exporter signs in to PostgreSQL as its own OS user (peer), a role that may read the statistics and nothing else
+PROMETHEUS_ROLE = f.Fact("pg_role_prometheus", "cd / && runuser -u postgres -- psql -tAX -c \"select 1 from pg_roles where rolname = 'prometheus'\"")
 
 # the newest backup's time (seconds since the epoch), when the host makes backups and no backup metric is there yet
 UNRECORDED_BACKUP = f.Fact("unrecorded_backup", f"[ -e {BACKUP_METRIC_FILE} ] || ls -1t {BACKUP_DIR}/mlflow-backup-*.tar 2>/dev/null "
@@ -112,9 +123,32 @@ class ExporterTarget:
         return Exporter(MTAIL, self.host.address, self.settings.mtail_port, "mtail_lines_total")
 
     @property
+    def runs_nginx(self) -> bool:
+        """An lb host, or a tracking server's TLS front door."""
+        return self.balancer or ("tracking" in self.host.roles and self.host.tracking.tls)
+
+    @property
+    def runs_postgresql(self) -> bool:
+        """A db host, or a one-host tracking server with its own PostgreSQL."""
+        return "db" in self.host.roles or ("tracking" in self.host.roles and self.host.tracking.database == "local")
+
+    @property
+    def nginx(self) -> Exporter:
+        return Exporter(NGINX_EXPORTER, self.host.address, self.settings.nginx_exporter_port, "nginx_up")
+
+    @property
+    def postgres(self) -> Exporter:
+        return Exporter(POSTGRES_EXPORTER, self.host.address, self.settings.postgres_exporter_port, "pg_up")
+
+    @property
+    def exporters(self) -> list[Exporter]:
+        """Every exporter of this host, the node exporter first."""
+        return ([self.node] + ([self.mtail] if self.balancer else []) + ([self.nginx] if self.runs_nginx else [])
+                + ([self.postgres] if self.runs_postgresql else []))
+
+    @property
     def ports(self) -> list[int]:
-        return ([self.node.port] + ([self.mtail.port] if self.balancer else [])
-                + ([self.prometheus_port] if self.prometheus_port else []))
+        return [exporter.port for exporter in self.exporters] + ([self.prometheus_port] if self.prometheus_port else [])
 
     def defaults(self) -> str:
         return render("prometheus-node-exporter.default.j2", listen=self.node.address, units=OUR_UNITS, textfile_dir=TEXTFILE_DIR)
@@ -122,9 +156,21 @@ class ExporterTarget:
     def mtail_defaults(self) -> str:
         return render("prometheus/mtail.default.j2", log=REQUESTS_LOG, address=self.host.address, port=self.mtail.port)
 
+    def nginx_status(self) -> str:
+        return render("prometheus/nginx-status.conf.j2", port=self.settings.nginx_status_port)
+
+    def nginx_exporter_defaults(self) -> str:
+        return render("prometheus/nginx-exporter.default.j2", listen=self.nginx.address, port=self.settings.nginx_status_port)
+
+    def postgres_exporter_defaults(self) -> str:
+        return render("prometheus/postgres-exporter.default.j2", listen=self.postgres.address)
+
     def facts(self) -> list[f.Fact]:
         mtail = [MTAIL_DEFAULTS_FILE, MTAIL_PROGRAM_FILE, *self.mtail.facts()] if self.balancer else []
-        return [f.os_release(), INSTALLED, *firewall.facts(self.wall), DEFAULTS_FILE, *self.node.facts(), UNRECORDED_BACKUP, *mtail]
+        nginx = [NGINX_STATUS_FILE, NGINX_EXPORTER_DEFAULTS_FILE, *self.nginx.facts()] if self.runs_nginx else []
+        postgres = [PROMETHEUS_ROLE, POSTGRES_EXPORTER_DEFAULTS_FILE, *self.postgres.facts()] if self.runs_postgresql else []
+        return [f.os_release(), INSTALLED, *firewall.facts(self.wall), DEFAULTS_FILE, *self.node.facts(), UNRECORDED_BACKUP,
+                *mtail, *nginx, *postgres]
 
 
 def targets(inventory: Inventory) -> list[ExporterTarget]:
@@ -142,8 +188,32 @@ def plan(target: ExporterTarget, facts: f.Facts) -> list[Step]:
     package = ensure_packages(EXPORTER_PACKAGES, installed)
     defaults = ensure_file(NODE_EXPORTER_DEFAULTS, target.defaults(), facts[DEFAULTS_FILE])
     steps = [*wall, package, defaults, *serving_steps(target.node, facts, {"the package": package, NODE_EXPORTER_DEFAULTS: defaults})]
-    mtail = mtail_steps(target, facts) if target.balancer else []
-    return steps + mtail + backup_metric_steps(facts[UNRECORDED_BACKUP])
+    steps += mtail_steps(target, facts) if target.balancer else []
+    steps += nginx_exporter_steps(target, facts) if target.runs_nginx else []
+    steps += postgres_exporter_steps(target, facts) if target.runs_postgresql else []
+    return steps + backup_metric_steps(facts[UNRECORDED_BACKUP])
+
+
+def nginx_exporter_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
+    """nginx's stub_status on 127.0.0.1 (validated with nginx -t, reloaded), and the exporter reading it."""
+    status = config_step(NGINX_STATUS_CONFIG, target.nginx_status(), facts[NGINX_STATUS_FILE])
+    package = ensure_packages([NGINX_EXPORTER], facts[INSTALLED], name="packages (nginx exporter)")
+    defaults = ensure_file(NGINX_EXPORTER_DEFAULTS, target.nginx_exporter_defaults(), facts[NGINX_EXPORTER_DEFAULTS_FILE])
+    return [status, package, defaults, *serving_steps(target.nginx, facts, {"the package": package, NGINX_EXPORTER_DEFAULTS: defaults})]
+
+
+def postgres_exporter_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
+    """The exporter as role prometheus (pg_monitor: statistics only), over the local socket."""
+    package = ensure_packages([POSTGRES_EXPORTER], facts[INSTALLED], name="packages (postgres exporter)")
+    if facts[PROMETHEUS_ROLE].strip() == "1":
+        role = Step.ok("database role prometheus", "exists")
+    else:
+        role = Step.change("database role prometheus", "create, member of pg_monitor; it signs in as the exporter's OS user (peer)",
+                           "cd / && runuser -u postgres -- psql -qX -v ON_ERROR_STOP=1 -c 'CREATE ROLE prometheus LOGIN' "
+                           "-c 'GRANT pg_monitor TO prometheus'")
+    defaults = ensure_file(POSTGRES_EXPORTER_DEFAULTS, target.postgres_exporter_defaults(), facts[POSTGRES_EXPORTER_DEFAULTS_FILE])
+    inputs = {"the package": package, "database role prometheus": role, POSTGRES_EXPORTER_DEFAULTS: defaults}
+    return [package, role, defaults, *serving_steps(target.postgres, facts, inputs)]
 
 
 def mtail_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
@@ -162,6 +232,8 @@ def mtail_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
 def serving_steps(exporter: Exporter, facts: f.Facts, inputs: dict[str, Step]) -> list[Step]:
     """(Re)started when an input changed or it is down, enabled, and gated on its /metrics as Prometheus will ask it."""
     restart = ensure_running(exporter.unit, exporter.port, facts[exporter.state_fact], [name for name, step in inputs.items() if step.changed])
+    if restart.changed:  # Debian's exporters start on install, before their config, and may have hit their start limit
+        restart.script = f"systemctl reset-failed {exporter.unit} 2>/dev/null || true\n{restart.script}"
     steps = [restart, ensure_enabled(exporter.unit, facts[exporter.state_fact])]
     if restart.changed or not probe_healthy(facts[exporter.probe_fact], exporter.checks):
         return steps + [Step.change(f"{exporter.unit} gate", f"wait up to {GATE_TIMEOUT} s for {exporter.address}/metrics",

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from tasks.converge import converge_host
 from tasks.inventory import Host, Inventory, MonitoringSettings
-from tasks.monitoring.exporters import ExporterTarget
+from tasks.monitoring.exporters import Exporter, ExporterTarget, listen_address, serving_steps
+from tasks.serving.balancer import model_names
+from tasks.tracking.service import TrackingService
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
@@ -30,7 +32,13 @@ RULES = "/etc/prometheus/rules/mlflow-fab.yml"
 GATE_TIMEOUT = 120
 
 PROMETHEUS_PACKAGES = [PROMETHEUS, "curl"]  # curl: the reload and the gate read its metrics
-INSTALLED = f.installed_packages(PROMETHEUS_PACKAGES)
+BLACKBOX = "prometheus-blackbox-exporter"
+BLACKBOX_CONFIG = "/etc/prometheus/mlflow-fab-blackbox.yml"
+BLACKBOX_DEFAULTS = f"/etc/default/{BLACKBOX}"
+BLACKBOX_PORT = 9115
+INSTALLED = f.installed_packages(PROMETHEUS_PACKAGES + [BLACKBOX])
+BLACKBOX_CONFIG_FILE = f.file_content(BLACKBOX_CONFIG)
+BLACKBOX_DEFAULTS_FILE = f.file_content(BLACKBOX_DEFAULTS)
 DEFAULTS_FILE = f.file_content(DEFAULTS)
 CONFIG_FILE = f.file_content(CONFIG)
 RULES_FILE = f.file_content(RULES)
@@ -49,8 +57,18 @@ class PrometheusTarget:
 
     host: Host
     settings: MonitoringSettings
-    nodes: tuple[ScrapeTarget, ...]
-    balancers: tuple[ScrapeTarget, ...] = ()  # mtail on the lb hosts
+    # job name -> what it scrapes: the node exporters first, then mtail, nginx and PostgreSQL exporters where they run
+    jobs: dict[str, tuple[ScrapeTarget, ...]]
+    # the TLS endpoints of hosts.toml, whose certificates the blackbox exporter here reads
+    tls_endpoints: tuple[ScrapeTarget, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[ScrapeTarget, ...]:
+        return self.jobs["node"]
+
+    @property
+    def blackbox(self) -> Exporter | None:
+        return Exporter(BLACKBOX, "127.0.0.1", BLACKBOX_PORT, "blackbox_exporter_build_info") if self.tls_endpoints else None
 
     @property
     def port(self) -> int:
@@ -68,14 +86,15 @@ class PrometheusTarget:
         return render("prometheus/prometheus.default.j2", port=self.port, retention=self.settings.retention, config=CONFIG)
 
     def config(self) -> str:
-        return render("prometheus/prometheus.yml.j2", settings=self.settings, monitor=self.host.name, nodes=self.nodes,
-                      balancers=self.balancers)
+        return render("prometheus/prometheus.yml.j2", settings=self.settings, monitor=self.host.name, jobs=self.jobs,
+                      tls_endpoints=self.tls_endpoints, blackbox=self.blackbox)
 
     def rules(self) -> str:
         return render("prometheus/mlflow-fab-rules.yml.j2", error_ratio=self.settings.model_error_ratio, p99=self.settings.model_p99_seconds)
 
     def facts(self) -> list[f.Fact]:
-        return [f.os_release(), INSTALLED, DEFAULTS_FILE, CONFIG_FILE, RULES_FILE, STATE, self.probe_fact]
+        blackbox = [BLACKBOX_CONFIG_FILE, BLACKBOX_DEFAULTS_FILE, *self.blackbox.facts()] if self.blackbox else []
+        return [f.os_release(), INSTALLED, DEFAULTS_FILE, CONFIG_FILE, RULES_FILE, STATE, self.probe_fact, *blackbox]
 
 
 def node_target(exporter: ExporterTarget) -> ScrapeTarget:
@@ -86,10 +105,33 @@ def node_target(exporter: ExporterTarget) -> ScrapeTarget:
     return ScrapeTarget(exporter.node.address, labels)
 
 
+def scrape_jobs(exporters: list[ExporterTarget]) -> dict[str, tuple[ScrapeTarget, ...]]:
+    jobs = {"node": tuple(node_target(exporter) for exporter in exporters)}
+    for job, runs, exporter_of in (("balancer", "balancer", "mtail"), ("nginx", "runs_nginx", "nginx"), ("postgres", "runs_postgresql", "postgres")):
+        found = tuple(ScrapeTarget(getattr(target, exporter_of).address, {"host": target.host.name}) for target in exporters if getattr(target, runs))
+        if found:
+            jobs[job] = found
+    return jobs
+
+
+def tls_endpoints(inventory: Inventory) -> tuple[ScrapeTarget, ...]:
+    """What clients reach over TLS: each one-host tracking server's front door, and on lb hosts each model's port and the
+    tracking service's (the replicas behind a balancer answer it alone)."""
+    service = TrackingService.of(inventory)
+    endpoints = [ScrapeTarget(listen_address(host.address, host.tracking.port), {"host": host.name, "endpoint": "tracking"})
+                 for host in inventory.with_role("tracking") if host.tracking.tls and not service.fronted]
+    for lb in inventory.with_role("lb"):
+        if inventory.lb.tls:
+            endpoints += [ScrapeTarget(listen_address(lb.address, inventory.models.get(name, inventory.models[""]).port),
+                                       {"host": lb.name, "endpoint": f"model {name}"}) for name in model_names(inventory)]
+        if service.fronted and service.settings.tls:
+            endpoints.append(ScrapeTarget(listen_address(lb.address, service.settings.port), {"host": lb.name, "endpoint": "tracking"}))
+    return tuple(endpoints)
+
+
 def targets(inventory: Inventory, exporters: list[ExporterTarget]) -> list[PrometheusTarget]:
-    nodes = tuple(node_target(exporter) for exporter in exporters)
-    balancers = tuple(ScrapeTarget(exporter.mtail.address, {"host": exporter.host.name}) for exporter in exporters if exporter.balancer)
-    return [PrometheusTarget(host, inventory.monitoring, nodes, balancers) for host in inventory.with_role("monitor")]
+    jobs, endpoints = scrape_jobs(exporters), tls_endpoints(inventory)
+    return [PrometheusTarget(host, inventory.monitoring, jobs, endpoints) for host in inventory.with_role("monitor")]
 
 
 def check_step(config: str, rules: str) -> Step:
@@ -112,7 +154,7 @@ def plan(target: PrometheusTarget, facts: f.Facts) -> list[Step]:
                              render_script("prometheus/reload.sh.j2", port=target.port))
     else:
         reload = Step.ok("reload prometheus", "not needed" if not restart.changed else "restarted instead")
-    steps = [package, defaults, *check, config, rules, restart, reload, ensure_enabled(PROMETHEUS, facts[STATE])]
+    steps = [*blackbox_steps(target, facts), package, defaults, *check, config, rules, restart, reload, ensure_enabled(PROMETHEUS, facts[STATE])]
     if restart.changed or not probe_healthy(facts[target.probe_fact], target.checks):
         steps.append(Step.change("health gate", f"wait up to {GATE_TIMEOUT} s for 127.0.0.1:{target.port}/-/ready",
                                  gate_script(PROMETHEUS, target.port, target.checks, GATE_TIMEOUT, after_restart=restart.changed)))
@@ -121,8 +163,21 @@ def plan(target: PrometheusTarget, facts: f.Facts) -> list[Step]:
     return steps
 
 
+def blackbox_steps(target: PrometheusTarget, facts: f.Facts) -> list[Step]:
+    """The blackbox exporter on 127.0.0.1, which connects to each TLS endpoint for Prometheus and reports its certificate's
+    expiry; none when hosts.toml has no TLS endpoint."""
+    if not target.blackbox:
+        return []
+    package = ensure_packages([BLACKBOX], facts[INSTALLED], name="packages (blackbox exporter)")
+    config = ensure_file(BLACKBOX_CONFIG, render("prometheus/blackbox.yml.j2"), facts[BLACKBOX_CONFIG_FILE])
+    defaults = ensure_file(BLACKBOX_DEFAULTS, render("prometheus/blackbox.default.j2", config=BLACKBOX_CONFIG, port=BLACKBOX_PORT),
+                           facts[BLACKBOX_DEFAULTS_FILE])
+    inputs = {"the package": package, BLACKBOX_CONFIG: config, BLACKBOX_DEFAULTS: defaults}
+    return [package, config, defaults, *serving_steps(target.blackbox, facts, inputs)]
+
+
 def converge(remote: Remote, report: HostReport, target: PrometheusTarget) -> None:
     converged = converge_host(remote, report, lambda: f.gather(remote, target.facts()), lambda facts: plan(target, facts))
     if converged.done:
-        show_note(report, f"Prometheus on 127.0.0.1:{target.port} of {target.host.name}, scraping {len(target.nodes)} hosts: "
-                          "fab monitor opens it here")
+        show_note(report, f"Prometheus on 127.0.0.1:{target.port} of {target.host.name}, scraping {len(target.nodes)} hosts "
+                          f"and {len(target.tls_endpoints)} TLS endpoints: fab monitor opens it here")

@@ -46,7 +46,7 @@ def watched(module_hosts, tmp_path_factory):
         home / "hosts.toml",
         {"mlt50": host_entry(monitor, ["monitor"]), "mlt51": host_entry(tracked, ["tracking"]), "mlt52": host_entry(lb, ["lb"]),
          "mlt53": host_entry(models, ["models"]), "mlt54": host_entry(other, ["models"])},
-        tracking={"tls": False, "auth": False, "workers": 1, "backup_schedule": "daily"},
+        tracking={"tls": True, "auth": False, "workers": 1, "backup_schedule": "daily"},
         lb={"tls": False, "auth": False},
         monitoring={"scrape_interval": "1s", "evaluation_interval": "1s"},
     )
@@ -84,6 +84,17 @@ def test_an_exporter_answers_the_monitor_hosts_only(watched):
         requests.get(f"http://{tracked.address}:9100/metrics", timeout=10)
     metrics = monitor.run(f"curl -sf http://{tracked.address}:9100/metrics").stdout
     assert 'node_systemd_unit_state{name="mlflow-tracking.service",state="active",type="simple"} 1' in metrics
+
+
+def test_nginx_postgresql_and_certificates_are_watched_where_they_run(watched):
+    monitor = watched.monitor
+    wait_for(lambda: {r["metric"]["host"] for r in query(monitor, "nginx_up == 1")} == {"mlt51", "mlt52"}, 60,
+             "the nginx exporters of the tracking server's front door and of the balancer")
+    wait_for(lambda: {r["metric"]["host"] for r in query(monitor, "pg_up == 1")} == {"mlt51"}, 60, "the tracking server's PostgreSQL")
+    expiry = wait_for(lambda: query(monitor, 'probe_ssl_earliest_cert_expiry{host="mlt51", endpoint="tracking"}'), 60,
+                      "the tracking front door's certificate expiry")
+    assert float(expiry[0]["value"][1]) - time.time() > 14 * 86400
+    assert not query(monitor, 'ALERTS{alertname="CertificateExpiresSoon"}')
 
 
 def test_the_shipped_alert_rules_pass_their_tests_with_the_installed_promtool(watched):

@@ -9,6 +9,7 @@ from tasks.inventory import InventoryError, LbSettings, load_inventory
 from tasks.monitoring import exporters, prometheus
 from tasks.ops import firewall
 from tasks.ops.facts import Facts
+from tasks.templates import render
 from tests.unit.fake_remote import FakeFleet, FakeHost
 from tests.unit.test_tracking_plan import DEBIAN, changed, file_fact
 
@@ -38,14 +39,20 @@ def inventory(tmp_path, text=INVENTORY):
 def converged_facts(target) -> dict:
     """What a host answers once setup-monitoring went through."""
     wall = target.wall
+    running = {fact: value for exporter in target.exporters for fact, value in (
+        (exporter.state_fact, "ActiveState=active\nUnitFileState=enabled\nMainPID=42"), (exporter.probe_fact, f"{exporter.checks[0].label} 200"))}
+    packages = ["nftables", "curl"] + [exporter.unit for exporter in target.exporters]
     return {
-        exporters.INSTALLED: "nftables ii \nprometheus-node-exporter ii \ncurl ii ",
+        exporters.INSTALLED: "\n".join(f"{package} ii " for package in packages),
         wall.wall.rules_file: file_fact(firewall.render_rules(wall.wall, target.ports, list(wall.sources))),
         wall.wall.unit_file: file_fact(firewall.render_unit(wall.wall)),
         wall.wall.table_loaded: "loaded",
         exporters.DEFAULTS_FILE: file_fact(target.defaults()),
-        target.node.state_fact: "ActiveState=active\nUnitFileState=enabled\nMainPID=42",
-        target.node.probe_fact: f"{target.node.checks[0].label} 200",
+        exporters.NGINX_STATUS_FILE: file_fact(target.nginx_status()),
+        exporters.NGINX_EXPORTER_DEFAULTS_FILE: file_fact(target.nginx_exporter_defaults()),
+        exporters.POSTGRES_EXPORTER_DEFAULTS_FILE: file_fact(target.postgres_exporter_defaults()),
+        exporters.PROMETHEUS_ROLE: "1",
+        **running,
     }
 
 
@@ -53,7 +60,8 @@ def test_every_host_gets_an_exporter_on_its_inventory_address_answering_the_moni
     targets = {target.host.name: target for target in exporters.targets(inventory(tmp_path))}
     assert set(targets) == {"mon1", "t1", "m1"}
     assert targets["m1"].node.address == "[fd00::7]:9100" and "--web.listen-address=[fd00::7]:9100" in targets["m1"].defaults()
-    assert targets["t1"].wall.sources == ("10.0.0.9",) and targets["t1"].ports == [9100]
+    assert targets["t1"].wall.sources == ("10.0.0.9",) and targets["t1"].ports == [9100, 9113, 9187], "node, nginx (TLS front door), postgres"
+    assert targets["m1"].ports == [9100]
     assert targets["mon1"].ports == [9100, 9090], "the monitor's own Prometheus port is behind the wall while it installs"
     rules = firewall.render_rules(targets["t1"].wall.wall, [9100], ["10.0.0.9"])
     assert "table inet mlflow_fab_monitor" in rules and "tcp dport { 9100 } ip saddr { 10.0.0.9 } accept" in rules
@@ -85,13 +93,19 @@ def test_prometheus_scrapes_every_host_with_its_roles_and_keeps_to_loopback(tmp_
                      {"targets": ["[fd00::7]:9100"], "labels": {"host": "m1", "roles": "models"}}]
     assert "--web.listen-address=127.0.0.1:9090" in target.defaults() and "--storage.tsdb.retention.time=30d" in target.defaults()
     assert {rule.get("alert") for group in yaml.safe_load(target.rules())["groups"] for rule in group["rules"]} - {None} == {
-        "TargetDown", "MlflowServiceDown", "UnitFailed", "DiskAlmostFull", "BackupStale", "BackupNeverMade", "ModelErrors", "ModelSlow"}
+        "TargetDown", "MlflowServiceDown", "UnitFailed", "DiskAlmostFull", "CertificateExpiresSoon", "BackupStale", "BackupNeverMade", "ModelErrors",
+        "ModelSlow"}
 
 
 def test_a_new_config_is_checked_by_promtool_before_it_is_installed_then_reloaded(tmp_path):
     loaded = inventory(tmp_path)
     (target,) = prometheus.targets(loaded, exporters.targets(loaded))
-    facts = {prometheus.INSTALLED: "prometheus ii \ncurl ii ", prometheus.DEFAULTS_FILE: file_fact(target.defaults()),
+    blackbox = target.blackbox
+    facts = {prometheus.INSTALLED: "prometheus ii \ncurl ii \nprometheus-blackbox-exporter ii ", prometheus.DEFAULTS_FILE: file_fact(target.defaults()),
+             prometheus.BLACKBOX_CONFIG_FILE: file_fact(render("prometheus/blackbox.yml.j2")),
+             prometheus.BLACKBOX_DEFAULTS_FILE: file_fact(render("prometheus/blackbox.default.j2", config=prometheus.BLACKBOX_CONFIG,
+                                                                 port=prometheus.BLACKBOX_PORT)),
+             blackbox.state_fact: "ActiveState=active\nUnitFileState=enabled", blackbox.probe_fact: f"{blackbox.checks[0].label} 200",
              prometheus.CONFIG_FILE: file_fact("old"), prometheus.RULES_FILE: file_fact(target.rules()),
              prometheus.STATE: "ActiveState=active\nUnitFileState=enabled", target.probe_fact: "/-/ready 200"}
     names = changed(prometheus.plan(target, Facts(facts)))
@@ -132,7 +146,7 @@ def test_lb_hosts_turn_their_model_log_into_request_metrics_for_the_monitor_host
     loaded = inventory(tmp_path, INVENTORY + '[hosts.lb1]\naddress = "10.0.0.20"\nroles = ["lb"]\n')
     targets = {target.host.name: target for target in exporters.targets(loaded)}
     lb = targets["lb1"]
-    assert lb.ports == [9100, 3903] and not targets["t1"].balancer
+    assert lb.ports == [9100, 3903, 9113] and not targets["t1"].balancer
     names = changed(exporters.plan(lb, Facts({})))
     assert names.index("compile mtail program") < names.index(f"file {exporters.MTAIL_PROGRAM}") < names.index("restart mtail")
     assert "LOGS=/var/log/nginx/mlflow-models.log" in lb.mtail_defaults() and "HOST=10.0.0.20" in lb.mtail_defaults()
@@ -182,3 +196,36 @@ def test_status_reads_the_live_figures_on_the_monitor_host_only():
     host_status(fleet(Host(name="mon1", address="10.0.0.9", roles=("monitor",))), reports["mon1"], service, 9090)
     host_status(fleet(Host(name="m1", address="10.0.0.5", roles=("models",))), reports["m1"], service, 9090)
     assert reports["mon1"].details[LIVE_FIGURES] == {"wine": {"requests/s": "2.00"}} and LIVE_FIGURES not in reports["m1"].details
+
+
+def test_where_nginx_or_postgresql_run_their_exporters_follow(tmp_path):
+    with_db = INVENTORY.replace('backup_schedule = "daily"', 'backup_schedule = "daily"\ndatabase = "host"').replace(
+        "[monitoring]", "[monitoring]\npostgres_exporter_port = 9300")
+    loaded = inventory(tmp_path, with_db + '[hosts.db1]\naddress = "10.0.0.30"\nroles = ["db"]\n')
+    targets = {target.host.name: target for target in exporters.targets(loaded)}
+    assert [e.unit for e in targets["db1"].exporters] == [exporters.NODE_EXPORTER, exporters.POSTGRES_EXPORTER]
+    assert exporters.POSTGRES_EXPORTER not in [e.unit for e in targets["t1"].exporters], "a replica has no PostgreSQL of its own"
+    steps = exporters.plan(targets["db1"], Facts({}))
+    names = changed(steps)
+    assert names.index("packages (postgres exporter)") < names.index("database role prometheus") < names.index(f"restart {exporters.POSTGRES_EXPORTER}")
+    assert "GRANT pg_monitor TO prometheus" in next(step.script for step in steps if step.name == "database role prometheus")
+    assert "--web.listen-address=10.0.0.30:9300" in targets["db1"].postgres_exporter_defaults()
+    restart = next(step for step in steps if step.name == f"restart {exporters.POSTGRES_EXPORTER}")
+    assert restart.script.startswith(f"systemctl reset-failed {exporters.POSTGRES_EXPORTER}"), "its start limit, hit before its config"
+    no_tls = inventory(tmp_path, INVENTORY.replace("[monitoring]", "[tracking]\ntls = false\n[monitoring]", 1).replace('[tracking]\nbackup_schedule = "daily"\n', "", 1))
+    t1 = next(target for target in exporters.targets(no_tls) if target.host.name == "t1")
+    assert [e.unit for e in t1.exporters] == [exporters.NODE_EXPORTER, exporters.POSTGRES_EXPORTER], "no nginx without TLS"
+
+
+def test_every_tls_endpoint_is_probed_for_its_certificate_and_each_exporter_has_its_job(tmp_path):
+    loaded = inventory(tmp_path, INVENTORY.replace("[monitoring]", "[models.wine]\nport = 8001\n[monitoring]") + '[hosts.lb1]\naddress = "10.0.0.20"\nroles = ["lb"]\n')
+    (target,) = prometheus.targets(loaded, exporters.targets(loaded))
+    config = yaml.safe_load(target.config())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"prometheus", "node", "balancer", "nginx", "postgres", "tls"}
+    assert [c["targets"][0] for c in jobs["nginx"]["static_configs"]] == ["10.0.0.5:9113", "10.0.0.20:9113"]
+    assert [c["targets"][0] for c in jobs["postgres"]["static_configs"]] == ["10.0.0.5:9187"]
+    assert jobs["tls"]["static_configs"] == [{"targets": ["10.0.0.5:5000"], "labels": {"host": "t1", "endpoint": "tracking"}},
+                                             {"targets": ["10.0.0.20:8001"], "labels": {"host": "lb1", "endpoint": "model wine"}}]
+    assert jobs["tls"]["relabel_configs"][-1]["replacement"] == "127.0.0.1:9115" and jobs["tls"]["params"] == {"module": ["tls_connect"]}
+    assert "CertificateExpiresSoon" in target.rules()
