@@ -242,3 +242,23 @@ def test_a_healthy_canary_passes_its_bake_and_the_deploy_goes_on(watched):
                      env=watched.env)
     assert result.returncode == 0 and "canary passed its bake" in result.stdout, result.stdout[-4000:]
     assert serving(watched.models) == serving(watched.other) != before
+
+
+def test_a_bake_that_cannot_read_the_balancers_log_stops_the_deploy_before_the_first_switch(watched):
+    before = {host.name: serving(host) for host in (watched.models, watched.other)}
+    run_id = log_wine_model(watched.env["MLFLOW_TRACKING_URI"], alpha=0.4)
+    watched.lb.run("rm /var/log/nginx/mlflow-models.log")
+    try:
+        result = fab(watched.inventory, "deploy-model", "--run-id", run_id, "--canary", "1", "--bake", "10", env=watched.env)
+    finally:
+        watched.lb.run("nginx -s reopen")
+    assert result.returncode != 0 and "stopping before the first switch" in result.stdout, result.stdout[-4000:]
+    assert {host.name: serving(host) for host in (watched.models, watched.other)} == before
+
+
+def test_a_monitor_host_that_goes_away_does_not_block_a_deploy_without_bake(watched):
+    run_id = log_wine_model(watched.env["MLFLOW_TRACKING_URI"], alpha=0.6)
+    watched.monitor.stop()
+    result = fab(watched.inventory, "deploy-model", "--run-id", run_id, env=watched.env)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert serving(watched.models) == serving(watched.other)
