@@ -114,6 +114,6 @@ class Bake:
         answers: list[tuple[int, float]] = []
         for remote in self.balancers:
             script = render_script("bake-answers.sh.j2", log=REQUESTS_LOG, offset=self.offsets[remote.host.name], model=self.model,
-                                   upstreams=" ".join(upstreams))
+                                   upstreams=upstreams)
             answers += parse_answers(self._run(remote, "bake answers", f"the canary's answers in {REQUESTS_LOG}", script))
         return judge(answers, self.limits)

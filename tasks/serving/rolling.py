@@ -259,9 +259,14 @@ def _bake_can_read(bake: Bake, deploys: list[HostRollout]) -> bool:
     return True
 
 
+def upstream_address(address: str, port: int) -> str:
+    """As nginx writes the server it used: [IPv6]:port, else address:port."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _bake_canary(canary: list[HostRollout], bake: Bake, balancer: Balancer | None) -> bool:
     """The canary under its live traffic for the bake's seconds; a breach (or logs that can't be read) rolls it back."""
-    upstreams = [f"{d.remote.host.address}:{d.remote.host.model(bake.model).port}" for d in canary]
+    upstreams = [upstream_address(d.remote.host.address, d.remote.host.model(bake.model).port) for d in canary]
     console.rule(f"bake: {', '.join(d.name for d in canary)} under live traffic for {bake.limits.seconds:g} s ({bake.limits.describe()})")
     try:
         bake.start()

@@ -42,7 +42,7 @@ def test_a_canary_that_passes_its_bake_lets_the_deploy_go_on(inventory, deployme
     made = roll(inventory, fleet, deploying(deployment), canary=1, batch_size="3", bake=LIMITS)
     assert set(outcomes(made).values()) == {"updated"}
     answers = [sent.script for sent in fleet.sent("lb1") if "awk -v model" in sent.script]
-    assert len(answers) == 1 and "upstreams=10.0.1.1:5001" in answers[0] and "from=4096" in answers[0]
+    assert len(answers) == 1 and "for upstream in 10.0.1.1:5001;" in answers[0] and "from=4096" in answers[0]
     assert fleet.log.index(("lb1", "bake answers")) < fleet.first("m2", "switch"), "the other hosts wait for the verdict"
 
 
@@ -61,3 +61,22 @@ def test_a_balancer_log_that_cannot_be_read_stops_the_deploy_before_the_first_sw
     made = roll(inventory, fleet, deploying(deployment), canary=1, bake=LIMITS)
     assert switched(fleet) == [] and set(outcomes(made).values()) == {"untouched"}
     assert all("--bake can't read the balancer's log" in deploy.report.error for deploy in made.values())
+
+
+def test_the_canarys_answers_are_read_after_the_offset_under_every_address_its_name_resolves_to(tmp_path):
+    import subprocess
+
+    from tasks.serving.rolling import upstream_address
+    from tasks.templates import render_script
+
+    log = tmp_path / "mlflow-models.log"
+    before = 'wine 502 0.100 "127.0.0.1:5001"\n'
+    log.write_text(before + 'wine 200 0.004 "127.0.0.1:5001"\n'
+                   'wine 400 0.002 "10.0.0.6:5001, 127.0.0.1:5001"\n'  # retried: the canary answered last
+                   'wine 200 0.010 "127.0.0.1:5001, 10.0.0.6:5001"\n'  # retried away from the canary
+                   'iris 200 0.001 "127.0.0.1:5001"\n'
+                   'wine 200 0.003 "[fd00::1]:5001"\n')
+    script = render_script("bake-answers.sh.j2", log=str(log), offset=len(before), model="wine",
+                           upstreams=[upstream_address("localhost", 5001), upstream_address("fd00::1", 5001)])
+    answers = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert parse_answers(answers) == [(200, 0.004), (400, 0.002), (200, 0.003)]

@@ -68,7 +68,7 @@ def shell_scripts() -> dict[str, str]:
         "restore replicas": restore_replicas.restore_script(auth=True),
         "restore replicas: put back": restore_replicas.restore_script(auth=True, safety="/var/backups/mlflow/mlflow-backup-x.tar"),
         "bake answers": render_script("bake-answers.sh.j2", log="/var/log/nginx/mlflow-models.log", offset=4096, model="wine-2",
-                                      upstreams="10.0.0.5:5001 [fd00::1]:5001"),
+                                      upstreams=["10.0.0.5:5001", "[fd00::1]:5001", "a'b:5001"]),
         "prometheus check config": check_step("global: {}", "groups: []").script,
         "prometheus reload": render_script("prometheus/reload.sh.j2", port=9090),
         "mtail compile": render_script("prometheus/mtail-compile.sh.j2", program="Y291bnRlciB4Cg=="),
