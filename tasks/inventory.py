@@ -34,6 +34,8 @@ DATABASES = ("local", "host", "external")
 # One service's settings, the same on every replica: a host's own [hosts.NAME.tracking] may not change them.
 SHARED_TRACKING_KEYS = ("database", "database_url_file", "s3_endpoint_url", "s3_credentials_file")
 REPLICA_TRACKING_KEYS = ("artifacts", "mlflow_version", "auth", "boto3_version", "port", "tls", "tls_certificate", "tls_key")
+EXPORTER_PORT_KEYS = ("node_exporter_port", "mtail_port", "nginx_exporter_port", "nginx_status_port", "postgres_exporter_port",
+                      "tracking_metrics_port")
 
 
 class InventoryError(Exception):
@@ -71,6 +73,8 @@ class TrackingSettings:
     s3_endpoint_url: str = ""  # an S3-compatible store's http(s)://HOST[:PORT]; empty for AWS
     s3_credentials_file: str = ""  # on this machine, 0600: AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines
     boto3_version: str = "1.44.8"  # in the server's env when artifacts are in S3
+    # in the server's env: `mlflow server --expose-prometheus` records each request with it (setup-monitoring serves them)
+    prometheus_flask_exporter_version: str = "0.23.2"
     job_runner: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
     health_timeout: int = 180
@@ -139,9 +143,13 @@ class MonitoringSettings:
     nginx_status_port: int = 9180
     # the PostgreSQL exporter where PostgreSQL runs (db hosts, one-host tracking servers)
     postgres_exporter_port: int = 9187
+    # on tracking hosts: the server's own request metrics (it records them with --expose-prometheus), outside its sign-in
+    tracking_metrics_port: int = 9718
     # a model alerts when more of its answers than this are 5xx, or its p99 latency is above this, for 5 minutes
     model_error_ratio: float = 0.05
     model_p99_seconds: float = 1.0
+    # a tracking server alerts when more of its answers than this are 5xx for 5 minutes
+    tracking_error_ratio: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -255,6 +263,7 @@ VALUE_CHECKS = {
     "allowed_hosts": check_allowed_host,
     "mlflow_version": check_mlflow_version,
     "psycopg2_version": check_version,
+    "prometheus_flask_exporter_version": check_version,
     "backup_schedule": _check_schedule,
     "retention": check_duration,
     "scrape_interval": check_duration,
@@ -265,6 +274,7 @@ VALUE_CHECKS = {
     "nginx_exporter_port": check_port,
     "nginx_status_port": check_port,
     "postgres_exporter_port": check_port,
+    "tracking_metrics_port": check_port,
 }
 
 
@@ -447,11 +457,12 @@ def _check_monitoring(monitoring: MonitoringSettings, hosts: list[Host], path: P
     """The exporters' ports may not be ones a host already listens on; the model thresholds are positive."""
     for host in hosts:
         for who, port in _ports_in_use(host):
-            for key in ("node_exporter_port", "mtail_port", "nginx_exporter_port", "nginx_status_port", "postgres_exporter_port"):
+            for key in EXPORTER_PORT_KEYS:
                 if port == getattr(monitoring, key):
                     raise InventoryError(f"{path}: [monitoring] {key} {port} is {who} of [hosts.{host.name}]: give it another port")
-    if not 0 < monitoring.model_error_ratio < 1:
-        raise InventoryError(f"{path}: [monitoring] model_error_ratio must be between 0 and 1 (0.05 is 5 %), not {monitoring.model_error_ratio}")
+    for key in ("model_error_ratio", "tracking_error_ratio"):
+        if not 0 < getattr(monitoring, key) < 1:
+            raise InventoryError(f"{path}: [monitoring] {key} must be between 0 and 1 (0.05 is 5 %), not {getattr(monitoring, key)}")
     if monitoring.model_p99_seconds <= 0:
         raise InventoryError(f"{path}: [monitoring] model_p99_seconds must be a positive number of seconds")
 

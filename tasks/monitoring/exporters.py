@@ -1,6 +1,7 @@
 """What every host runs for the monitor hosts: Debian's node exporter on the host's inventory address (CPU, memory, disks,
-the states of our systemd units, and the textfile metrics our scripts leave), and on lb hosts mtail, turning the
-balancer's model log into request metrics per model and model host; both answer the monitor hosts only.
+the states of our systemd units, and the textfile metrics our scripts leave); on lb hosts mtail, turning the
+balancer's model log into request metrics per model and model host; the nginx and PostgreSQL exporters where those run;
+on tracking hosts the server's own request metrics. Each answers the monitor hosts only.
 
 Runbook this replaces: apt-get install prometheus-node-exporter (which listens on every interface); edit
 /etc/default/prometheus-node-exporter; grep the nginx log for 5xx by hand; open the ports to the Prometheus server in the
@@ -22,9 +23,11 @@ from tasks.ops.metrics import TEXTFILE_DIR, textfile_script
 from tasks.ops.nginx import config_step
 from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages
-from tasks.ops.systemd import ensure_enabled, ensure_running
+from tasks.ops.pyenv import ENVS_ROOT
+from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.serving.balancer import REQUESTS_LOG
 from tasks.templates import TEMPLATES, render, render_script
+from tasks.tracking import server as tracking_server
 from tasks.tracking.server import BACKUP_DIR, BACKUP_METRIC
 
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -37,6 +40,9 @@ NGINX_EXPORTER_DEFAULTS = f"/etc/default/{NGINX_EXPORTER}"
 NGINX_STATUS_CONFIG = "/etc/nginx/conf.d/mlflow-fab-status.conf"
 POSTGRES_EXPORTER = "prometheus-postgres-exporter"
 POSTGRES_EXPORTER_DEFAULTS = f"/etc/default/{POSTGRES_EXPORTER}"
+TRACKING_METRICS = f"{tracking_server.UNIT}-metrics"
+TRACKING_METRICS_UNIT = f"/etc/systemd/system/{TRACKING_METRICS}.service"
+TRACKING_METRICS_SCRIPT = "/usr/local/lib/mlflow-fab/tracking_metrics.py"
 MONITOR_WALL = Wall("exporter ports", "the monitor hosts", "inet mlflow_fab_monitor", "/etc/mlflow/firewall-monitor.nft",
                     "mlflow-fab-firewall-monitor.service", "setup-monitoring")
 # The units whose states the node exporter reports (anchored by the exporter; `[.]` survives systemd's unquoting).
@@ -53,6 +59,10 @@ MTAIL_PROGRAM_FILE = f.file_content(MTAIL_PROGRAM)
 NGINX_EXPORTER_DEFAULTS_FILE = f.file_content(NGINX_EXPORTER_DEFAULTS)
 NGINX_STATUS_FILE = f.file_content(NGINX_STATUS_CONFIG)
 POSTGRES_EXPORTER_DEFAULTS_FILE = f.file_content(POSTGRES_EXPORTER_DEFAULTS)
+TRACKING_METRICS_UNIT_FILE = f.file_content(TRACKING_METRICS_UNIT)
+TRACKING_METRICS_SCRIPT_FILE = f.file_content(TRACKING_METRICS_SCRIPT)
+# 1 when the tracking server records its requests (a server set up before this fabfile did not)
+TRACKING_RECORDS = f.Fact("tracking_records_metrics", f"grep -c -- '--expose-prometheus' {tracking_server.UNIT_PATH}")
 # the exporter signs in to PostgreSQL as its own OS user (peer), a role that may read the statistics and nothing else
 PROMETHEUS_ROLE = f.Fact("pg_role_prometheus", "cd / && runuser -u postgres -- psql -tAX -c \"select 1 from pg_roles where rolname = 'prometheus'\"")
 
@@ -133,6 +143,14 @@ class ExporterTarget:
         return "db" in self.host.roles or ("tracking" in self.host.roles and self.host.tracking.database == "local")
 
     @property
+    def runs_tracking(self) -> bool:
+        return "tracking" in self.host.roles
+
+    @property
+    def tracking(self) -> Exporter:
+        return Exporter(TRACKING_METRICS, self.host.address, self.settings.tracking_metrics_port, "mlflow_exporter_info")
+
+    @property
     def nginx(self) -> Exporter:
         return Exporter(NGINX_EXPORTER, self.host.address, self.settings.nginx_exporter_port, "nginx_up")
 
@@ -144,7 +162,7 @@ class ExporterTarget:
     def exporters(self) -> list[Exporter]:
         """Every exporter of this host, the node exporter first."""
         return ([self.node] + ([self.mtail] if self.balancer else []) + ([self.nginx] if self.runs_nginx else [])
-                + ([self.postgres] if self.runs_postgresql else []))
+                + ([self.postgres] if self.runs_postgresql else []) + ([self.tracking] if self.runs_tracking else []))
 
     @property
     def ports(self) -> list[int]:
@@ -165,12 +183,19 @@ class ExporterTarget:
     def postgres_exporter_defaults(self) -> str:
         return render("prometheus/postgres-exporter.default.j2", listen=self.postgres.address)
 
+    def tracking_metrics_unit(self) -> str:
+        return render("prometheus/mlflow-tracking-metrics.service.j2", unit=TRACKING_METRICS, tracking_unit=tracking_server.UNIT,
+                      tracking_unit_path=tracking_server.UNIT_PATH, envs_root=ENVS_ROOT, user=tracking_server.SERVICE_USER,
+                      script=TRACKING_METRICS_SCRIPT, metrics_dir=tracking_server.METRICS_DIR, address=self.host.address,
+                      port=self.tracking.port, writable=[])
+
     def facts(self) -> list[f.Fact]:
         mtail = [MTAIL_DEFAULTS_FILE, MTAIL_PROGRAM_FILE, *self.mtail.facts()] if self.balancer else []
         nginx = [NGINX_STATUS_FILE, NGINX_EXPORTER_DEFAULTS_FILE, *self.nginx.facts()] if self.runs_nginx else []
         postgres = [PROMETHEUS_ROLE, POSTGRES_EXPORTER_DEFAULTS_FILE, *self.postgres.facts()] if self.runs_postgresql else []
+        tracking = [TRACKING_RECORDS, TRACKING_METRICS_SCRIPT_FILE, TRACKING_METRICS_UNIT_FILE, *self.tracking.facts()] if self.runs_tracking else []
         return [f.os_release(), INSTALLED, *firewall.facts(self.wall), DEFAULTS_FILE, *self.node.facts(), UNRECORDED_BACKUP,
-                *mtail, *nginx, *postgres]
+                *mtail, *nginx, *postgres, *tracking]
 
 
 def targets(inventory: Inventory) -> list[ExporterTarget]:
@@ -182,6 +207,9 @@ def targets(inventory: Inventory) -> list[ExporterTarget]:
 
 def plan(target: ExporterTarget, facts: f.Facts) -> list[Step]:
     """The wall first (the package starts the exporter on every interface), then the exporter on the inventory address."""
+    if target.runs_tracking and facts[TRACKING_RECORDS].strip() in ("", "0"):
+        return [Step.failure("tracking server metrics", "the tracking server does not record its requests (it was set up by an "
+                             "older fabfile, or is not set up): run `fab setup-tracking` first, then setup-monitoring again")]
     installed = facts[INSTALLED]
     wall = [ensure_packages(firewall.FIREWALL_PACKAGES, installed, name="packages (firewall)"),
             *firewall.steps(target.wall, target.ports, facts)]
@@ -191,6 +219,7 @@ def plan(target: ExporterTarget, facts: f.Facts) -> list[Step]:
     steps += mtail_steps(target, facts) if target.balancer else []
     steps += nginx_exporter_steps(target, facts) if target.runs_nginx else []
     steps += postgres_exporter_steps(target, facts) if target.runs_postgresql else []
+    steps += tracking_metrics_steps(target, facts) if target.runs_tracking else []
     return steps + backup_metric_steps(facts[UNRECORDED_BACKUP])
 
 
@@ -214,6 +243,15 @@ def postgres_exporter_steps(target: ExporterTarget, facts: f.Facts) -> list[Step
     defaults = ensure_file(POSTGRES_EXPORTER_DEFAULTS, target.postgres_exporter_defaults(), facts[POSTGRES_EXPORTER_DEFAULTS_FILE])
     inputs = {"the package": package, "database role prometheus": role, POSTGRES_EXPORTER_DEFAULTS: defaults}
     return [package, role, defaults, *serving_steps(target.postgres, facts, inputs)]
+
+
+def tracking_metrics_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
+    """The tracking server's request metrics served apart from it, so Prometheus needs no MLflow user (its sign-in lets
+    only admins read the server's own /metrics) and the API stays closed to anonymous clients."""
+    script = ensure_file(TRACKING_METRICS_SCRIPT, (TEMPLATES / "prometheus" / "tracking_metrics.py").read_text(), facts[TRACKING_METRICS_SCRIPT_FILE])
+    unit = ensure_file(TRACKING_METRICS_UNIT, target.tracking_metrics_unit(), facts[TRACKING_METRICS_UNIT_FILE])
+    inputs = {TRACKING_METRICS_SCRIPT: script, TRACKING_METRICS_UNIT: unit}
+    return [script, unit, daemon_reload(unit.changed), *serving_steps(target.tracking, facts, inputs)]
 
 
 def mtail_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:

@@ -57,7 +57,8 @@ class PrometheusTarget:
 
     host: Host
     settings: MonitoringSettings
-    # job name -> what it scrapes: the node exporters first, then mtail, nginx and PostgreSQL exporters where they run
+    # job name -> what it scrapes: the node exporters first, then mtail, the nginx and PostgreSQL exporters and the
+    # tracking servers' metrics where they run
     jobs: dict[str, tuple[ScrapeTarget, ...]]
     # the TLS endpoints of hosts.toml, whose certificates the blackbox exporter here reads
     tls_endpoints: tuple[ScrapeTarget, ...] = ()
@@ -90,7 +91,8 @@ class PrometheusTarget:
                       tls_endpoints=self.tls_endpoints, blackbox=self.blackbox)
 
     def rules(self) -> str:
-        return render("prometheus/mlflow-fab-rules.yml.j2", error_ratio=self.settings.model_error_ratio, p99=self.settings.model_p99_seconds)
+        return render("prometheus/mlflow-fab-rules.yml.j2", error_ratio=self.settings.model_error_ratio, p99=self.settings.model_p99_seconds,
+                      tracking_error_ratio=self.settings.tracking_error_ratio)
 
     def facts(self) -> list[f.Fact]:
         blackbox = [BLACKBOX_CONFIG_FILE, BLACKBOX_DEFAULTS_FILE, *self.blackbox.facts()] if self.blackbox else []
@@ -107,7 +109,8 @@ def node_target(exporter: ExporterTarget) -> ScrapeTarget:
 
 def scrape_jobs(exporters: list[ExporterTarget]) -> dict[str, tuple[ScrapeTarget, ...]]:
     jobs = {"node": tuple(node_target(exporter) for exporter in exporters)}
-    for job, runs, exporter_of in (("balancer", "balancer", "mtail"), ("nginx", "runs_nginx", "nginx"), ("postgres", "runs_postgresql", "postgres")):
+    for job, runs, exporter_of in (("balancer", "balancer", "mtail"), ("nginx", "runs_nginx", "nginx"), ("postgres", "runs_postgresql", "postgres"),
+                                    ("tracking", "runs_tracking", "tracking")):
         found = tuple(ScrapeTarget(getattr(target, exporter_of).address, {"host": target.host.name}) for target in exporters if getattr(target, runs))
         if found:
             jobs[job] = found

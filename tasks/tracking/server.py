@@ -40,6 +40,8 @@ HOME = "/var/lib/mlflow"
 TRACKING_CONFIG_DIR = "/etc/mlflow"
 PROFILE = "/etc/profile.d/mlflow.sh"
 BACKUP_DIR = "/var/backups/mlflow"
+# The server's request metrics, one file per worker (prometheus_client's multiprocess mode): systemd empties it at each start.
+METRICS_DIR = f"/run/{UNIT}"
 BACKUP_SCRIPT = "/usr/local/sbin/mlflow-backup"
 RESTORE_SCRIPT = "/usr/local/sbin/mlflow-restore"
 BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
@@ -105,6 +107,7 @@ class TrackingTarget:
     def env_spec(self) -> EnvSpec:
         s = self.settings
         packages = (f"mlflow{'[auth]' if s.auth else ''}=={s.mlflow_version}", f"psycopg2-binary=={s.psycopg2_version}",
+                    f"prometheus-flask-exporter=={s.prometheus_flask_exporter_version}",
                     *([f"boto3=={s.boto3_version}"] if self.artifacts_in_s3 else []), *s.extra_packages)
         return EnvSpec(s.env_manager, packages, python="3.11" if s.env_manager == "conda" else "", allow_source_builds=s.allow_source_builds,
                        find_links=self.find_links, pins=self.pins)
@@ -230,6 +233,7 @@ class TrackingTarget:
             port=self.server_port,
             auth_config=frontdoor.AUTH_CONFIG if s.auth else "",
             workers=s.workers,
+            metrics_dir=METRICS_DIR,
             artifacts=s.artifacts,
             job_runner=s.job_runner,
             allowed_hosts=self.allowed_hosts(node_name),

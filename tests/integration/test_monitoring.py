@@ -46,7 +46,7 @@ def watched(module_hosts, tmp_path_factory):
         home / "hosts.toml",
         {"mlt50": host_entry(monitor, ["monitor"]), "mlt51": host_entry(tracked, ["tracking"]), "mlt52": host_entry(lb, ["lb"]),
          "mlt53": host_entry(models, ["models"]), "mlt54": host_entry(other, ["models"])},
-        tracking={"tls": True, "auth": False, "workers": 1, "backup_schedule": "daily"},
+        tracking={"tls": True, "auth": True, "workers": 2, "backup_schedule": "daily"},
         lb={"tls": False, "auth": False},
         monitoring={"scrape_interval": "1s", "evaluation_interval": "1s"},
     )
@@ -95,6 +95,39 @@ def test_nginx_postgresql_and_certificates_are_watched_where_they_run(watched):
                       "the tracking front door's certificate expiry")
     assert float(expiry[0]["value"][1]) - time.time() > 14 * 86400
     assert not query(monitor, 'ALERTS{alertname="CertificateExpiresSoon"}')
+
+
+def test_the_tracking_servers_own_metrics_reach_prometheus_while_its_api_keeps_asking_for_a_sign_in(watched):
+    import requests
+
+    monitor, tracked = watched.monitor, watched.tracked
+    assert requests.get(f"https://{tracked.address}:5000/metrics", verify=False, timeout=10).status_code == 401
+    assert requests.get(f"https://{tracked.address}:5000/api/2.0/mlflow/experiments/search?max_results=1", verify=False, timeout=10).status_code == 401
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{tracked.address}:9718/metrics", timeout=10)
+    api = (f"curl -sk -o /dev/null -w '%{{http_code}}\\n' -K /etc/mlflow/admin.curl -H 'Host: {tracked.address}:5000' "
+           "'https://127.0.0.1:5000/api/2.0/mlflow/experiments/search?max_results=1'")
+    assert tracked.run(f"for i in $(seq 30); do {api}; done").stdout.split() == ["200"] * 30
+    counted = wait_for(lambda: query(monitor, 'sum by (host, status) (mlflow_http_request_total{job="tracking", method="GET"}) >= 30'),
+                       60, "30 API answers counted by the tracking server")
+    assert [(r["metric"]["host"], r["metric"]["status"]) for r in counted] == [("mlt51", "200")]
+    assert wait_for(lambda: query(monitor, 'tracking:latency_seconds:p99_5m{host="mlt51"} > 0'), 60, "the tracking server's p99")
+
+
+def test_a_tracking_server_killed_and_restarted_by_systemd_is_scraped_again(watched):
+    monitor, tracked = watched.monitor, watched.tracked
+    def main_pid(unit):
+        return tracked.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+
+    server, metrics = main_pid("mlflow-tracking"), main_pid("mlflow-tracking-metrics")
+    assert server != "0" and metrics != "0"
+    tracked.run(f"kill -9 {server}")
+    wait_for(lambda: main_pid("mlflow-tracking") not in ("0", server) and main_pid("mlflow-tracking-metrics") not in ("0", metrics), 60,
+             "the server restarted by systemd, and its metrics service with it")
+    assert wait_for(lambda: tracked.run("curl -sf http://127.0.0.1:5050/health", check=False).returncode == 0, 120, "the server answers again")
+    tracked.run("curl -s -o /dev/null -K /etc/mlflow/admin.curl -H 'Host: 127.0.0.1:5050' 'http://127.0.0.1:5050/api/2.0/mlflow/experiments/search?max_results=1'")
+    wait_for(lambda: query(monitor, 'up{job="tracking", host="mlt51"} == 1 and on (instance) mlflow_exporter_info'), 60,
+             "Prometheus scraping the restarted server's metrics")
 
 
 def test_the_shipped_alert_rules_pass_their_tests_with_the_installed_promtool(watched):

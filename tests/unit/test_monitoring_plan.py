@@ -9,7 +9,7 @@ from tasks.inventory import InventoryError, LbSettings, load_inventory
 from tasks.monitoring import exporters, prometheus
 from tasks.ops import firewall
 from tasks.ops.facts import Facts
-from tasks.templates import render
+from tasks.templates import TEMPLATES, render
 from tests.unit.fake_remote import FakeFleet, FakeHost
 from tests.unit.test_tracking_plan import DEBIAN, changed, file_fact
 
@@ -52,6 +52,9 @@ def converged_facts(target) -> dict:
         exporters.NGINX_EXPORTER_DEFAULTS_FILE: file_fact(target.nginx_exporter_defaults()),
         exporters.POSTGRES_EXPORTER_DEFAULTS_FILE: file_fact(target.postgres_exporter_defaults()),
         exporters.PROMETHEUS_ROLE: "1",
+        exporters.TRACKING_RECORDS: "1",
+        exporters.TRACKING_METRICS_SCRIPT_FILE: file_fact((TEMPLATES / "prometheus" / "tracking_metrics.py").read_text()),
+        exporters.TRACKING_METRICS_UNIT_FILE: file_fact(target.tracking_metrics_unit()),
         **running,
     }
 
@@ -60,7 +63,7 @@ def test_every_host_gets_an_exporter_on_its_inventory_address_answering_the_moni
     targets = {target.host.name: target for target in exporters.targets(inventory(tmp_path))}
     assert set(targets) == {"mon1", "t1", "m1"}
     assert targets["m1"].node.address == "[fd00::7]:9100" and "--web.listen-address=[fd00::7]:9100" in targets["m1"].defaults()
-    assert targets["t1"].wall.sources == ("10.0.0.9",) and targets["t1"].ports == [9100, 9113, 9187], "node, nginx (TLS front door), postgres"
+    assert targets["t1"].wall.sources == ("10.0.0.9",) and targets["t1"].ports == [9100, 9113, 9187, 9718], "node, nginx (TLS front door), postgres, tracking"
     assert targets["m1"].ports == [9100]
     assert targets["mon1"].ports == [9100, 9090], "the monitor's own Prometheus port is behind the wall while it installs"
     rules = firewall.render_rules(targets["t1"].wall.wall, [9100], ["10.0.0.9"])
@@ -69,7 +72,7 @@ def test_every_host_gets_an_exporter_on_its_inventory_address_answering_the_moni
 
 def test_the_wall_goes_up_before_the_package_starts_the_exporter_and_a_new_config_restarts_it(tmp_path):
     target = exporters.targets(inventory(tmp_path))[1]
-    names = changed(exporters.plan(target, Facts({})))
+    names = changed(exporters.plan(target, Facts({exporters.TRACKING_RECORDS: "1"})))
     assert names.index("firewall") < names.index("packages") < names.index(f"file {exporters.NODE_EXPORTER_DEFAULTS}")
     assert names.index(f"file {exporters.NODE_EXPORTER_DEFAULTS}") < names.index(f"restart {exporters.NODE_EXPORTER}") < names.index(f"{exporters.NODE_EXPORTER} gate")
 
@@ -94,7 +97,7 @@ def test_prometheus_scrapes_every_host_with_its_roles_and_keeps_to_loopback(tmp_
     assert "--web.listen-address=127.0.0.1:9090" in target.defaults() and "--storage.tsdb.retention.time=30d" in target.defaults()
     assert {rule.get("alert") for group in yaml.safe_load(target.rules())["groups"] for rule in group["rules"]} - {None} == {
         "TargetDown", "MlflowServiceDown", "UnitFailed", "DiskAlmostFull", "CertificateExpiresSoon", "BackupStale", "BackupNeverMade", "ModelErrors",
-        "ModelSlow"}
+        "ModelSlow", "TrackingErrors"}
 
 
 def test_a_new_config_is_checked_by_promtool_before_it_is_installed_then_reloaded(tmp_path):
@@ -123,7 +126,8 @@ def test_a_failed_promtool_check_installs_nothing(tmp_path):
 
     loaded = inventory(tmp_path)
     fleet = FakeFleet({"mon1": FakeHost(facts={f.os_release(): DEBIAN}, fail="promtool check config"),
-                       **{name: FakeHost(facts={f.os_release(): DEBIAN}) for name in ("t1", "m1")}})
+                       "t1": FakeHost(facts={f.os_release(): DEBIAN, exporters.TRACKING_RECORDS: "1"}),
+                       "m1": FakeHost(facts={f.os_release(): DEBIAN})})
     reports = {report.host: report for report in setup_monitoring(SimpleNamespace(clone=lambda: None), loaded, False,
                                                                   connect=lambda host, config: fleet(host))}
     assert reports["mon1"].failed and not reports["t1"].failed
@@ -135,6 +139,8 @@ def test_a_failed_promtool_check_installs_nothing(tmp_path):
     ("[monitoring]\nretention = \"two weeks\"\n", "retention must be a duration"),
     ("[monitoring]\nnode_exporter_port = 5000\n[hosts.t1]\naddress = \"10.0.0.5\"\nroles = [\"tracking\"]\n", "node_exporter_port 5000 is the tracking port"),
     ("[monitoring]\nscrape = \"1s\"\n", r"unknown key 'scrape' in \[monitoring\]"),
+    ("[monitoring]\ntracking_metrics_port = 5000\n[hosts.t1]\naddress = \"10.0.0.5\"\nroles = [\"tracking\"]\n", "tracking_metrics_port 5000 is the tracking port"),
+    ("[monitoring]\ntracking_error_ratio = 5\n", "tracking_error_ratio must be between 0 and 1"),
     ("[hosts.x]\naddress = \"10.0.0.5\"\nroles = [\"monitoring\"]\n", "unknown role 'monitoring'"),
 ])
 def test_bad_monitoring_settings_are_refused_naming_the_key(tmp_path, text, expected):
@@ -214,7 +220,7 @@ def test_where_nginx_or_postgresql_run_their_exporters_follow(tmp_path):
     assert restart.script.startswith(f"systemctl reset-failed {exporters.POSTGRES_EXPORTER}"), "its start limit, hit before its config"
     no_tls = inventory(tmp_path, INVENTORY.replace("[monitoring]", "[tracking]\ntls = false\n[monitoring]", 1).replace('[tracking]\nbackup_schedule = "daily"\n', "", 1))
     t1 = next(target for target in exporters.targets(no_tls) if target.host.name == "t1")
-    assert [e.unit for e in t1.exporters] == [exporters.NODE_EXPORTER, exporters.POSTGRES_EXPORTER], "no nginx without TLS"
+    assert [e.unit for e in t1.exporters] == [exporters.NODE_EXPORTER, exporters.POSTGRES_EXPORTER, exporters.TRACKING_METRICS], "no nginx without TLS"
 
 
 def test_every_tls_endpoint_is_probed_for_its_certificate_and_each_exporter_has_its_job(tmp_path):
@@ -222,10 +228,39 @@ def test_every_tls_endpoint_is_probed_for_its_certificate_and_each_exporter_has_
     (target,) = prometheus.targets(loaded, exporters.targets(loaded))
     config = yaml.safe_load(target.config())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "node", "balancer", "nginx", "postgres", "tls"}
+    assert set(jobs) == {"prometheus", "node", "balancer", "nginx", "postgres", "tracking", "tls"}
     assert [c["targets"][0] for c in jobs["nginx"]["static_configs"]] == ["10.0.0.5:9113", "10.0.0.20:9113"]
     assert [c["targets"][0] for c in jobs["postgres"]["static_configs"]] == ["10.0.0.5:9187"]
     assert jobs["tls"]["static_configs"] == [{"targets": ["10.0.0.5:5000"], "labels": {"host": "t1", "endpoint": "tracking"}},
                                              {"targets": ["10.0.0.20:8001"], "labels": {"host": "lb1", "endpoint": "model wine"}}]
     assert jobs["tls"]["relabel_configs"][-1]["replacement"] == "127.0.0.1:9115" and jobs["tls"]["params"] == {"module": ["tls_connect"]}
     assert "CertificateExpiresSoon" in target.rules()
+
+
+def test_a_tracking_host_serves_its_servers_own_metrics_apart_from_its_sign_in(tmp_path):
+    target = exporters.targets(inventory(tmp_path))[1]
+    steps = exporters.plan(target, Facts({exporters.TRACKING_RECORDS: "1"}))
+    names = changed(steps)
+    assert names.index(f"file {exporters.TRACKING_METRICS_SCRIPT}") < names.index(f"restart {exporters.TRACKING_METRICS}") < names.index(f"{exporters.TRACKING_METRICS} gate")
+    assert names.index(f"file {exporters.TRACKING_METRICS_UNIT}") < names.index("daemon-reload") < names.index(f"restart {exporters.TRACKING_METRICS}")
+    unit = target.tracking_metrics_unit()
+    assert "BindsTo=mlflow-tracking.service" in unit and "WantedBy=mlflow-tracking.service" in unit, "started and stopped with the server"
+    assert "User=mlflow" in unit and "ReadWritePaths" not in unit and "read-only system." in unit
+    assert ('ExecStart=/bin/sh -c \'exec "$$(grep -o "/opt/mlflow/envs/tracking-[0-9a-f]*" /etc/systemd/system/mlflow-tracking.service | head -1)'
+            '/bin/python" /usr/local/lib/mlflow-fab/tracking_metrics.py /run/mlflow-tracking 10.0.0.5 9718\'') in unit
+    gate = steps[names.index(f"{exporters.TRACKING_METRICS} gate")]
+    assert "10.0.0.5:9718/metrics" in gate.summary
+
+
+def test_a_tracking_server_that_records_no_metrics_stops_setup_monitoring_on_its_host_saying_what_to_do(tmp_path):
+    target = exporters.targets(inventory(tmp_path))[1]
+    (step,) = exporters.plan(target, Facts({exporters.TRACKING_RECORDS: "0"}))
+    assert step.failed and "run `fab setup-tracking` first" in step.summary
+
+
+def test_prometheus_scrapes_each_tracking_servers_metrics_and_alerts_on_its_errors(tmp_path):
+    loaded = inventory(tmp_path, INVENTORY.replace("model_p99_seconds = 2", "model_p99_seconds = 2\ntracking_error_ratio = 0.2"))
+    (target,) = prometheus.targets(loaded, exporters.targets(loaded))
+    jobs = {job["job_name"]: job for job in yaml.safe_load(target.config())["scrape_configs"]}
+    assert jobs["tracking"]["static_configs"] == [{"targets": ["10.0.0.5:9718"], "labels": {"host": "t1"}}]
+    assert "tracking:errors:ratio5m > 0.2" in target.rules()

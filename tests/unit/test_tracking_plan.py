@@ -228,7 +228,7 @@ def test_secure_by_default_mlflow_behind_nginx_with_basic_auth():
     t = target()
     assert t.url == "https://10.0.0.5:5000"
     unit = t.unit("prod1")
-    assert "--host 127.0.0.1 --port 5050" in exec_start(unit) and exec_start(unit).endswith("--app-name basic-auth")
+    assert "--host 127.0.0.1 --port 5050" in exec_start(unit) and exec_start(unit).endswith("--app-name basic-auth --expose-prometheus /run/mlflow-tracking")
     assert f"Environment=MLFLOW_AUTH_CONFIG_PATH={frontdoor.AUTH_CONFIG}" in unit
     nginx = frontdoor.FrontDoor(t.host, t.address).nginx_config()
     assert "listen 5000 ssl;" in nginx and "proxy_pass http://127.0.0.1:5050;" in nginx
