@@ -1,10 +1,10 @@
 """What monitoring costs a host at rest: CPU and memory of the exporters setup-monitoring installs (the node exporter on
-every host, mtail and the nginx exporter on lb hosts) and of Prometheus and the blackbox exporter on the monitor host,
-scraped every 15 s (the default).
+every host, mtail and the nginx exporter on lb hosts, the tracking server's metrics service and the PostgreSQL exporter
+on a tracking host) and of Prometheus and the blackbox exporter on the monitor host, scraped every 15 s (the default).
 
     .venv/bin/python bench/monitoring.py [--windows 3] [--seconds 60]
 
-Fresh testbed hosts: a monitor host, an lb host and a model host. Each process is measured over windows of --seconds
+Fresh testbed hosts: a monitor host, an lb host, a model host and a tracking host (no TLS, no sign-in). Each process is measured over windows of --seconds
 (CPU from /proc/PID/stat, resident memory from /proc/PID/status); prints the median of the windows.
 """
 
@@ -21,8 +21,9 @@ from common import timed_fab
 from tests.integration.fabrun import host_entry, write_inventory
 from tests.testbed import Testbed
 
-MONITOR, LB, MODELS = "mlt55", "mlt56", "mlt57"
-PROCESSES = {MODELS: ["prometheus-node-exporter"], LB: ["prometheus-node-exporter", "mtail", "prometheus-nginx-exporter"],
+MONITOR, LB, MODELS, TRACKING = "mlt55", "mlt56", "mlt57", "mlt59"
+PROCESSES = {MODELS: ["prometheus-node-exporter"],
+             TRACKING: ["prometheus-node-exporter", "mlflow-tracking-metrics", "prometheus-postgres-exporter"], LB: ["prometheus-node-exporter", "mtail", "prometheus-nginx-exporter"],
              MONITOR: ["prometheus-node-exporter", "prometheus", "prometheus-blackbox-exporter"]}
 # a unit's main process: /proc/PID/stat, its VmRSS line, and the clock ticks per second
 SAMPLE = "pid=$(systemctl show -p MainPID --value {unit}); cat /proc/$pid/stat; grep '^VmRSS:' /proc/$pid/status; getconf CLK_TCK"
@@ -42,14 +43,16 @@ def main() -> None:
     args = parser.parse_args()
     testbed = Testbed()
     testbed.prepare()
-    hosts = {name: testbed.start(name) for name in (MONITOR, LB, MODELS)}
+    hosts = {name: testbed.start(name) for name in (MONITOR, LB, MODELS, TRACKING)}
     try:
         inventory = Path(tempfile.mkdtemp()) / "hosts.toml"
-        roles = {MONITOR: ["monitor"], LB: ["lb"], MODELS: ["models"]}
-        write_inventory(inventory, {name: host_entry(host, roles[name]) for name, host in hosts.items()})
+        roles = {MONITOR: ["monitor"], LB: ["lb"], MODELS: ["models"], TRACKING: ["tracking"]}
+        write_inventory(inventory, {name: host_entry(host, roles[name]) for name, host in hosts.items()},
+                        tracking={"tls": False, "auth": False, "workers": 2})
         timed_fab(inventory, "setup-lb")  # nginx in front of the model host: what mtail and the nginx exporter read
+        timed_fab(inventory, "setup-tracking")
         seconds, _, _ = timed_fab(inventory, "setup-monitoring")
-        print(f"setup-monitoring on 3 fresh hosts: {seconds:.1f} s", flush=True)
+        print(f"setup-monitoring on 4 hosts (fresh but for the tracking server and the balancer): {seconds:.1f} s", flush=True)
         cpu: dict[tuple[str, str], list[float]] = {}
         memory: dict[tuple[str, str], list[float]] = {}
         for window in range(args.windows):
@@ -64,7 +67,7 @@ def main() -> None:
         for host in hosts.values():
             host.stop()
     print()
-    roles_of = {MONITOR: "monitor host", LB: "lb host", MODELS: "model host"}
+    roles_of = {MONITOR: "monitor host", LB: "lb host", MODELS: "model host", TRACKING: "tracking host"}
     for (name, unit), values in cpu.items():
         print(f"{roles_of[name]:<13} {unit:<30} CPU {statistics.median(values):5.2f} % of one core   "
               f"RSS {statistics.median(memory[(name, unit)]):6.1f} MB   (median of {len(values)} windows of {args.seconds:g} s)")

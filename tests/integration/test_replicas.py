@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.fabrun import fab, host_entry, recap, wait_for, write_inventory
+from tests.integration.test_monitoring import query
 from tests.integration.s3server import start_s3_server
 
 pytestmark = [pytest.mark.integration,
@@ -37,9 +38,11 @@ def team(module_hosts, tmp_path_factory):
     hosts = {"mlt45": host_entry(db, ["db"]), "mlt46": host_entry(one, ["tracking"]), "mlt47": host_entry(two, ["tracking"]),
              "mlt48": host_entry(lb, ["lb"]), "mlt13": host_entry(models, ["models"])}
 
-    def inventory(**tracking):
+    def inventory(monitor=None, **tracking):
         settings = {"workers": 1, "mlflow_version": OLD, "database": "host", "artifacts": f"s3://{s3.bucket}/{PREFIX}",
                     "s3_endpoint_url": s3.endpoint_url, "s3_credentials_file": str(credentials), **tracking}
+        if monitor:
+            hosts["mlt58"] = host_entry(monitor, ["monitor"])
         return write_inventory(directory / "hosts.toml", hosts, tracking=settings)
 
     result = fab(inventory(), "setup-tracking")
@@ -50,6 +53,23 @@ def team(module_hosts, tmp_path_factory):
 
 def admin_password(host) -> str:
     return re.search(r'user = "admin:(.*)"', host.run("cat /etc/mlflow/admin.curl").stdout).group(1)
+
+
+@pytest.fixture(scope="module")
+def monitor(team, module_hosts):
+    """A monitor host (mlt58) beside the service, set up with setup-monitoring; in hosts.toml from then on."""
+    (host,) = module_hosts("mlt58")
+    *_, inventory = team
+    result = fab(inventory(monitor=host), "setup-monitoring")
+    assert result.returncode == 0, result.stdout[-5000:]
+    return host
+
+
+def sidecar_env(replica) -> tuple[str, str]:
+    """The env the tracking unit starts, and the one its metrics service runs."""
+    unit_env = replica.run("grep -o '/opt/mlflow/envs/tracking-[0-9a-f]*' /etc/systemd/system/mlflow-tracking.service | head -1").stdout.strip()
+    command = replica.run("tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value mlflow-tracking-metrics)/cmdline").stdout
+    return unit_env, command.split()[0].removesuffix("/bin/python")
 
 
 @pytest.fixture
@@ -243,6 +263,37 @@ def test_status_shows_every_replica_and_the_balancers_view_of_it(team):
     assert result.stdout.count("shared (host)") == 2
 
 
+def test_the_monitor_host_scrapes_each_replicas_own_metrics_through_both_walls(team, monitor, through_the_balancer):
+    import requests
+    from mlflow import MlflowClient
+
+    *_, one, two, lb, _ = team
+    for replica in (one, two):
+        for url in (f"http://{replica.address}:9718/metrics", f"https://{replica.address}:5000/health"):
+            with pytest.raises(requests.ConnectionError):
+                requests.get(url, verify=False, timeout=10)
+        assert sidecar_env(replica)[0] == sidecar_env(replica)[1]
+    wait_for(lambda: {r["metric"]["host"] for r in query(monitor, 'up{job="tracking"} == 1')} == {"mlt46", "mlt47"}, 60,
+             "both replicas' metrics scraped")
+
+    def answered() -> float:
+        """The replicas' 200s so far, as their metrics services serve them to the monitor host."""
+        lines = [line for replica in (one, two) for line in monitor.run(f"curl -sf http://{replica.address}:9718/metrics").stdout.splitlines()
+                 if line.startswith("mlflow_http_request_total{") and 'status="200"' in line]
+        return sum(float(line.split()[-1]) for line in lines)
+
+    before = answered()
+    client = MlflowClient(through_the_balancer)
+    for _ in range(20):
+        client.search_experiments(max_results=1)
+    after = answered()
+    assert after - before >= 20, (before, after)
+    scraped = wait_for(lambda: query(monitor, f'sum by (host) (mlflow_http_request_total{{job="tracking", status="200"}}) and on () '
+                                              f'sum(mlflow_http_request_total{{job="tracking", status="200"}}) >= {after}'), 60,
+                       "the replicas' answers in Prometheus")
+    assert {r["metric"]["host"] for r in scraped} == {"mlt46", "mlt47"}, "both replicas answered the balancer"
+
+
 def test_a_replica_killed_under_load_costs_no_read_and_no_client_write(team, load_run):
     _, _, one, *_ = team
     url, run_id = load_run
@@ -386,7 +437,7 @@ def test_a_restore_says_which_artifacts_are_missing_then_brings_back_the_runs_of
     assert one.run("test -e /var/backups/mlflow/.restore-shared", check=False).returncode != 0, "the staged backup was left"
 
 
-def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_every_run(team, load_run):
+def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_every_run(team, load_run, monitor):
     from mlflow import MlflowClient
 
     *_, one, two, lb, inventory = team
@@ -404,6 +455,8 @@ def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_ever
     for host in (one, two):
         assert host.run("curl -s -K /etc/mlflow/admin.curl http://127.0.0.1:5050/version").stdout.strip() == NEW
         assert host.run("ls /opt/mlflow/envs | grep -c tracking-").stdout.strip() == "1"
+        unit_env, sidecar = sidecar_env(host)
+        assert sidecar == unit_env, "the metrics service restarted with the server, in the new env"
     assert client.get_run(kept.info.run_id).data.metrics["accuracy"] == 0.93
     # what the issue asks of an upgrade: how long requests fail, if at all; MLflow's client rides it out (it retries 5xx).
     # Most runs fail none; one full-suite run of five had 507 of 6213 reads answered 500, its cause not found yet: the
