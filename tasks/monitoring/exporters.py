@@ -21,9 +21,9 @@ from tasks.ops.firewall import FirewallPolicy, Wall
 from tasks.ops.health import HttpCheck, gate_script, probe_command, probe_healthy
 from tasks.ops.metrics import TEXTFILE_DIR, textfile_script
 from tasks.ops.nginx import config_step
+from tasks.ops.pyenv import ENVS_ROOT
 from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages
-from tasks.ops.pyenv import ENVS_ROOT
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.serving.balancer import REQUESTS_LOG
 from tasks.templates import TEMPLATES, render, render_script
