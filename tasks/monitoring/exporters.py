@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from tasks.inventory import Host, Inventory, MonitoringSettings
+from tasks.inventory import Host, Inventory, MonitoringSettings, address_port
 from tasks.ops import facts as f
 from tasks.ops import firewall
 from tasks.ops.files import ensure_file
@@ -71,10 +71,6 @@ UNRECORDED_BACKUP = f.Fact("unrecorded_backup", f"[ -e {BACKUP_METRIC_FILE} ] ||
                                                 "| head -1 | xargs -r stat -c %Y")
 
 
-def listen_address(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 @dataclass(frozen=True)
 class Exporter:
     """One exporter's service: its unit, where it listens, and a metric its /metrics always shows."""
@@ -86,7 +82,7 @@ class Exporter:
 
     @property
     def address(self) -> str:
-        return listen_address(self.host_address, self.port)
+        return address_port(self.host_address, self.port)
 
     @property
     def checks(self) -> list[HttpCheck]:

@@ -11,8 +11,8 @@ import base64
 from dataclasses import dataclass
 
 from tasks.converge import converge_host
-from tasks.inventory import Host, Inventory, MonitoringSettings
-from tasks.monitoring.exporters import Exporter, ExporterTarget, listen_address, serving_steps
+from tasks.inventory import Host, Inventory, MonitoringSettings, address_port
+from tasks.monitoring.exporters import Exporter, ExporterTarget, serving_steps
 from tasks.serving.balancer import model_names
 from tasks.tracking.service import TrackingService
 from tasks.ops import facts as f
@@ -121,14 +121,14 @@ def tls_endpoints(inventory: Inventory) -> tuple[ScrapeTarget, ...]:
     """What clients reach over TLS: each one-host tracking server's front door, and on lb hosts each model's port and the
     tracking service's (the replicas behind a balancer answer it alone)."""
     service = TrackingService.of(inventory)
-    endpoints = [ScrapeTarget(listen_address(host.address, host.tracking.port), {"host": host.name, "endpoint": "tracking"})
+    endpoints = [ScrapeTarget(address_port(host.address, host.tracking.port), {"host": host.name, "endpoint": "tracking"})
                  for host in inventory.with_role("tracking") if host.tracking.tls and not service.fronted]
     for lb in inventory.with_role("lb"):
         if inventory.lb.tls:
-            endpoints += [ScrapeTarget(listen_address(lb.address, inventory.models.get(name, inventory.models[""]).port),
+            endpoints += [ScrapeTarget(address_port(lb.address, inventory.models.get(name, inventory.models[""]).port),
                                        {"host": lb.name, "endpoint": f"model {name}"}) for name in model_names(inventory)]
         if service.fronted and service.settings.tls:
-            endpoints.append(ScrapeTarget(listen_address(lb.address, service.settings.port), {"host": lb.name, "endpoint": "tracking"}))
+            endpoints.append(ScrapeTarget(address_port(lb.address, service.settings.port), {"host": lb.name, "endpoint": "tracking"}))
     return tuple(endpoints)
 
 

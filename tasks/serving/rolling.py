@@ -19,7 +19,7 @@ from rich.table import Table
 
 from tasks import fleet
 from tasks.fleet import Connect, in_parallel
-from tasks.inventory import Host, Inventory
+from tasks.inventory import Host, Inventory, address_port
 from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, console, show_error, show_note, show_recap
@@ -259,14 +259,9 @@ def _bake_can_read(bake: Bake, deploys: list[HostRollout]) -> bool:
     return True
 
 
-def upstream_address(address: str, port: int) -> str:
-    """As nginx writes the server it used: [IPv6]:port, else address:port."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def _bake_canary(canary: list[HostRollout], bake: Bake, balancer: Balancer | None) -> bool:
     """The canary under its live traffic for the bake's seconds; a breach (or logs that can't be read) rolls it back."""
-    upstreams = [upstream_address(d.remote.host.address, d.remote.host.model(bake.model).port) for d in canary]
+    upstreams = [address_port(d.remote.host.address, d.remote.host.model(bake.model).port) for d in canary]
     console.rule(f"bake: {', '.join(d.name for d in canary)} under live traffic for {bake.limits.seconds:g} s ({bake.limits.describe()})")
     try:
         bake.start()

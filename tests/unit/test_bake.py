@@ -66,7 +66,7 @@ def test_a_balancer_log_that_cannot_be_read_stops_the_deploy_before_the_first_sw
 def test_the_canarys_answers_are_read_after_the_offset_under_every_address_its_name_resolves_to(tmp_path):
     import subprocess
 
-    from tasks.serving.rolling import upstream_address
+    from tasks.inventory import address_port
     from tasks.templates import render_script
 
     log = tmp_path / "mlflow-models.log"
@@ -77,6 +77,6 @@ def test_the_canarys_answers_are_read_after_the_offset_under_every_address_its_n
                    'iris 200 0.001 "127.0.0.1:5001"\n'
                    'wine 200 0.003 "[fd00::1]:5001"\n')
     script = render_script("bake-answers.sh.j2", log=str(log), offset=len(before), model="wine",
-                           upstreams=[upstream_address("localhost", 5001), upstream_address("fd00::1", 5001)])
+                           upstreams=[address_port("localhost", 5001), address_port("fd00::1", 5001)])
     answers = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert parse_answers(answers) == [(200, 0.004), (400, 0.002), (200, 0.003)]
