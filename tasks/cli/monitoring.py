@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 
 from fabric import task
 from invoke.exceptions import Exit
@@ -29,6 +30,20 @@ def free_local_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening(port: int, timeout: float = 10) -> bool:
+    """Whether 127.0.0.1:PORT takes connections within TIMEOUT seconds (Fabric's tunnel binds it in a thread of its own,
+    after forward_local has returned)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 @task(help={"local-port": "the port on this machine (default: a free one)"})
 def monitor(c, local_port=0):
     """Open Prometheus of the first monitor host (or -H) here, through an SSH tunnel, until Ctrl-C; nothing is exposed on the network."""
@@ -44,6 +59,8 @@ def monitor(c, local_port=0):
         remote.connect()
         with remote.connection.forward_local(port, remote_port=inventory.monitoring.prometheus_port, remote_host="127.0.0.1",
                                              local_host="127.0.0.1"):
+            if not listening(port):
+                raise Exit(f"error: the tunnel's local port 127.0.0.1:{port} did not open within 10 s (in use? try --local-port)", code=1)
             print(f"Prometheus of {hosts[0].name}: http://127.0.0.1:{port}/  (alerts: http://127.0.0.1:{port}/alerts; Ctrl-C closes the tunnel)",
                   flush=True)
             try:

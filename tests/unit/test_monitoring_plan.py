@@ -264,3 +264,15 @@ def test_prometheus_scrapes_each_tracking_servers_metrics_and_alerts_on_its_erro
     jobs = {job["job_name"]: job for job in yaml.safe_load(target.config())["scrape_configs"]}
     assert jobs["tracking"]["static_configs"] == [{"targets": ["10.0.0.5:9718"], "labels": {"host": "t1"}}]
     assert "tracking:errors:ratio5m > 0.2" in target.rules()
+
+
+def test_fab_monitor_prints_its_url_only_once_the_tunnels_port_takes_connections():
+    import socket
+
+    from tasks.cli.monitoring import free_local_port, listening
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        assert listening(server.getsockname()[1])
+    assert not listening(free_local_port(), timeout=0.2)
