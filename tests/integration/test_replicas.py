@@ -459,8 +459,8 @@ def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_ever
         assert sidecar == unit_env, "the metrics service restarted with the server, in the new env"
     assert client.get_run(kept.info.run_id).data.metrics["accuracy"] == 0.93
     # what the issue asks of an upgrade: how long requests fail, if at all; MLflow's client rides it out (it retries 5xx).
-    # Most runs fail none; one full-suite run of five had 507 of 6213 reads answered 500, its cause not found yet: the
-    # assertion bounds how long, and a failure shows what the servers logged.
+    # Most runs fail none. Known defect (README): a replica still on the old MLflow that sets up its store after the
+    # migration answers 500 ("out-of-date database schema") until it is rolled; this assertion fails when that happens.
     assert load.failed_writes == 0 and load.failing_seconds <= 15, load.outcome() + "\n" + server_errors(one, two)
     if load.failed_reads:
         print("reads that failed during the upgrade:", load.outcome(), server_errors(one, two), sep="\n")
