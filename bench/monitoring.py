@@ -1,10 +1,11 @@
 """What monitoring costs a host at rest: CPU and memory of the exporters setup-monitoring installs (the node exporter on
-every host, mtail and the nginx exporter on lb hosts, the tracking server's metrics service and the PostgreSQL exporter
-on a tracking host) and of Prometheus and the blackbox exporter on the monitor host, scraped every 15 s (the default).
+every host, mtail on lb and model hosts, the nginx exporter on lb hosts, the tracking server's metrics service and the
+PostgreSQL exporter on a tracking host) and of Prometheus and the blackbox exporter on the monitor host, scraped every 15 s (the default).
 
     .venv/bin/python bench/monitoring.py [--windows 3] [--seconds 60]
 
-Fresh testbed hosts: a monitor host, an lb host, a model host and a tracking host (no TLS, no sign-in). Each process is measured over windows of --seconds
+Fresh testbed hosts: a monitor host, an lb host, a model host serving the wine model, and a tracking host (no TLS, no
+sign-in). Each process is measured over windows of --seconds
 (CPU from /proc/PID/stat, resident memory from /proc/PID/status); prints the median of the windows.
 """
 
@@ -20,9 +21,10 @@ from common import timed_fab
 
 from tests.integration.fabrun import host_entry, write_inventory
 from tests.testbed import Testbed
+from tests.wine import log_wine_model
 
 MONITOR, LB, MODELS, TRACKING = "mlt55", "mlt56", "mlt57", "mlt59"
-PROCESSES = {MODELS: ["prometheus-node-exporter"],
+PROCESSES = {MODELS: ["prometheus-node-exporter", "mtail"],
              TRACKING: ["prometheus-node-exporter", "mlflow-tracking-metrics", "prometheus-postgres-exporter"], LB: ["prometheus-node-exporter", "mtail", "prometheus-nginx-exporter"],
              MONITOR: ["prometheus-node-exporter", "prometheus", "prometheus-blackbox-exporter"]}
 # a unit's main process: /proc/PID/stat, its VmRSS line, and the clock ticks per second
@@ -51,8 +53,9 @@ def main() -> None:
                         tracking={"tls": False, "auth": False, "workers": 2})
         timed_fab(inventory, "setup-lb")  # nginx in front of the model host: what mtail and the nginx exporter read
         timed_fab(inventory, "setup-tracking")
+        timed_fab(inventory, "deploy-model", "--run-id", log_wine_model(f"http://{hosts[TRACKING].address}:5000"))
         seconds, _, _ = timed_fab(inventory, "setup-monitoring")
-        print(f"setup-monitoring on 4 hosts (fresh but for the tracking server and the balancer): {seconds:.1f} s", flush=True)
+        print(f"setup-monitoring on 4 hosts (fresh but for the tracking server, the balancer and the model): {seconds:.1f} s", flush=True)
         cpu: dict[tuple[str, str], list[float]] = {}
         memory: dict[tuple[str, str], list[float]] = {}
         for window in range(args.windows):

@@ -31,7 +31,8 @@ def status(c):
     console.print(table)
     live = next((report for report in reports if LIVE_FIGURES in report.details), None)
     if live:
-        figures = Table(f"model (last 5 minutes at the balancers, Prometheus on {live.host})", *FIGURES)
+        measured_at = "the balancers" if inventory.with_role("lb") else "the model hosts"
+        figures = Table(f"model (last 5 minutes at {measured_at}, Prometheus on {live.host})", *FIGURES)
         for model, row in sorted(live.details[LIVE_FIGURES].items()):
             figures.add_row(model, *(row.get(column, "-") for column in FIGURES))
         console.print(figures if live.details[LIVE_FIGURES] else f"no model traffic in the last 5 minutes (Prometheus on {live.host})")

@@ -1,6 +1,7 @@
 """What every host runs for the monitor hosts: Debian's node exporter on the host's inventory address (CPU, memory, disks,
-the states of our systemd units, and the textfile metrics our scripts leave); on lb hosts mtail, turning the
-balancer's model log into request metrics per model and model host; the nginx and PostgreSQL exporters where those run;
+the states of our systemd units, and the textfile metrics our scripts leave); mtail on lb hosts, turning the
+balancer's model log into request metrics per model and model host, and on model hosts, turning each model's answer log
+into the host's own (what a model with no balancer in front has); the nginx and PostgreSQL exporters where those run;
 on tracking hosts the server's own request metrics. Each answers the monitor hosts only.
 
 Runbook this replaces: apt-get install prometheus-node-exporter (which listens on every interface); edit
@@ -26,6 +27,7 @@ from tasks.ops.steps import Step
 from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import daemon_reload, ensure_enabled, ensure_running
 from tasks.serving.balancer import REQUESTS_LOG
+from tasks.serving.deploy import ANSWERS_LOGS
 from tasks.templates import TEMPLATES, render, render_script
 from tasks.tracking import server as tracking_server
 from tasks.tracking.server import BACKUP_DIR, BACKUP_METRIC
@@ -121,6 +123,20 @@ class ExporterTarget:
         return "lb" in self.host.roles
 
     @property
+    def serves_models(self) -> bool:
+        """A model host: mtail reads each model's answer log."""
+        return "models" in self.host.roles
+
+    @property
+    def runs_mtail(self) -> bool:
+        return self.balancer or self.serves_models
+
+    @property
+    def answers_only(self) -> bool:
+        """mtail of a model host that is no lb host (a balancer's mtail is scraped as the balancer's, answers and all)."""
+        return self.serves_models and not self.balancer
+
+    @property
     def node(self) -> Exporter:
         return Exporter(NODE_EXPORTER, self.host.address, self.settings.node_exporter_port, "node_exporter_build_info")
 
@@ -157,7 +173,7 @@ class ExporterTarget:
     @property
     def exporters(self) -> list[Exporter]:
         """Every exporter of this host, the node exporter first."""
-        return ([self.node] + ([self.mtail] if self.balancer else []) + ([self.nginx] if self.runs_nginx else [])
+        return ([self.node] + ([self.mtail] if self.runs_mtail else []) + ([self.nginx] if self.runs_nginx else [])
                 + ([self.postgres] if self.runs_postgresql else []) + ([self.tracking] if self.runs_tracking else []))
 
     @property
@@ -168,7 +184,8 @@ class ExporterTarget:
         return render("prometheus-node-exporter.default.j2", listen=self.node.address, units=OUR_UNITS, textfile_dir=TEXTFILE_DIR)
 
     def mtail_defaults(self) -> str:
-        return render("prometheus/mtail.default.j2", log=REQUESTS_LOG, address=self.host.address, port=self.mtail.port)
+        logs = ([REQUESTS_LOG] if self.balancer else []) + ([ANSWERS_LOGS] if self.serves_models else [])
+        return render("prometheus/mtail.default.j2", logs=logs, address=self.host.address, port=self.mtail.port)
 
     def nginx_status(self) -> str:
         return render("prometheus/nginx-status.conf.j2", port=self.settings.nginx_status_port)
@@ -186,7 +203,7 @@ class ExporterTarget:
                       port=self.tracking.port, writable=[])
 
     def facts(self) -> list[f.Fact]:
-        mtail = [MTAIL_DEFAULTS_FILE, MTAIL_PROGRAM_FILE, *self.mtail.facts()] if self.balancer else []
+        mtail = [MTAIL_DEFAULTS_FILE, MTAIL_PROGRAM_FILE, *self.mtail.facts()] if self.runs_mtail else []
         nginx = [NGINX_STATUS_FILE, NGINX_EXPORTER_DEFAULTS_FILE, *self.nginx.facts()] if self.runs_nginx else []
         postgres = [PROMETHEUS_ROLE, POSTGRES_EXPORTER_DEFAULTS_FILE, *self.postgres.facts()] if self.runs_postgresql else []
         tracking = [TRACKING_RECORDS, TRACKING_METRICS_SCRIPT_FILE, TRACKING_METRICS_UNIT_FILE, *self.tracking.facts()] if self.runs_tracking else []
@@ -212,7 +229,7 @@ def plan(target: ExporterTarget, facts: f.Facts) -> list[Step]:
     package = ensure_packages(EXPORTER_PACKAGES, installed)
     defaults = ensure_file(NODE_EXPORTER_DEFAULTS, target.defaults(), facts[DEFAULTS_FILE])
     steps = [*wall, package, defaults, *serving_steps(target.node, facts, {"the package": package, NODE_EXPORTER_DEFAULTS: defaults})]
-    steps += mtail_steps(target, facts) if target.balancer else []
+    steps += mtail_steps(target, facts) if target.runs_mtail else []
     steps += nginx_exporter_steps(target, facts) if target.runs_nginx else []
     steps += postgres_exporter_steps(target, facts) if target.runs_postgresql else []
     steps += tracking_metrics_steps(target, facts) if target.runs_tracking else []
@@ -224,7 +241,12 @@ def nginx_exporter_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
     status = config_step(NGINX_STATUS_CONFIG, target.nginx_status(), facts[NGINX_STATUS_FILE])
     package = ensure_packages([NGINX_EXPORTER], facts[INSTALLED], name="packages (nginx exporter)")
     defaults = ensure_file(NGINX_EXPORTER_DEFAULTS, target.nginx_exporter_defaults(), facts[NGINX_EXPORTER_DEFAULTS_FILE])
-    return [status, package, defaults, *serving_steps(target.nginx, facts, {"the package": package, NGINX_EXPORTER_DEFAULTS: defaults})]
+    # the exporter exits when nginx refuses it, and its gate fails on that restart: nginx answers first
+    stub_status = f"http://127.0.0.1:{target.settings.nginx_status_port}/stub_status"
+    answering = (f"for i in $(seq 100); do curl -sf -o /dev/null {stub_status} && break; sleep 0.1; done\n"
+                 f"curl -sf -o /dev/null {stub_status} || {{ echo 'nginx does not answer {stub_status}'; exit 1; }}")
+    inputs = {"the package": package, NGINX_EXPORTER_DEFAULTS: defaults}
+    return [status, package, defaults, *serving_steps(target.nginx, facts, inputs, before_start=answering)]
 
 
 def postgres_exporter_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
@@ -251,7 +273,7 @@ def tracking_metrics_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]
 
 
 def mtail_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
-    """mtail on the balancer's model log, its program compiled before it is installed; a change restarts it (the
+    """mtail on the balancer's model log and the models' answer logs, its program compiled before it is installed; a change restarts it (the
     counters start again from 0, which Prometheus' rate() takes as a reset)."""
     package = ensure_packages([MTAIL], facts[INSTALLED], name="packages (mtail)")
     program = program_text()
@@ -263,11 +285,12 @@ def mtail_steps(target: ExporterTarget, facts: f.Facts) -> list[Step]:
     return [package, *([compiled] if install.changed else []), install, defaults, *serving_steps(target.mtail, facts, inputs)]
 
 
-def serving_steps(exporter: Exporter, facts: f.Facts, inputs: dict[str, Step]) -> list[Step]:
-    """(Re)started when an input changed or it is down, enabled, and gated on its /metrics as Prometheus will ask it."""
+def serving_steps(exporter: Exporter, facts: f.Facts, inputs: dict[str, Step], before_start: str = "") -> list[Step]:
+    """(Re)started when an input changed or it is down (after BEFORE_START, a script), enabled, and gated on its /metrics
+    as Prometheus will ask it."""
     restart = ensure_running(exporter.unit, exporter.port, facts[exporter.state_fact], [name for name, step in inputs.items() if step.changed])
     if restart.changed:  # Debian's exporters start on install, before their config, and may have hit their start limit
-        restart.script = f"systemctl reset-failed {exporter.unit} 2>/dev/null || true\n{restart.script}"
+        restart.script = f"{before_start}\nsystemctl reset-failed {exporter.unit} 2>/dev/null || true\n{restart.script}".lstrip()
     steps = [restart, ensure_enabled(exporter.unit, facts[exporter.state_fact])]
     if restart.changed or not probe_healthy(facts[exporter.probe_fact], exporter.checks):
         return steps + [Step.change(f"{exporter.unit} gate", f"wait up to {GATE_TIMEOUT} s for {exporter.address}/metrics",

@@ -1,5 +1,5 @@
 """Each model's live figures over the last 5 minutes, read from a monitor host's Prometheus (its recording rules of the
-balancers' request metrics): what `fab status` shows beside the hosts."""
+balancers' request metrics, or of the model hosts' own with no balancer in front): what `fab status` shows beside the hosts."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class PrometheusTarget:
 
     host: Host
     settings: MonitoringSettings
-    # job name -> what it scrapes: the node exporters first, then mtail, the nginx and PostgreSQL exporters and the
+    # job name -> what it scrapes: the node exporters first, then mtail (balancers, model hosts), the nginx and PostgreSQL exporters and the
     # tracking servers' metrics where they run
     jobs: dict[str, tuple[ScrapeTarget, ...]]
     # the TLS endpoints of hosts.toml, whose certificates the blackbox exporter here reads
@@ -109,7 +109,7 @@ def node_target(exporter: ExporterTarget) -> ScrapeTarget:
 
 def scrape_jobs(exporters: list[ExporterTarget]) -> dict[str, tuple[ScrapeTarget, ...]]:
     jobs = {"node": tuple(node_target(exporter) for exporter in exporters)}
-    for job, runs, exporter_of in (("balancer", "balancer", "mtail"), ("nginx", "runs_nginx", "nginx"), ("postgres", "runs_postgresql", "postgres"),
+    for job, runs, exporter_of in (("balancer", "balancer", "mtail"), ("models", "answers_only", "mtail"), ("nginx", "runs_nginx", "nginx"), ("postgres", "runs_postgresql", "postgres"),
                                     ("tracking", "runs_tracking", "tracking")):
         found = tuple(ScrapeTarget(getattr(target, exporter_of).address, {"host": target.host.name}) for target in exporters if getattr(target, runs))
         if found:

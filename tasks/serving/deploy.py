@@ -50,14 +50,20 @@ from tasks.serving.history import (
 )
 from tasks.serving.source import ModelArtifact, manifest
 from tasks.serving.switch import Transaction
-from tasks.templates import render
+from tasks.templates import TEMPLATES, render
 
 MODEL_USER = "mlflow-model"
 MODEL_HOME = "/var/lib/mlflow-model"
 MODEL_CONFIG_DIR = "/etc/mlflow/models"
 ENV_PREFIX = "model"
 UNIT_TEMPLATE = "/etc/systemd/system/mlflow-model@.service"
-MODEL_PACKAGES = ["python3-venv", "curl", "ca-certificates", "iproute2"]
+MODEL_PACKAGES = ["python3-venv", "curl", "ca-certificates", "iproute2", "logrotate"]
+# Each model's answers, one line each (templates/mlflow_fab_answers.py writes them, mtail reads them):
+# /var/log/ANSWERS_DIRECTORY/NAME.log, the units' LogsDirectory
+ANSWERS_DIRECTORY = "mlflow-models"
+ANSWERS_LOGS = f"/var/log/{ANSWERS_DIRECTORY}/*.log"
+ANSWERS_SCRIPT = "/usr/local/lib/mlflow-fab/serving/mlflow_fab_answers.py"
+ANSWERS_LOGROTATE = "/etc/logrotate.d/mlflow-models"
 SAMPLE = "sample.json"
 
 
@@ -82,6 +88,8 @@ ENV_LINKS = f.Fact("env_links", f"for l in {MODELS_ROOT}/*/releases/*/env; do pr
 # `PATH:PORT=N` per model configured on the host
 PORTS = f.Fact("ports", f"grep -H '^PORT=' {MODEL_CONFIG_DIR}/*.env")
 UNIT_TEMPLATE_FILE = f.file_content(UNIT_TEMPLATE)
+ANSWERS_SCRIPT_FILE = f.file_content(ANSWERS_SCRIPT)
+ANSWERS_LOGROTATE_FILE = f.file_content(ANSWERS_LOGROTATE)
 AUDIT_TAIL = f.Fact("audit", f"tail -n 200 {AUDIT_LOG}")
 
 
@@ -164,6 +172,8 @@ class ModelHost:
             ENV_LINKS,
             PORTS,
             UNIT_TEMPLATE_FILE,
+            ANSWERS_SCRIPT_FILE,
+            ANSWERS_LOGROTATE_FILE,
             self.env_file_fact,
             self.service_fact,
             self.running_fact,
@@ -237,7 +247,16 @@ def switch_transaction(model: ModelHost, release: str, served: str, current: str
 
 
 def render_unit() -> str:
-    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=MODELS_ROOT, config_dir=MODEL_CONFIG_DIR, writable=[MODEL_HOME])
+    return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=MODELS_ROOT, config_dir=MODEL_CONFIG_DIR,
+                  answers_script=ANSWERS_SCRIPT, answers_directory=ANSWERS_DIRECTORY, writable=[MODEL_HOME])
+
+
+def answers_script() -> str:
+    return (TEMPLATES / "mlflow_fab_answers.py").read_text()
+
+
+def answers_logrotate() -> str:
+    return render("logrotate-mlflow-models.j2", answers_dir=f"/var/log/{ANSWERS_DIRECTORY}", user=MODEL_USER)
 
 
 def port_conflict(name: str, port: int, ports_fact: str) -> str:
@@ -327,12 +346,14 @@ def plan_deploy(model: ModelHost, deployment: Deployment, facts: f.Facts,
 
     env_file = render("model.env.j2", name=model.name, port=settings.port, workers=settings.workers)
     env_file_step = ensure_file(model.env_file, env_file, facts[model.env_file_fact])
-    unit = render_unit()
-    unit_step = ensure_file(UNIT_TEMPLATE, unit, facts[UNIT_TEMPLATE_FILE])
-    plan.stage += [env_file_step, unit_step, daemon_reload(unit_step.changed)]
+    unit_step = ensure_file(UNIT_TEMPLATE, render_unit(), facts[UNIT_TEMPLATE_FILE])
+    script_step = ensure_file(ANSWERS_SCRIPT, answers_script(), facts[ANSWERS_SCRIPT_FILE])
+    logrotate_step = ensure_file(ANSWERS_LOGROTATE, answers_logrotate(), facts[ANSWERS_LOGROTATE_FILE])
+    plan.stage += [env_file_step, unit_step, script_step, logrotate_step, daemon_reload(unit_step.changed)]
 
     plan.served = served_release(model, facts, releases)
-    plan.switch = switch_steps(model, facts, release, current, plan.served, settings_changed=env_file_step.changed, unit_changed=unit_step.changed)
+    plan.switch = switch_steps(model, facts, release, current, plan.served, settings_changed=env_file_step.changed,
+                               unit_changed=unit_step.changed or script_step.changed)
     recorded = recorded_release(facts[model.history_fact])
     plan.transaction = switch_transaction(model, release, plan.served, current, recorded, plan.switch, "deploy", deployment.by)
     plan.prune = prune_steps(model, facts, releases, current_after=release, env_path=env_path)

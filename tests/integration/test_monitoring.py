@@ -160,6 +160,31 @@ def test_predictions_through_the_balancer_give_each_models_request_rate_and_late
     assert 0 < float(p99[0]["value"][1]) < 10 and float(errors[0]["value"][1]) == 0
 
 
+def test_each_model_host_measures_its_own_answers(watched):
+    """What each model host served, from the answer log its model server writes (mtail on the host): the predictions the
+    balancer sent, and those sent to the host itself, a malformed one answered 400."""
+    monitor, other = watched.monitor, watched.other
+    wait_for(lambda: {r["metric"]["host"] for r in query(monitor, 'up{job="models"} == 1')} == {"mlt53", "mlt54"}, 60,
+             "mtail on both model hosts up")
+    line = other.run("tail -n 1 /var/log/mlflow-models/model.log").stdout.strip()
+    assert line.startswith("served model 200 ") and line.endswith(f" {other.address}:5001"), line
+    other.run("cat > /root/row.json", input=json.dumps(ROW))
+    send = f"curl -s -o /dev/null -w '%{{http_code}}\\n' -H 'Content-Type: application/json' http://{other.address}:5001/invocations"
+    assert other.run(f"for i in $(seq 30); do {send} --data-binary @/root/row.json; done").stdout.split() == ["200"] * 30
+    assert other.run(f"for i in $(seq 10); do {send} --data-binary '{{\"nope\": 1}}'; done").stdout.split() == ["400"] * 10
+    address = f"{other.address}:5001"
+    def served() -> dict[str, float]:
+        promql = f'sum by (status) (mlflow_model_served_total{{job="models", host="mlt54", model="model", address="{address}"}})'
+        statuses = {r["metric"]["status"]: float(r["value"][1]) for r in query(monitor, promql)}
+        return statuses if statuses.get("400", 0) >= 10 else {}
+
+    counted = wait_for(served, 60, "the 400s counted on mlt54")
+    assert counted["200"] >= 40 + 30 and set(counted) == {"200", "400"}, f"the balancer's 40 at least and the host's own 30: {counted}"
+    assert wait_for(lambda: query(monitor, 'model_host:errors:ratio5m{model="model", host="mlt54"} > 0'), 60, "mlt54's error ratio")
+    assert wait_for(lambda: query(monitor, 'model_host:latency_seconds:p99_5m{model="model", host="mlt54"} > 0'), 60, "mlt54's p99")
+    assert other.run("stat -c '%U %a' /var/log/mlflow-models/model.log").stdout.split() == ["mlflow-model", "644"]
+
+
 def test_status_shows_each_models_live_figures(watched):
     result = fab(watched.inventory, "status")
     assert result.returncode == 0, result.stdout[-3000:]
@@ -287,6 +312,30 @@ def test_a_bake_that_cannot_read_the_balancers_log_stops_the_deploy_before_the_f
         watched.lb.run("nginx -s reopen")
     assert result.returncode != 0 and "stopping before the first switch" in result.stdout, result.stdout[-4000:]
     assert {host.name: serving(host) for host in (watched.models, watched.other)} == before
+
+
+def test_with_no_balancer_a_models_live_figures_come_from_its_hosts(watched, tmp_path):
+    """An inventory with no lb host: model solo on mlt54 alone, its clients straight on the host; Prometheus (set up
+    again for this inventory) has its figures from the host's answer log, and `fab status` shows them."""
+    import requests
+
+    monitor, other, store = watched.monitor, watched.other, watched.env["MLFLOW_TRACKING_URI"]
+    inventory = write_inventory(tmp_path / "hosts.toml", {"mlt50": host_entry(monitor, ["monitor"]), "mlt54": host_entry(other, ["models"])},
+                                monitoring={"scrape_interval": "1s", "evaluation_interval": "1s"})
+    inventory.write_text(inventory.read_text() + "[models.solo]\nport = 5002\n")
+    for task in (("deploy-model", "--run-id", log_wine_model(store, alpha=0.7), "--name", "solo"), ("setup-monitoring",)):
+        result = fab(inventory, *task, env=watched.env)
+        assert result.returncode == 0, result.stdout[-4000:]
+    for _ in range(2):  # mtail makes a series at its first line: rates need the increase a second round brings
+        for _ in range(40):
+            assert requests.post(f"http://{other.address}:5002/invocations", json=ROW, timeout=30).status_code == 200
+        wait_for(lambda: query(monitor, 'sum(mlflow_model_served_total{model="solo", status="200"}) >= 40'), 60, "solo's answers counted")
+    assert wait_for(lambda: query(monitor, 'model:requests:rate5m{model="solo"} > 0'), 60, "solo's request rate, from its host")
+    result = fab(inventory, "status")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "last 5 minutes at the model hosts, Prometheus on mlt50" in result.stdout, result.stdout[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("solo "))
+    assert "0.0%" in row and " ms" in row, row
 
 
 def test_a_monitor_host_that_goes_away_does_not_block_a_deploy_without_bake(watched):

@@ -18,6 +18,8 @@ from tasks.serving.deploy import (
     MODEL_CONFIG_DIR,
     Deployment,
     ModelHost,
+    answers_logrotate,
+    answers_script,
     env_spec,
     port_conflict,
     python_mismatch,
@@ -57,7 +59,7 @@ def served_facts(model, deployment, release) -> dict:
     env = spec.path("/opt/mlflow/envs", "model")
     manifest = {"digest": deployment.artifact.digest, "env_hash": spec.digest}
     facts = {
-        deploy.INSTALLED_PACKAGES: "python3-venv ii\ncurl ii\nca-certificates ii\niproute2 ii",
+        deploy.INSTALLED_PACKAGES: "python3-venv ii\ncurl ii\nca-certificates ii\niproute2 ii\nlogrotate ii",
         deploy.MODEL_USER_EXISTS: "997",
         deploy.HOST_PYTHON: "3.11",
         model.releases_fact: f"{release}\t{json.dumps(manifest)}",
@@ -67,6 +69,8 @@ def served_facts(model, deployment, release) -> dict:
         deploy.ENVS: Path(env).name,
         deploy.ENV_LINKS: f"{model.releases_dir}/{release}/env {env}",
         deploy.UNIT_TEMPLATE_FILE: file_fact(render_unit()),
+        deploy.ANSWERS_SCRIPT_FILE: file_fact(answers_script()),
+        deploy.ANSWERS_LOGROTATE_FILE: file_fact(answers_logrotate()),
         model.env_file_fact: file_fact(render("model.env.j2", name="wine", port=5001, workers=1)),
         model.service_fact: "ActiveState=active\nUnitFileState=enabled\nMainPID=77",
         model.probe_fact: "/ping 200\n/invocations 200",

@@ -64,7 +64,8 @@ def test_every_host_gets_an_exporter_on_its_inventory_address_answering_the_moni
     assert set(targets) == {"mon1", "t1", "m1"}
     assert targets["m1"].node.address == "[fd00::7]:9100" and "--web.listen-address=[fd00::7]:9100" in targets["m1"].defaults()
     assert targets["t1"].wall.sources == ("10.0.0.9",) and targets["t1"].ports == [9100, 9113, 9187, 9718], "node, nginx (TLS front door), postgres, tracking"
-    assert targets["m1"].ports == [9100]
+    assert targets["m1"].ports == [9100, 3903], "node, mtail (the models' answer logs)"
+    assert "LOGS=/var/log/mlflow-models/*.log\n" in targets["m1"].mtail_defaults()
     assert targets["mon1"].ports == [9100, 9090], "the monitor's own Prometheus port is behind the wall while it installs"
     rules = firewall.render_rules(targets["t1"].wall.wall, [9100], ["10.0.0.9"])
     assert "table inet mlflow_fab_monitor" in rules and "tcp dport { 9100 } ip saddr { 10.0.0.9 } accept" in rules
@@ -228,7 +229,8 @@ def test_every_tls_endpoint_is_probed_for_its_certificate_and_each_exporter_has_
     (target,) = prometheus.targets(loaded, exporters.targets(loaded))
     config = yaml.safe_load(target.config())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "node", "balancer", "nginx", "postgres", "tracking", "tls"}
+    assert set(jobs) == {"prometheus", "node", "balancer", "models", "nginx", "postgres", "tracking", "tls"}
+    assert [c["targets"][0] for c in jobs["models"]["static_configs"]] == ["[fd00::7]:3903"]
     assert [c["targets"][0] for c in jobs["nginx"]["static_configs"]] == ["10.0.0.5:9113", "10.0.0.20:9113"]
     assert [c["targets"][0] for c in jobs["postgres"]["static_configs"]] == ["10.0.0.5:9187"]
     assert jobs["tls"]["static_configs"] == [{"targets": ["10.0.0.5:5000"], "labels": {"host": "t1", "endpoint": "tracking"}},
