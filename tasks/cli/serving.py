@@ -46,6 +46,7 @@ BAKE_HELP = {
     "bake": "after the canary passed its gate, watch its live traffic at the balancers for this many seconds; a breach rolls it back",
     "max-error-rate": "with --bake: the share of 5xx answers the canary may give (default 1%)",
     "max-p99": "with --bake: the canary's p99 latency limit (default 250ms)",
+    "canary-weight": "with --bake: the canary's share of the traffic while it bakes (nginx weights), e.g. 10%; default its plain share",
 }
 
 
@@ -59,11 +60,13 @@ def rolling_options(batch_size, canary, max_failures, pause, rollback_all, break
     return RollingOptions(str(batch_size), int(canary), int(max_failures), float(pause), rollback_all, break_lock, bake)
 
 
-def bake_limits(c, bake, max_error_rate, max_p99, canary):
+def bake_limits(c, bake, max_error_rate, max_p99, canary, canary_weight=""):
     """--bake's limits, checked before anything is fetched: it needs a canary, and lb hosts whose log shows its traffic."""
-    from tasks.serving.bake import BakeError, BakeLimits, error_rate, seconds
+    from tasks.serving.bake import BakeError, BakeLimits, error_rate, seconds, share
 
     if not float(bake):
+        if canary_weight:
+            raise Exit("error: --canary-weight sets the canary's share while it bakes: give --bake SECONDS too", code=2)
         return None
     if float(bake) < 0:
         raise Exit("error: --bake must be a number of seconds", code=2)
@@ -72,7 +75,7 @@ def bake_limits(c, bake, max_error_rate, max_p99, canary):
     if not arguments.inventory(c).with_role("lb"):
         raise Exit("error: --bake reads the canary's traffic at the balancer: the inventory has no lb host; nothing was changed", code=2)
     try:
-        return BakeLimits(float(bake), error_rate(max_error_rate), seconds(max_p99))
+        return BakeLimits(float(bake), error_rate(max_error_rate), seconds(max_p99), share(canary_weight))
     except BakeError as error:
         raise Exit(f"error: {error}", code=2) from None
 
@@ -89,7 +92,8 @@ def bake_limits(c, bake, max_error_rate, max_p99, canary):
     }
 )
 def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, check=False, batch_size="1", canary=0,
-                 max_failures=0, pause=0.0, rollback_all=False, break_lock=False, bake=0.0, max_error_rate="1%", max_p99="250ms"):
+                 max_failures=0, pause=0.0, rollback_all=False, break_lock=False, bake=0.0, max_error_rate="1%", max_p99="250ms",
+                 canary_weight=""):
     """Deploy a model from the tracking server to the "models" hosts: preflight in parallel, then batches with a health gate and rollback."""
     from tasks.serving.deploy import Deployment, HostDeploy
     from tasks.serving.firewall import policy as firewall_policy
@@ -99,7 +103,7 @@ def deploy_model(c, run_id=None, model_uri=None, name="model", sample=None, chec
 
     name = checked_name(name)
     options = rolling_options(batch_size, canary, max_failures, pause, rollback_all, break_lock,
-                              bake_limits(c, bake, max_error_rate, max_p99, canary))
+                              bake_limits(c, bake, max_error_rate, max_p99, canary, canary_weight))
     hosts = arguments.hosts_for(c, role="models")
     check_fronted(c, name)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 from tasks.ops.remote import HostError, Remote
 from tasks.ops.steps import Step, apply
@@ -44,11 +45,40 @@ def seconds(text: str) -> float:
     return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
 
 
+def share(text: str) -> Fraction | None:
+    """--canary-weight '10%' or '0.1' -> 1/10 of the traffic; '' -> None (the canary's plain share)."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        value = Fraction(text[:-1]) / 100 if text.endswith("%") else Fraction(text)
+    except ValueError:
+        raise BakeError(f"--canary-weight {text!r}: give a percentage (10%) or a fraction (0.1)") from None
+    if not 0 < value < 1:
+        raise BakeError(f"--canary-weight {text!r}: more than 0% and less than 100%")
+    return value.limit_denominator(1000)
+
+
+def weights(canary: set[str], hosts: list[str], traffic: Fraction) -> dict[str, int]:
+    """nginx weights giving the canary hosts together that share of the traffic and the other hosts the rest, each
+    group split evenly: canary c hosts of weight a, o others of weight b with c*a / (c*a + o*b) = share."""
+    others = [host for host in hosts if host not in canary]
+    if not canary or not others:
+        return {}
+    canary_weight, other_weight = traffic * len(others), (1 - traffic) * len(canary)
+    scale = math.lcm(canary_weight.denominator, other_weight.denominator)
+    a, b = int(canary_weight * scale), int(other_weight * scale)
+    divisor = math.gcd(a, b)
+    return {host: (a if host in canary else b) // divisor for host in hosts}
+
+
 @dataclass(frozen=True)
 class BakeLimits:
     seconds: float
     max_error_rate: float
     max_p99: float
+    # the canary's share of the traffic while it bakes (nginx weights); None: its plain share
+    canary_share: Fraction | None = None
 
     def describe(self) -> str:
         return f"error rate <= {self.max_error_rate:.1%}, p99 <= {self.max_p99 * 1000:.0f} ms"

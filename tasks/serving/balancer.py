@@ -51,6 +51,7 @@ class Server:
     address: str
     port: int
     down: bool = False
+    weight: int | None = None  # set while a canary bakes with its own share of the traffic
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,14 @@ def config_path(model: str) -> str:
     return f"{NGINX_CONF_D}/mlflow-model-{model}.conf"
 
 
-def upstream(inventory: Inventory, name: str, drained: frozenset[str] = frozenset()) -> Upstream:
-    """Model `name` over every models host, each on its own port for the model; drained holds host names to mark down."""
+def upstream(inventory: Inventory, name: str, drained: frozenset[str] = frozenset(), weights: dict[str, int] | None = None) -> Upstream:
+    """Model `name` over every models host, each on its own port for the model; drained holds host names to mark down,
+    weights the nginx weight of each host (a canary's share of the traffic while it bakes)."""
     return Upstream(
         name,
         inventory.models.get(name, inventory.models[""]).port,
-        tuple(Server(h.name, h.address, h.model(name).port, h.name in drained) for h in inventory.with_role("models")),
+        tuple(Server(h.name, h.address, h.model(name).port, h.name in drained, (weights or {}).get(h.name))
+              for h in inventory.with_role("models")),
     )
 
 
@@ -161,11 +164,11 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
         show_note(report, note + ("; sign-in required: `fab model-user --add NAME`" if lb.auth else ""))
 
 
-def drain(remote: Remote, inventory: Inventory, model: str, drained: frozenset[str], summary: str) -> Step:
-    """Rewrite this model's own config with these hosts down (or none), reload, wait for in-flight requests."""
+def drain(remote: Remote, inventory: Inventory, model: str, drained: frozenset[str], summary: str, weights: dict[str, int] | None = None) -> Step:
+    """Rewrite this model's own config with these hosts down (or none) and these weights, reload, wait for in-flight requests."""
     path = config_path(model)
     set_up = f"[ -f {path} ] || {{ echo 'model {model} is not set up on this balancer: run fab setup-lb first'; exit 1; }}\n"
-    config = render_config(upstream(inventory, model, drained), inventory.lb)
+    config = render_config(upstream(inventory, model, drained, weights), inventory.lb)
     step = Step.change("balancer", summary, set_up + install_config_script(path, config))
     apply(remote, [step], lambda done: None)
     return step

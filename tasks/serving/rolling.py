@@ -24,7 +24,7 @@ from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, console, show_error, show_note, show_recap
 from tasks.serving import switch as model_switch
-from tasks.serving.bake import Bake, BakeLimits, Verdict
+from tasks.serving.bake import Bake, BakeLimits, Verdict, weights
 from tasks.serving.deploy import HostRollout
 
 PREFLIGHT_TIMEOUT = 1800
@@ -163,39 +163,47 @@ class Balancer:
         self.inventory, self.model = inventory, model
         self.remotes = [connect(host, config.clone()) for host in inventory.with_role("lb")]
         self.drained: set[str] = set()
+        self.weights: dict[str, int] = {}  # a baking canary's share of the traffic; none: every host its plain share
 
     def set_drained(self, hosts: set[str], why: str) -> None:
         """Every lb host gets these hosts down; when one lb host fails, those already changed are put back."""
-        if not self.remotes or hosts == self.drained:
+        self._set(set(hosts), self.weights, why)
+
+    def set_weights(self, weights: dict[str, int], why: str) -> None:
+        """Every lb host gets these nginx weights (none: even); when one lb host fails, those already changed are put back."""
+        self._set(self.drained, weights, why)
+
+    def _set(self, hosts: set[str], weights: dict[str, int], why: str) -> None:
+        if not self.remotes or (hosts, weights) == (self.drained, self.weights):
             return
         changed: list[Remote] = []
         for remote in self.remotes:
-            failure = self._drain(remote, hosts, why)
+            failure = self._drain(remote, hosts, weights, why)
             if failure:
-                raise HostError("balancer", f"{remote.host.name}: {failure}{self._put_back(changed, hosts)}")
+                raise HostError("balancer", f"{remote.host.name}: {failure}{self._put_back(changed, hosts, weights)}")
             console.print(f"{'balancer':>12} [bold]{remote.host.name}[/] {why}")
             changed.append(remote)
-        self.drained = set(hosts)
+        self.drained, self.weights = set(hosts), dict(weights)
 
-    def _drain(self, remote: Remote, hosts: set[str], why: str) -> str:
-        """'' when this lb host now has exactly these hosts down, else what went wrong."""
+    def _drain(self, remote: Remote, hosts: set[str], weights: dict[str, int], why: str) -> str:
+        """'' when this lb host now has exactly these hosts down and these weights, else what went wrong."""
         from tasks.serving.balancer import drain
 
         try:
-            step = drain(remote, self.inventory, self.model, frozenset(hosts), why)
+            step = drain(remote, self.inventory, self.model, frozenset(hosts), why, weights)
         except HostError as error:
             return error.message
         return (step.output[-500:].strip() or "failed") if step.failed else ""
 
-    def _put_back(self, changed: list[Remote], hosts: set[str]) -> str:
-        """The lb hosts already changed keep down only the hosts that were down before and are meant to be: a failed
-        drain undrains them again, a failed undrain leaves them undrained."""
+    def _put_back(self, changed: list[Remote], hosts: set[str], weights: dict[str, int]) -> str:
+        """The lb hosts already changed keep down only the hosts that were down before and are meant to be, with the
+        weights they had: a failed drain undrains them again, a failed undrain leaves them undrained."""
         keep = self.drained & hosts
-        if not changed or keep == hosts:
+        if not changed or (keep, self.weights) == (hosts, weights):
             return ""
         results = []
         for remote in changed:
-            failure = self._drain(remote, keep, "put back")
+            failure = self._drain(remote, keep, self.weights, "put back")
             results.append(f"{remote.host.name} {'could not be put back: ' + failure if failure else 'put back'}")
         down = ", ".join(sorted(keep)) or "none"
         return f"; {'; '.join(results)} (drained there: {down})"
@@ -260,15 +268,26 @@ def _bake_can_read(bake: Bake, deploys: list[HostRollout]) -> bool:
 
 
 def _bake_canary(canary: list[HostRollout], bake: Bake, balancer: Balancer | None) -> bool:
-    """The canary under its live traffic for the bake's seconds; a breach (or logs that can't be read) rolls it back."""
+    """The canary under its live traffic for the bake's seconds (with --canary-weight, that share of it); a breach (or
+    logs that can't be read, or weights that can't be set) rolls it back."""
     upstreams = [address_port(d.remote.host.address, d.remote.host.model(bake.model).port) for d in canary]
-    console.rule(f"bake: {', '.join(d.name for d in canary)} under live traffic for {bake.limits.seconds:g} s ({bake.limits.describe()})")
+    names = ", ".join(d.name for d in canary)
+    console.rule(f"bake: {names} under live traffic for {bake.limits.seconds:g} s ({bake.limits.describe()})")
+    share = bake.limits.canary_share
+    weighted = weights({d.name for d in canary}, [h.name for h in balancer.inventory.with_role("models")], share) if share and balancer else {}
     try:
+        if weighted:
+            balancer.set_weights(weighted, f"{names} weighted to {float(share):.0%} of the traffic while it bakes")
         bake.start()
         time.sleep(bake.limits.seconds)  # the canary serves meanwhile: its answers are what is judged
         verdict = bake.verdict(upstreams)
     except HostError as error:
-        verdict = Verdict(False, f"the bake could not read the balancer's log ({error})")
+        why = "the bake could not read the balancer's log" if error.step.startswith("bake") else "the canary's weight could not be set"
+        verdict = Verdict(False, f"{why} ({error})")
+    finally:
+        unweighted = _even_weights(balancer) if weighted else ""
+    if unweighted:
+        verdict = Verdict(False, f"{verdict.summary}; then {unweighted}")
     if verdict.passed:
         console.print(f"[green]{verdict.summary}[/]")
         return True
@@ -277,6 +296,15 @@ def _bake_canary(canary: list[HostRollout], bake: Bake, balancer: Balancer | Non
         deploy.report.error = verdict.summary
     _roll_back_updated(canary, balancer, "the canary failed its bake")
     return False
+
+
+def _even_weights(balancer: Balancer) -> str:
+    """Every host back to its plain share after a bake; '' when done, else what went wrong."""
+    try:
+        balancer.set_weights({}, "weights back to even")
+    except HostError as error:
+        return f"the canary's weight could not be taken off the balancers ({error})"
+    return ""
 
 
 def _roll_batches(deploys: list[HostRollout], failures: list[HostRollout], options: RollingOptions, balancer: Balancer | None,

@@ -291,15 +291,50 @@ def test_a_canary_failing_under_live_traffic_is_rolled_back_by_its_bake_and_no_o
     assert any("mlt54" in line and "untouched" in line for line in result.stdout.splitlines()), result.stdout[-3000:]
 
 
-def test_a_healthy_canary_passes_its_bake_and_the_deploy_goes_on(watched):
+class WeightedWindow:
+    """Each model host's answers (lines of its answer log) while the balancer's config for the model has weights."""
+
+    def __init__(self, lb, hosts):
+        self.lb, self.hosts = lb, hosts
+        self.start: dict[str, int] = {}
+        self.answers: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def counts(self) -> dict[str, int]:
+        return {host.name: int(host.run("wc -l < /var/log/mlflow-models/model.log").stdout) for host in self.hosts}
+
+    def watch(self) -> None:
+        while not self.stop.wait(0.2) and not self.answers:
+            weighted = "weight=" in self.lb.run("cat /etc/nginx/conf.d/mlflow-model-model.conf").stdout
+            if weighted and not self.start:
+                self.start = self.counts()
+            elif not weighted and self.start:
+                self.answers = {name: count - self.start[name] for name, count in self.counts().items()}
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_a_healthy_canary_passes_its_bake_with_the_share_of_traffic_it_was_given_and_the_deploy_goes_on(watched):
     before = serving(watched.models)
     run_id = log_wine_model(watched.env["MLFLOW_TRACKING_URI"], alpha=0.3)
-    with Predictions(watched.lb):
+    with Predictions(watched.lb), WeightedWindow(watched.lb, [watched.models, watched.other]) as window:
         # a p99 limit this machine's 2 shared cores keep under load; the limit itself is judged in tests/unit/test_bake.py
         result = fab(watched.inventory, "deploy-model", "--run-id", run_id, "--canary", "1", "--bake", "10", "--max-p99", "2s",
-                     env=watched.env)
+                     "--canary-weight", "80%", env=watched.env)
     assert result.returncode == 0 and "canary passed its bake" in result.stdout, result.stdout[-4000:]
+    assert "mlt53 weighted to 80% of the traffic while it bakes" in result.stdout and "weights back to even" in result.stdout
     assert serving(watched.models) == serving(watched.other) != before
+    canary, other = window.answers["mlt53"], window.answers["mlt54"]
+    print(f"while weighted: the canary answered {canary}, the other host {other}")
+    assert canary / (canary + other) > 0.7, "the canary's share while it baked: 80 %, against 50 % unweighted"
+    assert "weight=" not in watched.lb.run("cat /etc/nginx/conf.d/mlflow-model-model.conf").stdout
 
 
 def test_a_bake_that_cannot_read_the_balancers_log_stops_the_deploy_before_the_first_switch(watched):

@@ -96,7 +96,7 @@ class FakeDrains:
     def __init__(self, failing: set[str]):
         self.failing, self.calls = failing, []
 
-    def __call__(self, remote, inventory, model, drained, summary):
+    def __call__(self, remote, inventory, model, drained, summary, weights=None):
         self.calls.append((remote.host.name, model, set(drained)))
         failed = remote.host.name in self.failing
         return SimpleNamespace(failed=failed, output="nginx -t refused the new config" if failed else "")
@@ -106,7 +106,7 @@ def balancer(inventory, monkeypatch, failing: set[str]) -> tuple[Balancer, FakeD
     drains = FakeDrains(failing)
     monkeypatch.setattr(lb, "drain", drains)
     instance = Balancer.__new__(Balancer)
-    instance.inventory, instance.model, instance.drained = inventory, "wine", set()
+    instance.inventory, instance.model, instance.drained, instance.weights = inventory, "wine", set(), {}
     instance.remotes = [SimpleNamespace(host=inventory.hosts[name]) for name in ("lb1", "lb2")]
     return instance, drains
 
