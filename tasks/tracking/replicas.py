@@ -8,6 +8,7 @@ the Flask secret key and the S3 keys to each app server by hand; restart them on
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Callable
 
@@ -15,9 +16,10 @@ from fabric import Config
 
 from tasks.fleet import Connect, merge_reports, run_on_hosts
 from tasks.inventory import Host
+from tasks.ops import facts as f
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, show_error, show_note
-from tasks.tracking import balancer, database, server
+from tasks.tracking import balancer, database, frontdoor, server
 from tasks.tracking.service import SharedSecrets, StoreFiles, TrackingService, read_secrets, stores_for
 
 
@@ -38,37 +40,63 @@ def shared_secrets(config: Config, service: TrackingService) -> tuple[SharedSecr
 
 class Turns:
     """Replicas restart one at a time while they serve, each drained from every balancer first and put back once its
-    health gate passed (a replica that fails stays drained: the others answer for it)."""
+    health gate passed (a replica that fails stays drained: the others answer for it). Replicas drained before the turns
+    began (hold_drained) or left drained by a turn once its own replica is back (`then`) stay drained until a turn puts
+    them back."""
 
     def __init__(self, config: Config, service: TrackingService, connect: Connect = Remote):
         self.config, self.service, self.connect = config, service, connect
         self.lock = threading.Lock()
+        self.held: frozenset[str] = frozenset()
 
-    def __call__(self, host: Host, report: HostReport, restart: Callable[[], bool]) -> bool:
+    def __call__(self, host: Host, report: HostReport, restart: Callable[[], bool], then: frozenset[str] = frozenset()) -> bool:
         with self.lock:
-            if not self.drain(report, frozenset({host.name}), f"drain {host.name} before its server restarts"):
+            if not self.drain(report, self.held | {host.name}, f"drain {host.name} before its server restarts", undo=self.held):
                 return False
             if not restart():
                 show_note(report, f"{host.name} stays drained from the balancers: fix it and run setup-tracking again")
                 return False
-            return self.drain(report, frozenset(), f"{host.name} back behind the balancers")
+            back = f"{host.name} back behind the balancers" + (f", {', '.join(sorted(then))} drained" if then else "")
+            if not self.drain(report, then, back):
+                return False
+            self.held = then
+            return True
 
-    def drain(self, report: HostReport, drained: frozenset[str], summary: str) -> bool:
-        """Every balancer with these replicas down (none: all in service). When one balancer fails, those already drained
-        are put back: a replica is never left drained on some balancers while its restart did not happen."""
+    def drain(self, report: HostReport, drained: frozenset[str], summary: str, undo: frozenset[str] | None = None) -> bool:
+        """Every balancer with these replicas down (none: all in service). When one balancer fails before a restart (undo:
+        the balancers' state before), those already changed get that state back: a replica is never left drained on some
+        balancers while its restart did not happen."""
         done = []
         for lb in self.service.balancers:
             failure = self.set_drained(lb, drained, summary)
             if failure:
                 report.error = f"balancer {lb.name}: {failure}"
                 show_error(report)
-                for each in done if drained else []:
-                    left = self.set_drained(each, frozenset(), "put back")
+                for each in done if undo is not None else []:
+                    left = self.set_drained(each, undo, "put back")
                     show_note(report, f"balancer {each.name}: " + (f"still drains {', '.join(sorted(drained))}: {left}" if left
                                                                    else "put back, the restart did not happen"))
                 return False
             done.append(lb)
             show_note(report, f"balancer {lb.name}: {summary}")
+        return True
+
+    def hold_drained(self, report: HostReport) -> bool:
+        """The replicas some balancer has drained now (a failed restart of an earlier run left them so) stay drained
+        through the turns, until their own puts them back."""
+        for lb in self.service.balancers:
+            remote = self.connect(lb, self.config.clone())
+            try:
+                routed = f.gather(remote, [frontdoor.NGINX_FILE])[frontdoor.NGINX_FILE].content
+            except HostError as error:
+                report.error = f"balancer {lb.name}: {error}"
+                show_error(report)
+                return False
+            finally:
+                remote.close()
+            self.held |= drained_replicas(routed, self.service)
+        if self.held:
+            show_note(report, f"drained already, kept drained until their own turn: {', '.join(sorted(self.held))}")
         return True
 
     def set_drained(self, lb: Host, drained: frozenset[str], summary: str) -> str:
@@ -81,6 +109,12 @@ class Turns:
         finally:
             remote.close()
         return f"{summary}: {step.output.strip()[-500:]}" if step.failed else ""
+
+
+def drained_replicas(routed: str, service: TrackingService) -> frozenset[str]:
+    """The replicas a balancer's config has down."""
+    down = set(re.findall(r"^\s*server (\S+):\d+ .* down;", routed, re.MULTILINE))
+    return frozenset(host.name for host in service.replicas if host.address in down)
 
 
 def setup_replicas(config: Config, service: TrackingService, hosts: list[Host], files: StoreFiles, check: bool) -> list[HostReport]:

@@ -1,6 +1,14 @@
 """`fab upgrade-tracking` for replicas of one service: the new env built on every replica beside the old one while they
-serve, one backup, the shared schema migrated once, then the replicas restarted on the new env one at a time, each
-drained from the balancers, gated and put back. A replica that fails stays drained and the others are not touched.
+serve, one backup, the shared schema migrated once while they keep serving on the old MLflow, then the replicas restarted
+on the new env one at a time, each drained from the balancers, gated and put back.
+
+After the migration an old server answers only from the store each of its workers made before it: a worker that makes its
+store later (at its first API request, or started again by uvicorn) refuses every request ("out-of-date database
+schema"). So old servers serve after the migration only until the first replica is back on the new version: the balancer
+reload that puts it back drains every replica still on the old one, each put back once it switched. A replica drained
+before the upgrade (an earlier run's failed restart left it so; its workers may have made no store yet) is not put back
+before its own switch, and switches first: its restart takes nothing out of service. A replica that fails stays drained
+and the others are not switched.
 
 Runbook this replaces: pg_dump; pip install on each app server; mlflow db upgrade from one of them; restart them one by
 one behind the load balancer, watching each come back.
@@ -9,13 +17,12 @@ one behind the load balancer, watching each come back.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass
 
 from fabric import Config
 
 from tasks.converge import converge_host
-from tasks.fleet import merge_reports, run_on_hosts
+from tasks.fleet import Connect, merge_reports, run_on_hosts
 from tasks.inventory import Host
 from tasks.ops import facts as f
 from tasks.ops.files import ensure_file
@@ -100,31 +107,66 @@ def switch_steps(ready: Prepared) -> list[Step]:
              Step.change("health gate", f"wait up to {new.settings.health_timeout} s for /health and the API", upgrade_gate(new))]
     if new.artifacts_in_s3:
         steps.append(Step.change("artifact round trip", "write, read and delete an object through the server's proxy", new.artifact_round_trip_script()))
-    old_env = running_env_path(ready.old_unit.content)
-    if old_env and old_env != new.env_path:
-        steps.append(Step.change("old python env", f"remove {old_env}", f"rm -rf {old_env}"))
     return steps
 
 
 class Roll:
-    """The replicas switch one at a time (Turns); after one fails, the rest keep their old server, in service."""
+    """The replicas switch one at a time (Turns), in the order given. The first comes back with every replica still on the
+    old version drained; a replica drained before (Turns.held) stays drained until its own switch, or for good when it is
+    not switching. After one fails, the rest are not switched."""
 
-    def __init__(self, turns: Turns):
+    def __init__(self, turns: Turns, switching: list[Host]):
         self.turns = turns
-        self.lock = threading.Lock()
+        self.old = frozenset(host.name for host in switching)
         self.failed = False
 
     def switch(self, remote: Remote, report: HostReport, ready: Prepared) -> None:
         steps = switch_steps(ready)
         report.steps += steps
-        with self.lock:
-            if self.failed:
-                for step in steps:
-                    step.skipped = True
-                show_note(report, f"not switched: another replica failed its switch; this one still serves on mlflow {ready.running}")
-                return
-            if not self.turns(remote.host, report, lambda: apply(remote, steps, lambda each: show_step(report, each))):
-                self.failed = True
+        if self.failed:
+            for step in steps:
+                step.skipped = True
+            show_note(report, f"not switched: another replica failed its switch; this one still runs mlflow {ready.running}, "
+                              + ("drained from the balancers" if remote.host.name in self.turns.held else "in service"))
+            return
+        still_old = self.old - {remote.host.name}
+        kept_out = self.turns.held - self.old
+        if not self.turns(remote.host, report, lambda: apply(remote, steps, lambda each: show_step(report, each)), then=still_old | kept_out):
+            self.failed = True
+            return
+        self.old = still_old
+
+
+def remove_old_env(remote: Remote, report: HostReport, ready: Prepared) -> None:
+    old_env = running_env_path(ready.old_unit.content)
+    if old_env and old_env != ready.target.env_path:
+        step = Step.change("old python env", f"remove {old_env}", f"rm -rf {old_env}")
+        report.steps.append(step)
+        apply(remote, [step], lambda each: show_step(report, each))
+
+
+def roll_out(config: Config, service: TrackingService, switching: list[Host], prepared: dict[str, Prepared], download: str,
+             connect: Connect = Remote) -> list[list[HostReport]]:
+    """The backup and the migration from the first replica, then the replicas switched one by one (those drained already
+    first), then the old envs of those that switched removed; each stage only after the one before succeeded."""
+    turns = Turns(config, service, connect)
+    first = switching[0]
+
+    def backup_and_migrate_once(remote: Remote, report: HostReport) -> None:
+        if turns.hold_drained(report):
+            backup_and_migrate(remote, report, prepared[first.name], download)
+
+    stages = [run_on_hosts(config, [first], backup_and_migrate_once, connect=connect)]
+    if any(report.failed for report in stages[-1]):
+        return stages
+    # a replica drained already switches first: its restart takes nothing out of service
+    order = sorted(switching, key=lambda host: host.name not in turns.held)
+    roll = Roll(turns, order)
+    for host in order:
+        stages.append(run_on_hosts(config, [host], lambda remote, report: roll.switch(remote, report, prepared[remote.host.name]), connect=connect))
+    switched = [host for host in switching if host.name not in roll.old]
+    stages.append(run_on_hosts(config, switched, lambda remote, report: remove_old_env(remote, report, prepared[remote.host.name]), connect=connect))
+    return stages
 
 
 def upgrade_replicas(config: Config, service: TrackingService, version: str, download: str, check: bool) -> list[HostReport]:
@@ -133,11 +175,5 @@ def upgrade_replicas(config: Config, service: TrackingService, version: str, dow
     stages = [run_on_hosts(config, hosts, lambda remote, report: prepare(remote, report, remote.host, version, prepared), check=check)]
     if check or any(report.failed for report in stages[0]) or not prepared:
         return merge_reports(*stages)
-    first = next(host for host in hosts if host.name in prepared)
-    stages.append(run_on_hosts(config, [first], lambda remote, report: backup_and_migrate(remote, report, prepared[first.name], download)))
-    if any(report.failed for report in stages[-1]):
-        return merge_reports(*stages)
-    roll = Roll(Turns(config, service))
     switching = [host for host in hosts if host.name in prepared]
-    stages.append(run_on_hosts(config, switching, lambda remote, report: roll.switch(remote, report, prepared[remote.host.name])))
-    return merge_reports(*stages)
+    return merge_reports(*stages, *roll_out(config, service, switching, prepared, download))

@@ -452,6 +452,7 @@ def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_ever
     print("upgrade under load:", load.outcome())
     assert result.returncode == 0, result.stdout[-5000:]
     assert result.stdout.count("schema before:") == 1 and "backup" in result.stdout
+    assert re.search(r"balancer mlt48: mlt4[67] back behind the balancers, mlt4[67] drained", result.stdout), "no swap"
     for host in (one, two):
         assert host.run("curl -s -K /etc/mlflow/admin.curl http://127.0.0.1:5050/version").stdout.strip() == NEW
         assert host.run("ls /opt/mlflow/envs | grep -c tracking-").stdout.strip() == "1"
@@ -459,8 +460,10 @@ def test_an_upgrade_migrates_once_and_rolls_the_replicas_under_load_keeping_ever
         assert sidecar == unit_env, "the metrics service restarted with the server, in the new env"
     assert client.get_run(kept.info.run_id).data.metrics["accuracy"] == 0.93
     # what the issue asks of an upgrade: how long requests fail, if at all; MLflow's client rides it out (it retries 5xx).
-    # Most runs fail none. Known defect (README): a replica still on the old MLflow that sets up its store after the
-    # migration answers 500 ("out-of-date database schema") until it is rolled; this assertion fails when that happens.
+    # After the migration an old server's worker that makes its store then answers every request 500 ("out-of-date
+    # database schema"). One replica comes here drained (the wrong-keys and unreachable-database tests leave the one of
+    # the last turn so) and restarted by the restore, one of its workers with no store yet: it stays drained until its
+    # own switch, which comes first; the other serves on the old MLflow only until it is back (README).
     assert load.failed_writes == 0 and load.failing_seconds <= 15, load.outcome() + "\n" + server_errors(one, two)
     if load.failed_reads:
         print("reads that failed during the upgrade:", load.outcome(), server_errors(one, two), sep="\n")
