@@ -23,10 +23,10 @@ def pytest_sessionfinish(session):
 # Minutes per module in the full run of 2026-11-30 on 2 cores. xdist (make test: --no-loadscope-reorder) hands modules to
 # its workers in collection order: the longest go first, so none is left to run alone at the end. Unlisted: short.
 MODULE_MINUTES = {
-    "test_replicas.py": 8.8, "test_rolling.py": 6.8, "test_migrate.py": 1.6, "test_deploy_faults.py": 4.8, "test_monitoring.py": 7.3,
-    "test_concurrent_deploys.py": 3.7, "test_model_endpoints.py": 1.4, "test_restore_faults.py": 2.6, "test_versions.py": 2.8,
-    "test_wheelhouse.py": 5.7, "test_deploy_model.py": 2.8, "test_no_reads.py": 2.3, "test_backups.py": 2.8, "test_run_project.py": 2.8,
-    "test_upgrade.py": 1.4, "test_setup_tracking.py": 2.0, "test_front_door.py": 2.0, "test_password_flood.py": 1.4,
+    "test_replicas.py": 8.5, "test_rolling.py": 5.3, "test_migrate.py": 1.7, "test_deploy_faults.py": 4.2, "test_monitoring.py": 6.9,
+    "test_concurrent_deploys.py": 3.0, "test_model_endpoints.py": 1.3, "test_restore_faults.py": 2.4, "test_versions.py": 2.8,
+    "test_wheelhouse.py": 5.0, "test_deploy_model.py": 2.8, "test_no_reads.py": 2.2, "test_backups.py": 3.5, "test_run_project.py": 2.4,
+    "test_upgrade.py": 1.3, "test_setup_tracking.py": 1.9, "test_front_door.py": 1.9, "test_password_flood.py": 1.4,
 }
 
 
