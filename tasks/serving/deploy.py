@@ -59,9 +59,10 @@ ENV_PREFIX = "model"
 UNIT_TEMPLATE = "/etc/systemd/system/mlflow-model@.service"
 MODEL_PACKAGES = ["python3-venv", "curl", "ca-certificates", "iproute2", "logrotate"]
 # Each model's answers, one line each (templates/mlflow_fab_answers.py writes them, mtail reads them):
-# /var/log/ANSWERS_DIRECTORY/NAME.log, the units' LogsDirectory
+# ANSWERS_DIR/NAME.log, ANSWERS_DIRECTORY being the units' LogsDirectory
 ANSWERS_DIRECTORY = "mlflow-models"
-ANSWERS_LOGS = f"/var/log/{ANSWERS_DIRECTORY}/*.log"
+ANSWERS_DIR = f"/var/log/{ANSWERS_DIRECTORY}"
+ANSWERS_LOGS = f"{ANSWERS_DIR}/*.log"
 ANSWERS_SCRIPT = "/usr/local/lib/mlflow-fab/serving/mlflow_fab_answers.py"
 ANSWERS_LOGROTATE = "/etc/logrotate.d/mlflow-models"
 SAMPLE = "sample.json"
@@ -248,7 +249,7 @@ def switch_transaction(model: ModelHost, release: str, served: str, current: str
 
 def render_unit() -> str:
     return render("mlflow-model@.service.j2", user=MODEL_USER, home=MODEL_HOME, models_root=MODELS_ROOT, config_dir=MODEL_CONFIG_DIR,
-                  answers_script=ANSWERS_SCRIPT, answers_directory=ANSWERS_DIRECTORY, writable=[MODEL_HOME])
+                  answers_script=ANSWERS_SCRIPT, answers_directory=ANSWERS_DIRECTORY, answers_dir=ANSWERS_DIR, writable=[MODEL_HOME])
 
 
 def answers_script() -> str:
@@ -256,7 +257,7 @@ def answers_script() -> str:
 
 
 def answers_logrotate() -> str:
-    return render("logrotate-mlflow-models.j2", answers_dir=f"/var/log/{ANSWERS_DIRECTORY}", user=MODEL_USER)
+    return render("logrotate-mlflow-models.j2", answers_dir=ANSWERS_DIR, user=MODEL_USER)
 
 
 def port_conflict(name: str, port: int, ports_fact: str) -> str:

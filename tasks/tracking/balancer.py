@@ -63,6 +63,12 @@ def door(lb: Host, service: TrackingService) -> FrontDoor:
     return FrontDoor(dataclasses.replace(lb, tracking=service.settings), lb.address)
 
 
+def drained_in(config_text: str, service: TrackingService) -> frozenset[str]:
+    """The replicas a balancer's config (as config() writes it) has down."""
+    down = set(re.findall(r"^\s*server (\S+):\d+ .* down;", config_text, re.MULTILINE))
+    return frozenset(host.name for host in service.replicas if host.address in down)
+
+
 def config(lb: Host, service: TrackingService, drained: frozenset[str] = frozenset()) -> str:
     return door(lb, service).nginx_config(replicas(service, drained), service.settings.port)
 

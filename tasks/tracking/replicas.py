@@ -8,7 +8,6 @@ the Flask secret key and the S3 keys to each app server by hand; restart them on
 
 from __future__ import annotations
 
-import re
 import threading
 from typing import Callable
 
@@ -94,7 +93,7 @@ class Turns:
                 return False
             finally:
                 remote.close()
-            self.held |= drained_replicas(routed, self.service)
+            self.held |= balancer.drained_in(routed, self.service)
         if self.held:
             show_note(report, f"drained already, kept drained until their own turn: {', '.join(sorted(self.held))}")
         return True
@@ -109,12 +108,6 @@ class Turns:
         finally:
             remote.close()
         return f"{summary}: {step.output.strip()[-500:]}" if step.failed else ""
-
-
-def drained_replicas(routed: str, service: TrackingService) -> frozenset[str]:
-    """The replicas a balancer's config has down."""
-    down = set(re.findall(r"^\s*server (\S+):\d+ .* down;", routed, re.MULTILINE))
-    return frozenset(host.name for host in service.replicas if host.address in down)
 
 
 def setup_replicas(config: Config, service: TrackingService, hosts: list[Host], files: StoreFiles, check: bool) -> list[HostReport]:
