@@ -289,8 +289,8 @@ def serving_steps(exporter: Exporter, facts: f.Facts, inputs: dict[str, Step], b
     """(Re)started when an input changed or it is down (after BEFORE_START, a script), enabled, and gated on its /metrics
     as Prometheus will ask it."""
     restart = ensure_running(exporter.unit, exporter.port, facts[exporter.state_fact], [name for name, step in inputs.items() if step.changed])
-    if restart.changed:  # Debian's exporters start on install, before their config, and may have hit their start limit
-        restart.script = f"{before_start}\nsystemctl reset-failed {exporter.unit} 2>/dev/null || true\n{restart.script}".lstrip()
+    if restart.changed and before_start:
+        restart.script = f"{before_start}\n{restart.script}"
     steps = [restart, ensure_enabled(exporter.unit, facts[exporter.state_fact])]
     if restart.changed or not probe_healthy(facts[exporter.probe_fact], exporter.checks):
         return steps + [Step.change(f"{exporter.unit} gate", f"wait up to {GATE_TIMEOUT} s for {exporter.address}/metrics",
