@@ -161,11 +161,6 @@ class TrainSettings:
     allow_source_builds: bool = False
 
 
-def address_port(address: str, port: int) -> str:
-    """ADDRESS:PORT as URLs, nginx's logs and Prometheus write it: an IPv6 address in brackets."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class Host(ConnectionSettings):
     name: str

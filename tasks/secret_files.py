@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from tasks.values import check_address
+from tasks.values import address_port, check_address
 
 SSL_MODES = ("require", "verify-ca", "verify-full")
 DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -38,7 +38,7 @@ class DatabaseUrl:
 
     def url(self) -> str:
         """For SQLAlchemy, without the password: libpq takes it from PGPASSWORD in the server's environment."""
-        return f"postgresql+psycopg2://{self.user}@{self.host}:{self.port}/{self.database}?sslmode={self.sslmode}"
+        return f"postgresql+psycopg2://{self.user}@{address_port(self.host, self.port)}/{self.database}?sslmode={self.sslmode}"
 
 
 def read_private(path: Path, what: str) -> str:

@@ -4,6 +4,8 @@ import shlex
 from functools import cache
 from pathlib import Path
 
+from tasks.values import address_port
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Python programs a host runs (`python - ARGS <<'PY'`): plain .py files, their values come as arguments.
 PROGRAMS = TEMPLATES / "python"
@@ -20,6 +22,8 @@ def _environment():
     )
     # `{{ value | shell }}`: one shell word, whatever the value holds
     environment.filters["shell"] = shlex.quote
+    # `{{ address | address_port(port) }}`: ADDRESS:PORT, an IPv6 address in brackets
+    environment.filters["address_port"] = address_port
     # `{{ program("NAME.py") }}` between `<<'PY'` and `PY`
     environment.globals["program"] = program
     return environment

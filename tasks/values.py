@@ -41,6 +41,11 @@ def check_host_name(name: str) -> None:
         raise ValueError("must be letters, digits, '.', '-' and '_', starting with a letter or digit")
 
 
+def address_port(address: str, port: int) -> str:
+    """ADDRESS:PORT as URLs, nginx's logs and Prometheus write it: an IPv6 address in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def check_address(address: str) -> None:
     if "%" not in address:
         try:

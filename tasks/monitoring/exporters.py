@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from tasks.inventory import Host, Inventory, MonitoringSettings, address_port
+from tasks.inventory import Host, Inventory, MonitoringSettings
 from tasks.ops import facts as f
 from tasks.ops import firewall
 from tasks.ops.files import ensure_file
@@ -31,6 +31,7 @@ from tasks.serving.deploy import ANSWERS_LOGS
 from tasks.templates import TEMPLATES, render, render_script
 from tasks.tracking import server as tracking_server
 from tasks.tracking.server import BACKUP_DIR, BACKUP_METRIC
+from tasks.values import address_port
 
 NODE_EXPORTER = "prometheus-node-exporter"
 NODE_EXPORTER_DEFAULTS = f"/etc/default/{NODE_EXPORTER}"

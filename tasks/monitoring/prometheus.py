@@ -11,7 +11,7 @@ import base64
 from dataclasses import dataclass
 
 from tasks.converge import converge_host
-from tasks.inventory import Host, Inventory, MonitoringSettings, address_port
+from tasks.inventory import Host, Inventory, MonitoringSettings
 from tasks.monitoring.exporters import Exporter, ExporterTarget, serving_steps
 from tasks.serving.balancer import model_names
 from tasks.tracking.service import TrackingService
@@ -24,6 +24,7 @@ from tasks.ops.system import ensure_packages
 from tasks.ops.systemd import ensure_enabled, ensure_running
 from tasks.report import HostReport, show_note
 from tasks.templates import render, render_script
+from tasks.values import address_port
 
 PROMETHEUS = "prometheus"
 DEFAULTS = "/etc/default/prometheus"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from tasks.monitoring.live import figures_fact
 from tasks.ops import facts as f
 from tasks.ops.health import probe_healthy
@@ -11,6 +13,7 @@ from tasks.serving.history import MODELS_ROOT
 from tasks.tracking.frontdoor import NGINX_CONFIG
 from tasks.tracking.server import POSTGRESQL_STATE, SERVICE_STATE, TrackingTarget
 from tasks.tracking.service import TrackingService
+from tasks.values import address_port
 
 COLUMNS = ("os", "tracking", "mlflow", "postgresql", "health", "url", "models", "balancer")
 LIVE_FIGURES = "live figures"  # a monitor host's report: model -> column -> figure
@@ -40,8 +43,9 @@ def balancer_view(service: TrackingService) -> f.Fact:
     """`NAME drained|CODE` per replica, as this balancer sees it: drained in its config, or what the replica's /health answers."""
     scheme = "https" if service.settings.tls else "http"
     checks = "".join(
-        f"if grep -q ' {host.address}:{service.settings.port} .* down;' {NGINX_CONFIG}; then echo '{host.name} drained'; "
-        f"else echo \"{host.name} $(curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' {scheme}://{host.address}:{service.settings.port}/health)\"; fi; "
+        f"if grep -F {shlex.quote(f' {address_port(host.address, service.settings.port)} ')} {NGINX_CONFIG} | grep -q ' down;'; "
+        f"then echo '{host.name} drained'; else echo \"{host.name} $(curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' "
+        f"{shlex.quote(f'{scheme}://{address_port(host.address, service.settings.port)}/health')})\"; fi; "
         for host in service.replicas)
     return f.Fact("balancer", f"[ -f {NGINX_CONFIG} ] && {{ {checks}}}")
 

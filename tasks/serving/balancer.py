@@ -21,6 +21,7 @@ from tasks.ops.systemd import ensure_enabled
 from tasks.report import HostReport, show_note
 from tasks.templates import render
 from tasks.tracking.frontdoor import FrontDoor, TlsFiles, apply_with_key, certificate_steps, learn_certificate, tls_fact
+from tasks.values import address_port
 
 NGINX_CONF_D = "/etc/nginx/conf.d"
 # Where setup-lb once wrote every model in one file; it now writes one file per model and removes this one.
@@ -157,7 +158,7 @@ def converge_lb(remote: Remote, report: HostReport, inventory: Inventory) -> Non
         return
     address = remote.connection.host
     for model in models:
-        note = f"model {model.name}: {'https' if lb.tls else 'http'}://{address}:{model.port}/invocations -> {len(model.servers)} hosts"
+        note = f"model {model.name}: {'https' if lb.tls else 'http'}://{address_port(address, model.port)}/invocations -> {len(model.servers)} hosts"
         if lb.tls and not lb.tls_certificate:
             path, fingerprint = learn_certificate(remote, address, model.port, steps, facts[TLS_STATE], certificate=CERTIFICATE)
             note += f"; self-signed certificate, sha256 fingerprint {fingerprint}, saved to {path}"

@@ -20,6 +20,7 @@ from tasks.report import HostReport, console, record
 from tasks.serving.deploy import SAMPLE
 from tasks.serving.history import model_dir
 from tasks.tracking.frontdoor import laptop_certificate_path
+from tasks.values import address_port
 
 # nginx names the model host that answered (see templates/nginx-mlflow-model.conf.j2)
 UPSTREAM_HEADER = "X-MLflow-Upstream"
@@ -164,7 +165,7 @@ def through_balancer(lb: Host, inventory: Inventory, name: str, request: Request
 
     settings = inventory.lb
     port = inventory.models.get(name, inventory.models[""]).port
-    url = f"{'https' if settings.tls else 'http'}://{lb.address}:{port}/invocations"
+    url = f"{'https' if settings.tls else 'http'}://{address_port(lb.address, port)}/invocations"
     learned = laptop_certificate_path(lb.address, port)
     verify = str(learned) if settings.tls and not settings.tls_certificate and learned.exists() else True
     try:

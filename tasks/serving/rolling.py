@@ -19,13 +19,14 @@ from rich.table import Table
 
 from tasks import fleet
 from tasks.fleet import Connect, in_parallel
-from tasks.inventory import Host, Inventory, address_port
+from tasks.inventory import Host, Inventory
 from tasks.ops.lock import Lock, lock_path, release_script
 from tasks.ops.remote import HostError, Remote
 from tasks.report import HostReport, console, show_error, show_note, show_recap
 from tasks.serving import switch as model_switch
 from tasks.serving.bake import Bake, BakeLimits, Verdict, weights
 from tasks.serving.deploy import HostRollout
+from tasks.values import address_port
 
 PREFLIGHT_TIMEOUT = 1800
 UNLOCK_TIMEOUT = 120

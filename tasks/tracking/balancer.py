@@ -24,6 +24,7 @@ from tasks.report import HostReport, record, show_note
 from tasks.tracking import frontdoor, signin_guard
 from tasks.tracking.frontdoor import FrontDoor, apply_with_key, certificate_steps, learn_certificate
 from tasks.tracking.service import TrackingService
+from tasks.values import address_port
 
 SERVICE_PACKAGES = ["nginx", "openssl", "curl"]  # curl: `fab status` asks each replica from here
 REPLICA_WALL = Wall("tracking port", "the lb hosts", "inet mlflow_fab_tracking", "/etc/mlflow/firewall-tracking.nft",
@@ -65,8 +66,7 @@ def door(lb: Host, service: TrackingService) -> FrontDoor:
 
 def drained_in(config_text: str, service: TrackingService) -> frozenset[str]:
     """The replicas a balancer's config (as config() writes it) has down."""
-    down = set(re.findall(r"^\s*server (\S+):\d+ .* down;", config_text, re.MULTILINE))
-    return frozenset(host.name for host in service.replicas if host.address in down)
+    return frozenset(host.name for host in service.replicas if host.address in upstream_addresses(config_text, down=True))
 
 
 def config(lb: Host, service: TrackingService, drained: frozenset[str] = frozenset()) -> str:
@@ -100,7 +100,7 @@ def converge(remote: Remote, report: HostReport, service: TrackingService, drain
     if not converged.done:
         return
     s = service.settings
-    url = f"{'https' if s.tls else 'http'}://{lb.address}:{s.port}"
+    url = f"{'https' if s.tls else 'http'}://{address_port(lb.address, s.port)}"
     note = f"tracking service: {url} -> {', '.join(replica.name for replica in replicas(service))}"
     if s.tls and not s.tls_certificate:
         path, fingerprint = learn_certificate(remote, lb.address, s.port, converged.steps, converged.facts[frontdoor.TLS_STATE])
@@ -110,7 +110,13 @@ def converge(remote: Remote, report: HostReport, service: TrackingService, drain
 
 def routed_addresses(config_text: str) -> set[str]:
     """The replicas' addresses a balancer's config sends requests to now."""
-    return set(re.findall(r"^\s*server (\S+):\d+ ", config_text, re.MULTILINE))
+    return upstream_addresses(config_text)
+
+
+def upstream_addresses(config_text: str, down: bool = False) -> set[str]:
+    """The addresses of the upstream servers in a balancer's config (an IPv6 one without its brackets); with DOWN, those drained."""
+    found = re.findall(r"^\s*server (\S+):\d+ " + (".* down;" if down else ""), config_text, re.MULTILINE)
+    return {address.removeprefix("[").removesuffix("]") for address in found}
 
 
 def stop_routing_to_removed(remote: Remote, report: HostReport, service: TrackingService) -> None:

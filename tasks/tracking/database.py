@@ -26,6 +26,7 @@ from tasks.templates import render, render_script
 from tasks.tracking import frontdoor
 from tasks.tracking.frontdoor import FrontDoor, TlsFiles, certificate_steps, tls_fact
 from tasks.tracking.schema import DATABASE
+from tasks.values import address_port
 
 PORT = 5432
 ROLE = "mlflow"
@@ -138,12 +139,12 @@ def server_step(target: DatabaseTarget, facts: f.Facts, settings: Step, hba: Ste
     """A restart for what only a restart applies (the listen addresses, the hba file's path), else a reload."""
     wanted = sorted(["on", HBA, f"localhost,{target.host.address}"])
     if facts[POSTGRESQL].get("ActiveState") != "active" or settings.changed or sorted(facts[RUNNING]) != wanted:
-        return Step.change("postgresql", f"restart: listen on localhost and {target.host.address}:{PORT}, TLS on",
+        return Step.change("postgresql", f"restart: listen on localhost and {address_port(target.host.address, PORT)}, TLS on",
                            "systemctl enable --quiet postgresql\nsystemctl restart postgresql")
     if hba.changed or certificate_made:
         return Step.change("postgresql", "reload: " + " and ".join(why for why, changed in (
             ("the clients admitted changed", hba.changed), ("a new certificate", certificate_made)) if changed), "systemctl reload postgresql")
-    return Step.ok("postgresql", f"listening on {target.host.address}:{PORT} with TLS")
+    return Step.ok("postgresql", f"listening on {address_port(target.host.address, PORT)} with TLS")
 
 
 def plan(target: DatabaseTarget, facts: f.Facts) -> list[Step]:
@@ -177,6 +178,6 @@ def converge(remote: Remote, report: HostReport, clients: tuple[str, ...], passw
     read = remote.run_script(f"cat {CERTIFICATE}", step="database certificate")
     pem = read.stdout if read.exited == 0 else ""
     if converged.done:
-        show_note(report, f"database: postgresql://{ROLE}@{target.host.address}:{PORT}/{DATABASE} (TLS, sha256 fingerprint "
+        show_note(report, f"database: postgresql://{ROLE}@{address_port(target.host.address, PORT)}/{DATABASE} (TLS, sha256 fingerprint "
                           f"{frontdoor.pem_fingerprint(pem)}), admitting {', '.join(clients)}")
     return pem

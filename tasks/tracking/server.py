@@ -32,6 +32,7 @@ from tasks.templates import render, render_script
 from tasks.tracking import certificates, frontdoor, schema, signin_guard
 from tasks.tracking.schema import DATABASE
 from tasks.tracking.service import DATABASE_CA, ENV_FILE, SharedStores
+from tasks.values import address_port
 
 UNIT = "mlflow-tracking"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}.service"
@@ -82,7 +83,12 @@ class TrackingTarget:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.settings.tls else 'http'}://{self.address}:{self.settings.port}"
+        return f"{'https' if self.settings.tls else 'http'}://{self.address_port}"
+
+    @property
+    def address_port(self) -> str:
+        """ADDRESS:PORT as clients name the server in URLs and Host headers."""
+        return address_port(self.address, self.settings.port)
 
     @property
     def server_port(self) -> int:
@@ -120,12 +126,12 @@ class TrackingTarget:
         names = [self.host.name, self.address, node_name, "localhost", "127.0.0.1"]
         unique = [name for index, name in enumerate(names) if name and name not in names[:index] and "@" not in name]
         loopback = [f"127.0.0.1:{self.server_port}"] if self.settings.tls else []
-        return [f"{name}:{self.settings.port}" for name in unique] + loopback + list(self.settings.allowed_hosts)
+        return [address_port(name, self.settings.port) for name in unique] + loopback + list(self.settings.allowed_hosts)
 
     @property
     def health_checks(self) -> list[HttpCheck]:
         api = "/api/2.0/mlflow/experiments/search?max_results=1"
-        host_header = f"{self.address}:{self.settings.port}"
+        host_header = self.address_port
         if not self.settings.tls:
             return [HttpCheck("/health"), HttpCheck(api, host_header=host_header, curl_args=self.admin_curl_args)]
         # the server itself, then the whole way in through nginx as a client comes
@@ -257,7 +263,7 @@ class TrackingTarget:
     def artifact_round_trip_script(self) -> str:
         """Through the server's artifact proxy, as a client logs: write, read back and delete a small object."""
         return render_script("tracking-artifact-round-trip.sh.j2", base=f"http://127.0.0.1:{self.server_port}",
-                             curl_args=self.admin_curl_args, host_header=f"{self.address}:{self.settings.port}",
+                             curl_args=self.admin_curl_args, host_header=self.address_port,
                              path=f".mlflow-fab/health-{self.host.name}")
 
 

@@ -121,8 +121,8 @@ def test_a_weighted_canary_that_breaches_is_rolled_back_with_the_weights_taken_o
 def test_the_canarys_answers_are_read_after_the_offset_under_every_address_its_name_resolves_to(tmp_path):
     import subprocess
 
-    from tasks.inventory import address_port
     from tasks.templates import render_script
+    from tasks.values import address_port
 
     log = tmp_path / "mlflow-models.log"
     before = 'wine 502 0.100 "127.0.0.1:5001"\n'

@@ -23,6 +23,7 @@ from tasks.overview.logs import unit_and_role
 from tasks.serving import balancer as lb
 from tasks.templates import render
 from tasks.tracking.server import BACKUP_DIR, BACKUP_SCRIPT, BACKUP_TIMER, BACKUP_UNIT, INSTALLED_ENV, RESTORE_SCRIPT, TrackingTarget
+from tasks.values import address_port
 from tests.unit.test_inventory import WIDEST_GOOD_VALUES
 
 PAYLOADS = [
@@ -179,10 +180,10 @@ def test_health_probe_and_gate_send_the_host_header_verbatim(tmp_path, payload):
     for run in (probe, gate):
         assert run.result.returncode == 0, run.result.stderr
         curl = next(command for command in run.commands if command[0] == "curl" and "-H" in command)
-        assert curl[curl.index("-H") + 1] == f"Host: {payload}:5000"
+        assert curl[curl.index("-H") + 1] == f"Host: {address_port(payload, 5000)}"
         assert not run.pwned
-    assert f"(Host: {payload}:5000) 200" in probe.result.stdout
-    assert f"(Host: {payload}:5000) answered 200" in gate.result.stdout
+    assert f"(Host: {address_port(payload, 5000)}) 200" in probe.result.stdout
+    assert f"(Host: {address_port(payload, 5000)}) answered 200" in gate.result.stdout
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
@@ -226,4 +227,4 @@ def test_the_widest_accepted_values_keep_the_balancer_config_whole(tmp_path):
     config = "".join(lb.render_config(model, inventory.lb) for model in lb.upstreams(inventory))
     lines = [line.strip() for line in config.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert all(line.endswith(("{", "}", ";")) for line in lines), lines
-    assert sum(line.startswith("server prod1.example.com:") or line.startswith("server 2001:db8::10:") for line in lines) == 4
+    assert sum(line.startswith("server prod1.example.com:") or line.startswith("server [2001:db8::10]:") for line in lines) == 4
