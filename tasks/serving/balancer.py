@@ -30,7 +30,8 @@ CERTIFICATE = "/etc/ssl/certs/mlflow-models.pem"
 KEY = "/etc/ssl/private/mlflow-models.key"
 # `name:$6$...` lines (SHA-512 crypt) written by `fab model-user`; nginx's workers (www-data) read it.
 USERS = "/etc/nginx/mlflow-models.users"
-BALANCER_PACKAGES = ["nginx", "openssl"]
+# logrotate: nginx logs every prediction twice here, and Debian's nginx ships its rotation but not the tool
+BALANCER_PACKAGES = ["nginx", "openssl", "logrotate"]
 # One line per answer of every model (its format in each model's file): what mtail turns into request metrics.
 REQUESTS_LOG = "/var/log/nginx/mlflow-models.log"
 

@@ -26,7 +26,8 @@ from tasks.tracking.frontdoor import FrontDoor, apply_with_key, certificate_step
 from tasks.tracking.service import TrackingService
 from tasks.values import address_port
 
-SERVICE_PACKAGES = ["nginx", "openssl", "curl"]  # curl: `fab status` asks each replica from here
+# curl: `fab status` asks each replica from here; logrotate: nginx's logs (Debian ships their rotation, not the tool)
+SERVICE_PACKAGES = ["nginx", "openssl", "curl", "logrotate"]
 REPLICA_WALL = Wall("tracking port", "the lb hosts", "inet mlflow_fab_tracking", "/etc/mlflow/firewall-tracking.nft",
                     "mlflow-fab-firewall-tracking.service", "setup-tracking")
 

@@ -30,7 +30,7 @@ from tasks.values import address_port
 
 PORT = 5432
 ROLE = "mlflow"
-DATABASE_PACKAGES = ["postgresql", "openssl", "ssl-cert"]
+DATABASE_PACKAGES = ["postgresql", "openssl", "ssl-cert", "logrotate"]  # logrotate: PostgreSQL's logs
 OUR_DIR = "/etc/postgresql/mlflow-fab"
 CERTIFICATE = f"{OUR_DIR}/server.crt"
 KEY = f"{OUR_DIR}/server.key"

@@ -48,10 +48,11 @@ RESTORE_SCRIPT = "/usr/local/sbin/mlflow-restore"
 BACKUP_UNIT = "/etc/systemd/system/mlflow-backup.service"
 BACKUP_TIMER_UNIT = "mlflow-backup.timer"
 BACKUP_TIMER = f"/etc/systemd/system/{BACKUP_TIMER_UNIT}"
-TRACKING_PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates", "iproute2"]
+# logrotate: PostgreSQL's and nginx's logs (Debian ships their rotation, not the tool)
+TRACKING_PACKAGES = ["postgresql", "python3-venv", "curl", "ca-certificates", "iproute2", "logrotate"]
 # A replica reaches the shared database over the network: the client alone, for the checks and backups.
 REPLICA_PACKAGES = ["postgresql-client", "python3-venv", "curl", "ca-certificates", "iproute2"]
-TLS_PACKAGES = ["nginx", "openssl"]
+TLS_PACKAGES = ["nginx", "openssl", "logrotate"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class TrackingTarget:
     def packages(self) -> list[str]:
         base = REPLICA_PACKAGES if self.replica else TRACKING_PACKAGES
         walls = self.wall.packages if self.wall else []
-        return base + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings) + walls
+        return list(dict.fromkeys(base + (TLS_PACKAGES if self.settings.tls else []) + signin_guard.packages(self.settings) + walls))
 
     @property
     def admin_curl_args(self) -> str:

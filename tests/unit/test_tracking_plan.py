@@ -82,7 +82,7 @@ def test_fresh_host_gets_everything_in_order():
     assert names[0] == "packages" and names[-1] == "health gate"
     assert names.index("secrets /etc/mlflow/tracking.env") < names.index("database role mlflow") < names.index("database mlflow")
     assert names.index("python env") < names.index(f"restart {UNIT}")
-    assert "install postgresql python3-venv curl ca-certificates iproute2 nginx openssl" in steps[0].summary
+    assert "install postgresql python3-venv curl ca-certificates iproute2 logrotate nginx openssl" in steps[0].summary
     assert names.index("tls certificate") < names.index(f"restart {UNIT}") < names.index(f"file {frontdoor.NGINX_CONFIG}") < names.index("health gate")
 
 
