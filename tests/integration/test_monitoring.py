@@ -189,6 +189,33 @@ def test_each_model_host_measures_its_own_answers(watched):
     assert other.run("stat -c '%U %a' /var/log/mlflow-models/model.log").stdout.split() == ["mlflow-model", "644"]
 
 
+def test_answers_after_the_logs_rotate_are_still_counted(watched):
+    """logrotate as the hosts run it: Debian's nginx rotation on the balancer (the file renamed, nginx told to reopen)
+    and ours on a model host (copytruncate); mtail follows both and counts what is answered afterwards."""
+    import requests
+
+    monitor, lb, other = watched.monitor, watched.lb, watched.other
+    address = f"{other.address}:5001"
+    at_balancer = f'sum(mlflow_model_requests_total{{model="model", upstream="{address}", status="200"}})'
+    on_host = 'sum(mlflow_model_served_total{job="models", host="mlt54", model="model", status="200"})'
+
+    def counted(promql: str) -> float:
+        result = query(monitor, promql)
+        return float(result[0]["value"][1]) if result else 0.0
+
+    before = {promql: wait_for(lambda promql=promql: counted(promql), 60, promql) for promql in (at_balancer, on_host)}
+    lb.run("logrotate -f /etc/logrotate.d/nginx")
+    other.run("logrotate -f /etc/logrotate.d/mlflow-models")
+    assert lb.run("test -s /var/log/nginx/mlflow-models.log.1", check=False).returncode == 0, "the balancer's model log rotated"
+    assert other.run("test -s /var/log/mlflow-models/model.log.1 && ! test -s /var/log/mlflow-models/model.log", check=False).returncode == 0
+    for _ in range(40):  # round robin: 20 to mlt54
+        assert requests.post(f"http://{lb.address}:5001/invocations", json=ROW, timeout=30).status_code == 200
+    assert int(lb.run("grep -c ' 200 ' /var/log/nginx/mlflow-models.log").stdout) >= 40, "nginx writes to the new file"
+    assert int(other.run("grep -c '^served model 200 ' /var/log/mlflow-models/model.log").stdout) >= 20, "appended from its start"
+    for promql in (at_balancer, on_host):
+        wait_for(lambda promql=promql: counted(promql) >= before[promql] + 20, 60, f"the 20 answers after the rotation in {promql}")
+
+
 def test_status_shows_each_models_live_figures(watched):
     result = fab(watched.inventory, "status")
     assert result.returncode == 0, result.stdout[-3000:]
