@@ -79,9 +79,10 @@ def module_hosts(testbed):
     def start(*names: str, prebaked: dict[str, tuple[str, ...]] | None = None) -> list[TestHost]:
         roles = prebaked or {}
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            hosts = list(pool.map(lambda name: testbed.start(name, prebaked=roles.get(name, ())), names))
-        started.extend(hosts)
-        return hosts
+            booting = [pool.submit(testbed.start, name, prebaked=roles.get(name, ())) for name in names]
+        # the hosts that did start are stopped with the module even when another one failed to
+        started.extend(boot.result() for boot in booting if boot.exception() is None)
+        return [boot.result() for boot in booting]
 
     yield start
     with ThreadPoolExecutor(max_workers=max(1, len(started))) as pool:  # a clean shutdown may take seconds per host
