@@ -109,13 +109,8 @@ def converge(remote: Remote, report: HostReport, service: TrackingService, drain
     show_note(report, note)
 
 
-def routed_addresses(config_text: str) -> set[str]:
-    """The replicas' addresses a balancer's config sends requests to now."""
-    return upstream_addresses(config_text)
-
-
 def upstream_addresses(config_text: str, down: bool = False) -> set[str]:
-    """The addresses of the upstream servers in a balancer's config (an IPv6 one without its brackets); with DOWN, those drained."""
+    """The replicas' addresses a balancer's config names (an IPv6 one without its brackets); with DOWN, those drained."""
     found = re.findall(r"^\s*server (\S+):\d+ " + (".* down;" if down else ""), config_text, re.MULTILINE)
     return {address.removeprefix("[").removesuffix("]") for address in found}
 
@@ -123,7 +118,7 @@ def upstream_addresses(config_text: str, down: bool = False) -> set[str]:
 def stop_routing_to_removed(remote: Remote, report: HostReport, service: TrackingService) -> None:
     """Before the db host stops admitting a replica that left hosts.toml, the balancer stops sending it requests; a replica
     it does not route to yet (new in hosts.toml, not set up) is written down until the balancer's own converge."""
-    routed = routed_addresses(f.gather(remote, [frontdoor.NGINX_FILE])[frontdoor.NGINX_FILE].content)
+    routed = upstream_addresses(f.gather(remote, [frontdoor.NGINX_FILE])[frontdoor.NGINX_FILE].content)
     removed = routed - {host.address for host in service.replicas}
     if not removed:
         return

@@ -32,7 +32,7 @@ def test_a_tracking_balancer_routes_to_an_ipv6_replica_and_reads_its_drain_back(
     assert "server [fd00::5]:5000 max_fails=1 fail_timeout=5s down;" in config
     assert "server 10.0.0.6:5000 max_fails=1 fail_timeout=5s;" in config
     assert balancer.drained_in(config, SERVICE) == frozenset({"t1"})
-    assert balancer.routed_addresses(config) == {"fd00::5", "10.0.0.6"}
+    assert balancer.upstream_addresses(config) == {"fd00::5", "10.0.0.6"}
 
 
 def test_a_model_balancer_writes_ipv6_upstreams_in_brackets():
