@@ -33,8 +33,9 @@ BUILD_HOME = "/var/lib/mlflow-build"
 BUILD_CACHE = "/var/cache/mlflow-build"
 PIP_CACHE = f"{BUILD_CACHE}/pip"
 CONDA_PKGS = f"{BUILD_CACHE}/conda"
+# at the lowest CPU and I/O priority: builds run beside the servers the host serves with (an upgrade, a deploy)
 AS_BUILDER = (
-    f"runuser -u {BUILD_USER} -- env -C {BUILD_HOME} HOME={BUILD_HOME} PIP_CACHE_DIR={PIP_CACHE} CONDA_PKGS_DIRS={CONDA_PKGS}"
+    f"nice -n 19 ionice -c 3 runuser -u {BUILD_USER} -- env -C {BUILD_HOME} HOME={BUILD_HOME} PIP_CACHE_DIR={PIP_CACHE} CONDA_PKGS_DIRS={CONDA_PKGS}"
 )
 
 

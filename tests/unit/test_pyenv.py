@@ -11,7 +11,7 @@ from tasks.ops.pyenv import EnvSpec, build_commands, ensure_env, miniforge_comma
 PACKAGES = ("mlflow==3.17.2", "psycopg2-binary==2.9.13")
 
 
-BUILDER = "runuser -u mlflow-build -- env -C /var/lib/mlflow-build HOME=/var/lib/mlflow-build PIP_CACHE_DIR=/var/cache/mlflow-build/pip CONDA_PKGS_DIRS=/var/cache/mlflow-build/conda"
+BUILDER = "nice -n 19 ionice -c 3 runuser -u mlflow-build -- env -C /var/lib/mlflow-build HOME=/var/lib/mlflow-build PIP_CACHE_DIR=/var/cache/mlflow-build/pip CONDA_PKGS_DIRS=/var/cache/mlflow-build/conda"
 PIP = "bin/pip install --disable-pip-version-check --no-input --progress-bar off -q --no-compile"
 
 
