@@ -125,8 +125,8 @@ def main() -> None:
         values = latencies[port]
         print(f"model host prediction, {label:<31} median {statistics.median(values):6.2f} ms   "
               f"p99 {statistics.quantiles(values, n=100)[98]:6.2f} ms   ({len(values)} predictions from the host itself)")
-    extra = statistics.median(latencies[5001]) - statistics.median(latencies[PLAIN_PORT])
-    print(f"the answer log adds {extra * 1000:.0f} µs to the median prediction")
+    difference = statistics.median(latencies[5001]) - statistics.median(latencies[PLAIN_PORT])
+    print(f"medians, with the answer log minus without: {difference:+.2f} ms (within the noise when it is negative)")
 
 
 if __name__ == "__main__":
