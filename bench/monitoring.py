@@ -37,7 +37,7 @@ PROCESSES = {MODELS: ["prometheus-node-exporter", "mtail"],
              MONITOR: ["prometheus-node-exporter", "prometheus", "prometheus-blackbox-exporter"]}
 # a unit's main process: /proc/PID/stat, its VmRSS line, and the clock ticks per second
 SAMPLE = "pid=$(systemctl show -p MainPID --value {unit}); cat /proc/$pid/stat; grep '^VmRSS:' /proc/$pid/status; getconf CLK_TCK"
-MODEL, PLAIN_PORT, PLAIN_UNIT = "model", 5999, "mlflow-bench-plain-scoring"
+MODEL, PORT, PLAIN_PORT, PLAIN_UNIT = "model", 5001, 5999, "mlflow-bench-plain-scoring"
 CURRENT = f"{MODELS_ROOT}/{MODEL}/current"
 # MLflow's scoring app with no answer log, as `mlflow models serve --env-manager local` starts it, on PLAIN_PORT
 PLAIN_SERVER = (f". {MODEL_CONFIG_DIR}/{MODEL}.env && systemd-run --quiet --unit {PLAIN_UNIT} --uid {MODEL_USER} --gid {MODEL_USER} "
@@ -111,7 +111,7 @@ def main() -> None:
                 cpu.setdefault(key, []).append(100 * (ticks_after - ticks_before) / hz / args.seconds)
                 memory.setdefault(key, []).append(rss / 1024)
             print(f"window {window + 1}/{args.windows} done", flush=True)
-        latencies = answer_log_cost(hosts[MODELS], 5001, args.rounds, args.predictions)
+        latencies = answer_log_cost(hosts[MODELS], PORT, args.rounds, args.predictions)
     finally:
         for host in hosts.values():
             host.stop()
@@ -121,11 +121,11 @@ def main() -> None:
         print(f"{roles_of[name]:<13} {unit:<30} CPU {statistics.median(values):5.2f} % of one core   "
               f"RSS {statistics.median(memory[(name, unit)]):6.1f} MB   (median of {len(values)} windows of {args.seconds:g} s)")
     print()
-    for label, port in (("with the answer log (deployed)", 5001), ("MLflow's scoring app alone", PLAIN_PORT)):
+    for label, port in (("with the answer log (deployed)", PORT), ("MLflow's scoring app alone", PLAIN_PORT)):
         values = latencies[port]
         print(f"model host prediction, {label:<31} median {statistics.median(values):6.2f} ms   "
               f"p99 {statistics.quantiles(values, n=100)[98]:6.2f} ms   ({len(values)} predictions from the host itself)")
-    difference = statistics.median(latencies[5001]) - statistics.median(latencies[PLAIN_PORT])
+    difference = statistics.median(latencies[PORT]) - statistics.median(latencies[PLAIN_PORT])
     print(f"medians, with the answer log minus without: {difference:+.2f} ms (within the noise when it is negative)")
 
 

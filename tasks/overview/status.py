@@ -42,11 +42,12 @@ def model_summary(text: str) -> tuple[str, bool]:
 def balancer_view(service: TrackingService) -> f.Fact:
     """`NAME drained|CODE` per replica, as this balancer sees it: drained in its config, or what the replica's /health answers."""
     scheme = "https" if service.settings.tls else "http"
+    upstreams = {host.name: address_port(host.address, service.settings.port) for host in service.replicas}
     checks = "".join(
-        f"if grep -F {shlex.quote(f' {address_port(host.address, service.settings.port)} ')} {NGINX_CONFIG} | grep -q ' down;'; "
-        f"then echo '{host.name} drained'; else echo \"{host.name} $(curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' "
-        f"{shlex.quote(f'{scheme}://{address_port(host.address, service.settings.port)}/health')})\"; fi; "
-        for host in service.replicas)
+        f"if grep -F {shlex.quote(f' {upstream} ')} {NGINX_CONFIG} | grep -q ' down;'; "
+        f"then echo '{name} drained'; else echo \"{name} $(curl -sk --max-time 3 -o /dev/null -w '%{{http_code}}' "
+        f"{shlex.quote(f'{scheme}://{upstream}/health')})\"; fi; "
+        for name, upstream in upstreams.items())
     return f.Fact("balancer", f"[ -f {NGINX_CONFIG} ] && {{ {checks}}}")
 
 
